@@ -1,0 +1,476 @@
+//! Jobs: the request a producer sends, the job the ledger keeps, its state machine and its
+//! attempts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::secrets;
+use crate::sizing::Rung;
+
+/// Bounds on what a request may carry.
+pub const MAX_PARAMS: usize = 32;
+pub const MAX_PARAM_VALUE_BYTES: usize = 1024;
+pub const MAX_PARAMS_TOTAL_BYTES: usize = 8192;
+pub const MAX_URI_BYTES: usize = 1024;
+
+/// The declared input of a job; its size may scale the compute it gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInput {
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// A job request as producers send it (the intake message body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// The producer's idempotency key: a re-sent request with the same id is a no-op.
+    pub job_id: String,
+    pub payer_id: String,
+    pub kind: String,
+    /// The payer's cycle, e.g. a file-drop date; tiers are ordered within a batch.
+    pub batch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<JobInput>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
+/// A request field that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct RequestError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl RequestError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `[A-Za-z0-9._:-]{1,max}`: the alphabet of job ids and batches.
+pub fn is_token(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+impl JobRequest {
+    /// Parses a message body. Errors name the field; unknown fields are refused.
+    pub fn parse(body: &str) -> Result<Self, RequestError> {
+        let req: JobRequest = serde_json::from_str(body).map_err(|e| {
+            let msg = e.to_string();
+            let field = msg
+                .split('`')
+                .nth(1)
+                .filter(|_| msg.contains("field"))
+                .unwrap_or("(body)")
+                .to_owned();
+            RequestError::new(field, msg)
+        })?;
+        req.validate()?;
+        Ok(req)
+    }
+
+    /// Checks the shape of every field (not yet against the payer's profile).
+    pub fn validate(&self) -> Result<(), RequestError> {
+        if !is_token(&self.job_id, 128) {
+            return Err(RequestError::new(
+                "job_id",
+                "must be 1–128 characters of A-Z a-z 0-9 . _ : -",
+            ));
+        }
+        if !is_token(&self.payer_id, 40) {
+            return Err(RequestError::new(
+                "payer_id",
+                "must be 1–40 characters of A-Z a-z 0-9 . _ : -",
+            ));
+        }
+        if !is_token(&self.kind, 40) {
+            return Err(RequestError::new(
+                "kind",
+                "must be 1–40 characters of A-Z a-z 0-9 . _ : -",
+            ));
+        }
+        if !is_token(&self.batch, 64) {
+            return Err(RequestError::new(
+                "batch",
+                "must be 1–64 characters of A-Z a-z 0-9 . _ : -",
+            ));
+        }
+        if let Some(input) = &self.input {
+            if input.uri.is_empty() || input.uri.len() > MAX_URI_BYTES {
+                return Err(RequestError::new(
+                    "input.uri",
+                    format!("must be 1–{MAX_URI_BYTES} bytes"),
+                ));
+            }
+            if input.uri.chars().any(char::is_control) {
+                return Err(RequestError::new(
+                    "input.uri",
+                    "contains control characters",
+                ));
+            }
+            if let Some(what) = secrets::looks_like_secret(&input.uri) {
+                return Err(RequestError::new("input.uri", format!("looks like {what}")));
+            }
+        }
+        if let Some(p) = self.priority {
+            if p > 100 {
+                return Err(RequestError::new("priority", format!("{p} is above 100")));
+            }
+        }
+        if self.params.len() > MAX_PARAMS {
+            return Err(RequestError::new(
+                "params",
+                format!("{} entries, at most {MAX_PARAMS}", self.params.len()),
+            ));
+        }
+        let mut total = 0;
+        for (k, v) in &self.params {
+            let field = format!("params.{k}");
+            let key_ok = (1..=64).contains(&k.len())
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !k.as_bytes()[0].is_ascii_digit();
+            if !key_ok {
+                return Err(RequestError::new(
+                    field,
+                    "names must be 1–64 letters, digits or _, not starting with a digit",
+                ));
+            }
+            if k.to_ascii_uppercase().starts_with("MAYFLY_") {
+                return Err(RequestError::new(field, "the MAYFLY_ prefix is reserved"));
+            }
+            if v.len() > MAX_PARAM_VALUE_BYTES || v.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(RequestError::new(field, format!("values are at most {MAX_PARAM_VALUE_BYTES} bytes without control characters")));
+            }
+            if secrets::name_suggests_secret(k) || secrets::looks_like_secret(v).is_some() {
+                return Err(RequestError::new(
+                    field,
+                    "looks like a secret; jobs fetch secrets by reference at boot",
+                ));
+            }
+            total += k.len() + v.len();
+        }
+        if total > MAX_PARAMS_TOTAL_BYTES {
+            return Err(RequestError::new(
+                "params",
+                format!("{total} bytes, at most {MAX_PARAMS_TOTAL_BYTES}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a job is in its life. Terminal: `succeeded`, `dead`, `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Launching,
+    Running,
+    Succeeded,
+    Failed,
+    Blocked,
+    Cancelled,
+    Dead,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 8] = [
+        JobState::Queued,
+        JobState::Launching,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Blocked,
+        JobState::Cancelled,
+        JobState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Launching => "launching",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Blocked => "blocked",
+            JobState::Cancelled => "cancelled",
+            JobState::Dead => "dead",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+
+    /// An instance may exist for the job's current attempt.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, JobState::Launching | JobState::Running)
+    }
+
+    /// The legal transitions. Everything else is refused by [`Job::transition`].
+    pub fn can_become(self, next: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, next),
+            (Queued, Launching | Blocked | Cancelled)
+                | (Blocked, Queued | Launching | Cancelled | Dead)
+                | (Launching, Running | Failed | Queued | Cancelled)
+                | (Running, Succeeded | Failed | Cancelled)
+                | (Failed, Queued | Dead)
+                | (Dead | Cancelled, Queued)
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown job state `{s}`"))
+    }
+}
+
+/// One try at running a job on one instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rung: Option<Rung>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_hour: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
+}
+
+/// A job as the ledger keeps it. The ledger, not the queue, is the source of truth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: String,
+    pub payer_id: String,
+    pub kind: String,
+    pub batch: String,
+    pub state: JobState,
+    #[serde(default)]
+    pub priority: u8,
+    pub submitted_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<JobInput>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+    /// Number of the current (or last) attempt; 0 before the first launch.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Not launched before this time (retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Why the job is in its state, when that is not obvious (blocked, failed, dead, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Optimistic-concurrency version; every write is conditional on it.
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job {job_id}: cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    pub job_id: String,
+    pub from: JobState,
+    pub to: JobState,
+}
+
+impl Job {
+    /// A new queued job from an accepted request.
+    pub fn from_request(req: JobRequest, now: DateTime<Utc>) -> Self {
+        Self {
+            job_id: req.job_id,
+            payer_id: req.payer_id,
+            kind: req.kind,
+            batch: req.batch,
+            state: JobState::Queued,
+            priority: req.priority.unwrap_or(0),
+            submitted_at: now,
+            input: req.input,
+            params: req.params,
+            attempt: 0,
+            not_before: None,
+            reason: None,
+            version: 0,
+            attempts: Vec::new(),
+            updated_at: Some(now),
+        }
+    }
+
+    pub fn input_bytes(&self) -> Option<u64> {
+        self.input.as_ref().and_then(|i| i.bytes)
+    }
+
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        self.attempts
+            .iter()
+            .rev()
+            .find(|a| a.number == self.attempt)
+    }
+
+    pub fn current_attempt_mut(&mut self) -> Option<&mut Attempt> {
+        let n = self.attempt;
+        self.attempts.iter_mut().rev().find(|a| a.number == n)
+    }
+
+    /// Moves the job to `next` if the state machine allows it, bumping the version.
+    /// Callers persist the result with a write conditional on the previous version.
+    pub fn transition(
+        &mut self,
+        next: JobState,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), IllegalTransition> {
+        if !self.state.can_become(next) {
+            return Err(IllegalTransition {
+                job_id: self.job_id.clone(),
+                from: self.state,
+                to: next,
+            });
+        }
+        self.state = next;
+        self.reason = reason;
+        self.version += 1;
+        self.updated_at = Some(now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> JobRequest {
+        JobRequest::parse(
+            r#"{"job_id":"acme:2026-11-01:claims","payer_id":"acme","kind":"claims","batch":"2026-11-01",
+                "input":{"uri":"s3://drops/acme/claims.x12","bytes":1024},"params":{"FORMAT":"x12"}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_a_well_formed_request() {
+        let r = request();
+        assert_eq!(r.kind, "claims");
+        assert_eq!(r.input.unwrap().bytes, Some(1024));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"job_id":"a b","payer_id":"p","kind":"k","batch":"b"}"#,
+                "job_id",
+            ),
+            (r#"{"job_id":"a","payer_id":"p","kind":"k"}"#, "(body)"),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","colour":1}"#,
+                "colour",
+            ),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","priority":101}"#,
+                "priority",
+            ),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","params":{"DB_PASSWORD":"x"}}"#,
+                "params.DB_PASSWORD",
+            ),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","params":{"MAYFLY_JOB_ID":"x"}}"#,
+                "params.MAYFLY_JOB_ID",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = JobRequest::parse(body).unwrap_err();
+            assert_eq!(err.field, field, "{body}: {err}");
+        }
+        assert!(JobRequest::parse(r#"{"job_id":"a"}"#)
+            .unwrap_err()
+            .reason
+            .contains("missing field"));
+    }
+
+    #[test]
+    fn state_machine_refuses_illegal_moves() {
+        let now = Utc::now();
+        let mut job = Job::from_request(request(), now);
+        assert!(job.transition(JobState::Running, None, now).is_err());
+        assert_eq!(job.version, 0);
+        job.transition(JobState::Launching, None, now).unwrap();
+        job.transition(JobState::Running, None, now).unwrap();
+        job.transition(JobState::Succeeded, None, now).unwrap();
+        assert_eq!(job.version, 3);
+        for next in JobState::ALL {
+            assert!(
+                job.transition(next, None, now).is_err(),
+                "succeeded -> {next}"
+            );
+        }
+    }
+
+    #[test]
+    fn terminal_states_are_exactly_three() {
+        let terminal: Vec<_> = JobState::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [JobState::Succeeded, JobState::Cancelled, JobState::Dead]
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! Pure validation of a payer profile: no network, no files. Every problem is collected so
+//! an operator fixes a profile in one round.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ComputeSpec, JobKind, PayerProfile, ProfileError, ProfileErrors};
+use crate::catalog::Catalog;
+use crate::duration::Duration;
+use crate::secrets;
+use crate::sizing;
+
+/// Deployment-wide caps; no payer may be configured above them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalCaps {
+    pub max_instances: u32,
+    pub max_vcpus: u32,
+}
+
+impl Default for GlobalCaps {
+    fn default() -> Self {
+        Self {
+            max_instances: 200,
+            max_vcpus: 2048,
+        }
+    }
+}
+
+/// What validation checks a profile against.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidateContext<'a> {
+    pub catalog: &'a Catalog,
+    pub global: GlobalCaps,
+}
+
+/// A profile that passed validation, plus its operational pause state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payer {
+    pub profile: PayerProfile,
+    /// Why the payer is paused (by an operator or the circuit breaker), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+}
+
+impl Payer {
+    pub fn id(&self) -> &str {
+        &self.profile.payer_id
+    }
+
+    pub fn kind(&self, name: &str) -> Option<&JobKind> {
+        self.profile.kinds.get(name)
+    }
+
+    /// The runtime limit of a kind: its own, or the payer's.
+    pub fn max_runtime(&self, kind: &JobKind) -> Duration {
+        kind.max_runtime
+            .unwrap_or(self.profile.timeouts.max_runtime)
+    }
+}
+
+struct Check<'a> {
+    source: &'a str,
+    errors: Vec<ProfileError>,
+}
+
+impl Check<'_> {
+    fn fail(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(ProfileError {
+            source_name: self.source.to_owned(),
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn ensure(&mut self, ok: bool, field: impl Into<String>, reason: impl Into<String>) {
+        if !ok {
+            self.fail(field, reason);
+        }
+    }
+
+    fn range<T: PartialOrd + std::fmt::Display>(&mut self, field: &str, v: T, lo: T, hi: T) {
+        if v < lo || v > hi {
+            self.fail(field, format!("{v} is out of range {lo}..={hi}"));
+        }
+    }
+
+    fn duration(&mut self, field: &str, v: Duration, lo: Duration, hi: Duration) {
+        if v < lo || v > hi {
+            self.fail(field, format!("{v} is out of range {lo}..={hi}"));
+        }
+    }
+
+    fn pattern(&mut self, field: &str, v: &str, ok: bool, what: &str) {
+        if !ok {
+            self.fail(field, format!("`{v}` is not {what}"));
+        }
+    }
+
+    fn no_secret(&mut self, field: &str, v: &str) {
+        if let Some(what) = secrets::looks_like_secret(v) {
+            self.fail(
+                field,
+                format!("looks like {what}; reference secrets instead (`secrets` with ssm:/… or a Secrets Manager ARN)"),
+            );
+        }
+    }
+}
+
+fn is_payer_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    (2..=40).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn is_kind_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=40).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+fn is_aws_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix).is_some_and(|hex| {
+        (8..=17).contains(&hex.len())
+            && hex
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    })
+}
+
+fn is_env_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=64).contains(&b.len())
+        && (b[0].is_ascii_uppercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+impl PayerProfile {
+    /// Checks everything that can be checked without the network.
+    pub fn validate(self, source: &str, ctx: &ValidateContext<'_>) -> Result<Payer, ProfileErrors> {
+        let mut c = Check {
+            source,
+            errors: Vec::new(),
+        };
+        self.check_top(&mut c, ctx);
+        self.check_launch(&mut c);
+        self.check_kinds(&mut c, ctx);
+        if c.errors.is_empty() {
+            Ok(Payer {
+                profile: self,
+                paused: None,
+            })
+        } else {
+            Err(ProfileErrors(c.errors))
+        }
+    }
+
+    fn check_top(&self, c: &mut Check<'_>, ctx: &ValidateContext<'_>) {
+        c.pattern(
+            "payer_id",
+            &self.payer_id,
+            is_payer_id(&self.payer_id),
+            "2–40 lowercase letters, digits or dashes starting with a letter",
+        );
+        c.no_secret("description", &self.description);
+        c.range("priority", self.priority, 0, 100);
+        c.range("job_priority_max", self.job_priority_max, 0, 100);
+        c.range(
+            "caps.max_instances",
+            self.caps.max_instances,
+            1,
+            ctx.global.max_instances,
+        );
+        c.range(
+            "caps.max_vcpus",
+            self.caps.max_vcpus,
+            1,
+            ctx.global.max_vcpus,
+        );
+        let t = &self.timeouts;
+        c.duration(
+            "timeouts.boot",
+            t.boot,
+            Duration::from_mins(1),
+            Duration::from_mins(60),
+        );
+        c.duration(
+            "timeouts.heartbeat",
+            t.heartbeat,
+            Duration::from_secs(30),
+            Duration::from_mins(60),
+        );
+        c.duration(
+            "timeouts.max_runtime",
+            t.max_runtime,
+            Duration::from_mins(1),
+            Duration::from_mins(7 * 24 * 60),
+        );
+    }
+
+    fn check_launch(&self, c: &mut Check<'_>) {
+        let l = &self.launch;
+        c.pattern(
+            "launch.image_id",
+            &l.image_id,
+            is_aws_id(&l.image_id, "ami-"),
+            "an AMI id (ami-…)",
+        );
+        c.ensure(
+            !l.subnets.is_empty(),
+            "launch.subnets",
+            "at least one subnet is required",
+        );
+        for (i, s) in l.subnets.iter().enumerate() {
+            c.pattern(
+                &format!("launch.subnets[{i}]"),
+                s,
+                is_aws_id(s, "subnet-"),
+                "a subnet id (subnet-…)",
+            );
+        }
+        c.ensure(
+            !l.security_groups.is_empty(),
+            "launch.security_groups",
+            "at least one security group is required",
+        );
+        for (i, s) in l.security_groups.iter().enumerate() {
+            c.pattern(
+                &format!("launch.security_groups[{i}]"),
+                s,
+                is_aws_id(s, "sg-"),
+                "a security group id (sg-…)",
+            );
+        }
+        let ip_ok = (1..=128).contains(&l.instance_profile.len())
+            && l.instance_profile
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "+=,.@_-".contains(ch));
+        c.pattern(
+            "launch.instance_profile",
+            &l.instance_profile,
+            ip_ok,
+            "an instance profile name",
+        );
+        c.pattern(
+            "launch.template",
+            &l.template,
+            is_kind_name(&l.template),
+            "a template name",
+        );
+        c.range("launch.root_volume_gib", l.root_volume_gib, 8, 16_384);
+    }
+
+    fn check_kinds(&self, c: &mut Check<'_>, ctx: &ValidateContext<'_>) {
+        if self.kinds.is_empty() {
+            c.fail("kinds", "at least one job kind is required");
+            return;
+        }
+        let mut tiers: Vec<u8> = self.kinds.values().map(|k| k.tier).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
+        for (expected, &tier) in tiers.iter().enumerate() {
+            if usize::from(tier) != expected {
+                let (name, _) = self
+                    .kinds
+                    .iter()
+                    .find(|(_, k)| k.tier == tier)
+                    .expect("tier was collected from these kinds");
+                c.fail(
+                    format!("kinds.{name}.tier"),
+                    format!("tier {tier} has no tier {expected} below it (tiers start at 0 and have no gaps)"),
+                );
+                break;
+            }
+        }
+        for (name, kind) in &self.kinds {
+            let f = |field: &str| format!("kinds.{name}.{field}");
+            c.pattern(
+                &format!("kinds.{name}"),
+                name,
+                is_kind_name(name),
+                "a kind name (lowercase, digits, - or _)",
+            );
+            c.range(&f("tier"), kind.tier, 0, 15);
+            c.no_secret(&f("description"), &kind.description);
+            if kind.command.is_empty() || kind.command[0].trim().is_empty() {
+                c.fail(f("command"), "a program to run is required");
+            }
+            for (i, arg) in kind.command.iter().enumerate() {
+                c.ensure(
+                    !arg.contains('\0'),
+                    f(&format!("command[{i}]")),
+                    "contains a NUL byte",
+                );
+                c.no_secret(&f(&format!("command[{i}]")), arg);
+            }
+            if let Some(rt) = kind.max_runtime {
+                c.duration(
+                    &f("max_runtime"),
+                    rt,
+                    Duration::from_mins(1),
+                    self.timeouts.max_runtime,
+                );
+            }
+            let r = &kind.retry;
+            c.range(&f("retry.max_attempts"), r.max_attempts, 1, 10);
+            for (i, code) in r.retryable_exit_codes.iter().enumerate() {
+                c.range(
+                    &f(&format!("retry.retryable_exit_codes[{i}]")),
+                    *code,
+                    1,
+                    255,
+                );
+            }
+            c.ensure(
+                r.backoff <= r.backoff_max,
+                f("retry.backoff"),
+                format!(
+                    "{} is longer than retry.backoff_max {}",
+                    r.backoff, r.backoff_max
+                ),
+            );
+            c.duration(
+                &f("retry.backoff_max"),
+                r.backoff_max,
+                Duration::from_secs(1),
+                Duration::from_mins(24 * 60),
+            );
+            for (k, v) in &kind.env {
+                c.pattern(
+                    &f(&format!("env.{k}")),
+                    k,
+                    is_env_name(k) && !k.starts_with("MAYFLY_"),
+                    "an environment name (A-Z, 0-9, _; not MAYFLY_*)",
+                );
+                if secrets::name_suggests_secret(k) && !secrets::is_secret_reference(v) {
+                    c.fail(f(&format!("env.{k}")), "the name suggests a secret; move it to `secrets` as a reference (ssm:/… or a Secrets Manager ARN)");
+                } else {
+                    c.no_secret(&f(&format!("env.{k}")), v);
+                }
+            }
+            for (k, v) in &kind.secrets {
+                c.pattern(
+                    &f(&format!("secrets.{k}")),
+                    k,
+                    is_env_name(k) && !k.starts_with("MAYFLY_"),
+                    "an environment name (A-Z, 0-9, _; not MAYFLY_*)",
+                );
+                c.ensure(
+                    secrets::is_secret_reference(v),
+                    f(&format!("secrets.{k}")),
+                    "must be a reference (ssm:/… or arn:aws:secretsmanager:…), never the secret itself",
+                );
+            }
+            self.check_compute(c, ctx, name, &kind.compute);
+        }
+    }
+
+    fn check_compute(
+        &self,
+        c: &mut Check<'_>,
+        ctx: &ValidateContext<'_>,
+        name: &str,
+        spec: &ComputeSpec,
+    ) {
+        let f = |field: &str| format!("kinds.{name}.compute.{field}");
+        let errors_before = c.errors.len();
+        if let Some(types) = &spec.instance_types {
+            let sizing_fields = [
+                spec.architecture.is_some(),
+                !spec.families.is_empty(),
+                spec.min_vcpus.is_some(),
+                spec.max_vcpus.is_some(),
+                spec.vcpus_per_input_gib.is_some(),
+                spec.min_memory_gib.is_some(),
+                spec.memory_gib_per_vcpu.is_some(),
+                spec.gpus.is_some(),
+                spec.candidates.is_some(),
+            ];
+            if sizing_fields.iter().any(|&set| set) {
+                c.fail(f("instance_types"), "give either an explicit list of instance types or sizing requirements, not both");
+            }
+            if types.is_empty() {
+                c.fail(f("instance_types"), "the list is empty");
+            }
+            for (i, t) in types.iter().enumerate() {
+                let field = f(&format!("instance_types[{i}]"));
+                match ctx.catalog.get(t) {
+                    None => c.fail(
+                        field,
+                        format!(
+                            "`{t}` is not an instance type in the {} catalog",
+                            ctx.catalog.region()
+                        ),
+                    ),
+                    Some(it) if it.vcpus > self.caps.max_vcpus => c.fail(
+                        field,
+                        format!(
+                            "`{t}` has {} vCPUs, above caps.max_vcpus {}",
+                            it.vcpus, self.caps.max_vcpus
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+                if types[..i].contains(t) {
+                    c.fail(
+                        f(&format!("instance_types[{i}]")),
+                        format!("`{t}` is listed twice"),
+                    );
+                }
+            }
+            return;
+        }
+        let min = spec.min_vcpus.unwrap_or(1);
+        let max = spec.max_vcpus.unwrap_or(min);
+        c.range(&f("min_vcpus"), min, 1, 448);
+        if max < min {
+            c.fail(f("max_vcpus"), format!("{max} is below min_vcpus {min}"));
+        }
+        if max > self.caps.max_vcpus {
+            c.fail(
+                f("max_vcpus"),
+                format!("{max} is above caps.max_vcpus {}", self.caps.max_vcpus),
+            );
+        }
+        if let Some(per) = spec.vcpus_per_input_gib {
+            c.ensure(
+                per.is_finite() && per > 0.0 && per <= 1024.0,
+                f("vcpus_per_input_gib"),
+                format!("{per} must be in (0, 1024]"),
+            );
+        }
+        for (field, v) in [
+            ("min_memory_gib", spec.min_memory_gib),
+            ("memory_gib_per_vcpu", spec.memory_gib_per_vcpu),
+        ] {
+            if let Some(v) = v {
+                c.ensure(
+                    v.is_finite() && (0.0..=24_576.0).contains(&v),
+                    f(field),
+                    format!("{v} must be in 0..=24576"),
+                );
+            }
+        }
+        c.range(&f("gpus"), spec.gpus.unwrap_or(0), 0, 16);
+        c.range(&f("candidates"), spec.candidates.unwrap_or(3), 1, 10);
+        for (i, fam) in spec.families.iter().enumerate() {
+            if !ctx.catalog.has_family(fam) {
+                c.fail(
+                    f(&format!("families[{i}]")),
+                    format!("`{fam}` is not an instance family in the catalog"),
+                );
+            }
+        }
+        if c.errors.len() == errors_before {
+            // Sizing is monotone, so if the largest requirement fits, every smaller one does.
+            let largest = sizing::Requirement::for_spec(spec, Some(u64::MAX));
+            if sizing::candidates(ctx.catalog, spec, &largest, self.caps.max_vcpus).is_empty() {
+                c.fail(
+                    f("max_vcpus"),
+                    format!(
+                        "no instance type in the catalog offers {largest} within caps.max_vcpus {}",
+                        self.caps.max_vcpus
+                    ),
+                );
+            }
+        }
+    }
+}
