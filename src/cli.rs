@@ -270,8 +270,9 @@ fn offline_plan(output: Output, args: &PlanArgs) -> Result<(), CliError> {
                     .join("\n"),
             )
         })?;
+    let summaries = crate::summary::JobSummary::of_all(&jobs);
     let snapshot = Snapshot {
-        jobs: &jobs,
+        jobs: &summaries,
         payers: &payers,
         catalog,
         caps,

@@ -251,17 +251,11 @@ impl PayerProfile {
     /// Parses one profile from TOML text; `source_name` names it in errors.
     pub fn from_toml(source_name: &str, text: &str) -> Result<Self, ProfileError> {
         toml::from_str(text).map_err(|e| {
-            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            let field = e
-                .message()
-                .split('`')
-                .nth(1)
-                .filter(|_| e.message().contains("field"))
-                .unwrap_or("(document)")
-                .to_owned();
+            let offset = e.span().map_or(0, |s| s.start);
+            let (line, col) = line_col(text, offset);
             ProfileError {
                 source_name: format!("{source_name}:{line}:{col}"),
-                field,
+                field: key_path_at(text, offset).unwrap_or_else(|| "(document)".to_owned()),
                 reason: e.message().trim().to_owned(),
             }
         })
@@ -270,6 +264,30 @@ impl PayerProfile {
     /// Serializes the profile as TOML (the form `payers show` prints).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("profile types always serialize to TOML")
+    }
+}
+
+/// The dotted key at `offset`: the enclosing `[table]` header plus the key on that line.
+/// The TOML parser reports a span but not the path, and operators think in paths.
+fn key_path_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'));
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    match (table, key) {
+        (Some(t), Some(k)) if !k.is_empty() && !k.starts_with('#') => Some(format!("{t}.{k}")),
+        (None, Some(k)) if !k.is_empty() && !k.starts_with('#') => Some(k.to_owned()),
+        (Some(t), None) => Some(t),
+        _ => None,
     }
 }
 

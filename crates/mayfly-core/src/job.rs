@@ -416,7 +416,8 @@ mod tests {
                 r#"{"job_id":"a b","payer_id":"p","kind":"k","batch":"b"}"#,
                 "job_id",
             ),
-            (r#"{"job_id":"a","payer_id":"p","kind":"k"}"#, "(body)"),
+            (r#"{"job_id":"a","payer_id":"p","kind":"k"}"#, "batch"),
+            (r#"not json"#, "(body)"),
             (
                 r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","colour":1}"#,
                 "colour",

@@ -6,8 +6,8 @@ use crate::plan::{Plan, Reason};
 
 impl fmt::Display for Reason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = |ids: &[&str], more: usize| {
-            let mut s = ids.join(", ");
+        let names = |ids: &crate::plan::Blockers<'_>, more: usize| {
+            let mut s = ids.as_slice().join(", ");
             if more > 0 {
                 let _ = write!(s, " and {more} more");
             }
@@ -182,12 +182,12 @@ impl fmt::Display for Plan<'_> {
                 .iter()
                 .map(|w| {
                     vec![
-                        w.job_id.to_owned(),
-                        w.payer_id.to_owned(),
-                        w.kind.to_owned(),
-                        w.batch.to_owned(),
+                        w.job.job_id.to_string(),
+                        w.job.payer_id.to_string(),
+                        w.job.kind.to_string(),
+                        w.job.batch.to_string(),
                         w.tier.map_or_else(|| "-".to_owned(), |t| t.to_string()),
-                        w.state.to_string(),
+                        w.job.state.to_string(),
                         w.reason.to_string(),
                     ]
                 })

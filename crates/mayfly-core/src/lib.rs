@@ -1,0 +1,25 @@
+//! mayfly's pure core: everything the scheduler decides, with no I/O and no AWS.
+//!
+//! Data flows through the modules in this order:
+//!
+//! - [`profile`]: payer profiles (TOML files, config-table rows) and their pure validation.
+//! - [`catalog`]: the EC2 instance-type catalog with on-demand prices.
+//! - [`job`]: job requests, the job ledger's records, the state machine and attempts.
+//! - [`jobs_file`]: JSON-lines job files for `submit` and the offline `plan`.
+//! - [`summary`]: the compact planning projection of a ledger job.
+//! - [`sizing`]: right-sizing a job to instance types and its fallback ladder.
+//! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
+//! - [`plan_view`]: the text rendering of plans and reasons.
+//!
+//! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
+
+pub mod catalog;
+pub mod duration;
+pub mod job;
+pub mod jobs_file;
+pub mod plan;
+pub mod plan_view;
+pub mod profile;
+pub mod secrets;
+pub mod sizing;
+pub mod summary;
