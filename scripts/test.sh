@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# mayfly's whole check, as CI runs it: formatting, lints, the infra template, and every test.
+# It installs what it needs itself (a project-local virtualenv with the emulator and linters),
+# so a fresh machine needs only the Rust toolchain and Python.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "Installing test tools (moto, awscli, cfn-lint, shellcheck) into .venv"
+bash scripts/emulator.sh install
+export PATH="$repo/.venv/bin:$PATH"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "shellcheck scripts"
+shellcheck scripts/*.sh .ci/run
+
+if compgen -G "infra/*.yaml" >/dev/null; then
+  step "cfn-lint infra"
+  cfn-lint infra/*.yaml
+fi
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
