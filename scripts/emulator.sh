@@ -8,8 +8,11 @@
 #   stop           stop the emulator started by `start`
 #   status         print "running URL" (exit 0) or "stopped" (exit 3)
 #   url            print the endpoint URL, or exit 1 when not running
-#   deploy [NAME]  deploy infra/mayfly.yaml into the running emulator as
-#                  stack NAME (default: mayfly); prints the stack outputs
+#   deploy [NAME] [KEY=VALUE ...]
+#                  deploy infra/mayfly.yaml into the running emulator as stack
+#                  NAME (default: mayfly) with DeploymentName=NAME and any
+#                  other template parameters given; creates the stack or
+#                  updates it, then prints its outputs (KEY<TAB>VALUE lines)
 #   lint           cfn-lint infra/*.yaml and shellcheck scripts/*.sh
 #
 # Environment:
@@ -21,6 +24,8 @@
 #   emulator.log   moto_server output
 #   emulator.pid   pid of the running moto_server
 #   emulator.env   `source` it to point the AWS SDK/CLI (and mayfly) at the emulator
+#                  (AWS CLI v1 ignores AWS_ENDPOINT_URL for SQS: add
+#                  --endpoint-url "$AWS_ENDPOINT_URL" to `aws sqs` commands)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
@@ -70,19 +75,22 @@ is_installed() {
 }
 
 # Run "$@" holding the state-directory lock, so concurrent invocations
-# (parallel test binaries, say) do not install or start twice.
+# (parallel test binaries, say) do not install or start twice. LOCK_FD is the
+# lock's descriptor while held; a long-lived child must close it.
+LOCK_FD=""
 with_lock() {
   mkdir -p "$STATE_DIR"
-  if command -v flock >/dev/null 2>&1; then
-    local fd
-    exec {fd}>"$LOCK_FILE"
-    flock "$fd"
-    local rc=0
-    "$@" || rc=$?
-    exec {fd}>&-
-    return "$rc"
+  if [[ -n $LOCK_FD ]] || ! command -v flock >/dev/null 2>&1; then
+    "$@"
+    return
   fi
-  "$@"
+  exec {LOCK_FD}>"$LOCK_FILE"
+  flock -w 300 "$LOCK_FD" || die 1 "timed out waiting for $LOCK_FILE (another emulator.sh is busy)"
+  local rc=0
+  "$@" || rc=$?
+  exec {LOCK_FD}>&-
+  LOCK_FD=""
+  return "$rc"
 }
 
 do_install() {
@@ -134,11 +142,23 @@ answers() {
   [[ $(http_status "$1/moto-api/") == 200 ]]
 }
 
+# True when PID exists and is not a zombie (an exited server that start-up
+# has not reaped yet still answers kill -0).
+alive() {
+  local pid=$1 stat
+  kill -0 "$pid" 2>/dev/null || return 1
+  if [[ -r /proc/$pid/stat ]]; then
+    stat=$(<"/proc/$pid/stat") || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+  fi
+}
+
 # True when PID is alive and is a moto_server process.
 is_moto_pid() {
   local pid=$1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   if [[ -r /proc/$pid/cmdline ]]; then
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q moto_server
   fi
@@ -171,7 +191,7 @@ stop_pid() {
   local pid=$1 i
   kill -TERM "$pid" 2>/dev/null || return 0
   for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    alive "$pid" || return 0
     sleep 0.1
   done
   log "moto_server $pid ignored SIGTERM; sending SIGKILL"
@@ -192,13 +212,18 @@ do_start() {
   clear_state
 
   : >"$LOG_FILE"
-  # setsid: the server outlives this shell and is not hit by the caller's Ctrl-C.
-  setsid "$VENV/bin/moto_server" -H "$HOST" -p 0 >>"$LOG_FILE" 2>&1 </dev/null &
+  # setsid: the server outlives this shell and is not hit by the caller's
+  # Ctrl-C. It must not inherit the lock. A background subshell is no process
+  # group leader, so setsid(1) execs in place and $! is the server's pid.
+  (
+    if [[ -n $LOCK_FD ]]; then exec {LOCK_FD}>&-; fi
+    exec setsid "$VENV/bin/moto_server" -H "$HOST" -p 0 >>"$LOG_FILE" 2>&1 </dev/null
+  ) &
   local pid=$!
   local deadline=$((SECONDS + TIMEOUT)) port=""
 
   while [[ -z $port ]]; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! alive "$pid"; then
       tail -n 20 "$LOG_FILE" >&2 || true
       die 1 "moto_server exited during start-up (log: $LOG_FILE)"
     fi
@@ -214,7 +239,7 @@ do_start() {
 
   url="http://$HOST:$port"
   until answers "$url"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
+    if ! alive "$pid"; then
       tail -n 20 "$LOG_FILE" >&2 || true
       die 1 "moto_server exited during start-up (log: $LOG_FILE)"
     fi
@@ -276,14 +301,16 @@ cmd_url() {
   running_url || die 1 "emulator is not running (scripts/emulator.sh start)"
 }
 
-# The AWS CLI from the virtualenv, pointed at the running emulator.
+# The AWS CLI from the virtualenv, pointed at the running emulator. The
+# endpoint is passed as --endpoint-url too: AWS CLI v1 ignores
+# AWS_ENDPOINT_URL for some services (SQS among them).
 emu_aws() {
   (
     unset AWS_PROFILE AWS_DEFAULT_PROFILE AWS_SESSION_TOKEN AWS_SECURITY_TOKEN
     # shellcheck source=/dev/null
     source "$ENV_FILE"
     export AWS_PAGER=""
-    exec "$VENV/bin/aws" "$@"
+    exec "$VENV/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL" "$@"
   )
 }
 
@@ -298,10 +325,31 @@ show_stack_events() {
     --output text >&2 || true
 }
 
+# Stack parameters as the JSON list CloudFormation takes, from KEY=VALUE
+# arguments (values may contain commas: CommaDelimitedList parameters).
+parameters_json() {
+  "$VENV/bin/python" -c '
+import json, sys
+print(json.dumps([
+    {"ParameterKey": k, "ParameterValue": v}
+    for k, _, v in (a.partition("=") for a in sys.argv[1:])
+]))' "$@"
+}
+
 cmd_deploy() {
-  local name=${1:-mayfly}
+  local name=mayfly
+  if (($#)) && [[ $1 != *=* ]]; then
+    name=$1
+    shift
+  fi
   [[ $name =~ ^[a-z][a-z0-9-]{0,30}$ ]] ||
     die 2 "invalid deployment name '$name' (must match [a-z][a-z0-9-]{0,30})"
+  local p params=("DeploymentName=$name")
+  for p in "$@"; do
+    [[ $p =~ ^[A-Za-z][A-Za-z0-9]*=.*$ ]] || die 2 "invalid stack parameter '$p' (expected KEY=VALUE)"
+    [[ $p != DeploymentName=* ]] || die 2 "DeploymentName is the stack name: pass it as NAME"
+    params+=("$p")
+  done
   [[ -f $TEMPLATE ]] || die 2 "template not found: $TEMPLATE"
   ensure_installed
   running_url >/dev/null || die 1 "emulator is not running (scripts/emulator.sh start)"
@@ -309,7 +357,7 @@ cmd_deploy() {
   local args=(
     --stack-name "$name"
     --template-body "file://$TEMPLATE"
-    --parameters "ParameterKey=DeploymentName,ParameterValue=$name"
+    --parameters "$(parameters_json "${params[@]}")"
     --capabilities CAPABILITY_NAMED_IAM
   )
   local status
@@ -317,7 +365,8 @@ cmd_deploy() {
   case $status in
     "" | None | DELETE_COMPLETE)
       log "creating stack $name"
-      emu_aws cloudformation create-stack "${args[@]}" >/dev/null
+      emu_aws cloudformation create-stack "${args[@]}" >/dev/null ||
+        die 1 "create-stack $name failed (error above). A deleted stack's tables are retained and block re-creating it: delete them or restart the emulator"
       if ! emu_aws cloudformation wait stack-create-complete --stack-name "$name"; then
         show_stack_events "$name"
         die 1 "stack $name did not reach CREATE_COMPLETE"
@@ -370,8 +419,12 @@ cmd_lint() {
 }
 
 main() {
-  local cmd=${1:-}
-  (($#)) && shift
+  if (($# == 0)); then
+    usage
+    die 2 "missing command"
+  fi
+  local cmd=$1
+  shift
   case $cmd in
     install) cmd_install "$@" ;;
     start) cmd_start "$@" ;;

@@ -11,7 +11,15 @@
 //! - [`sizing`]: right-sizing a job to instance types and its fallback ladder.
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
 //! - [`plan_view`]: the text rendering of plans and reasons.
+//! - [`ports`]: the narrow interfaces to the config table, ledger, queues and EC2.
+//! - [`aws`]: the adapters implementing the ports on the AWS SDK, and call counting.
+//! - [`fakes`]: stateful in-memory implementations of every port, for tests.
+//! - [`ratelimit`]: client-side token buckets mirroring EC2's API rate limits.
+//! - [`userdata`]: rendering the per-job user-data script from templates.
+//! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
 //! - [`cli`]: the command-line surface shared by the binaries.
+//!
+//! [`names`] derives table, queue and tag names from the deployment name.
 //!
 //! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
 
@@ -19,4 +27,11 @@ pub use mayfly_core::{
     catalog, duration, job, jobs_file, plan, plan_view, profile, secrets, sizing, summary,
 };
 
+pub mod aws;
 pub mod cli;
+pub mod fakes;
+pub mod names;
+pub mod ports;
+pub mod ratelimit;
+pub mod scheduler;
+pub mod userdata;

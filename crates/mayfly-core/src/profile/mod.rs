@@ -1,6 +1,7 @@
 //! Payer profiles: one TOML file per payer (`payer-profiles/*.toml`), one row in the config
 //! table. This module holds the types and the file IO; `validate` holds the pure checks.
 
+mod diff;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::Arch;
 use crate::duration::Duration;
 
+pub use diff::{diff, Change};
 pub use validate::{GlobalCaps, Payer, ValidateContext};
 
 /// A payer's whole configuration, exactly as written in its profile file.

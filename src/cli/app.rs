@@ -1,0 +1,86 @@
+//! Connecting to AWS once per command: SDK configuration from the global options and the
+//! standard AWS chain, the counting clients, and the adapters behind each port.
+
+use std::sync::Arc;
+
+use super::{CliError, GlobalArgs, PassArgs};
+use crate::aws::dynamo::{DynamoConfigStore, DynamoLedger};
+use crate::aws::ec2::Ec2Compute;
+use crate::aws::sqs::SqsQueue;
+use crate::aws::{self, counting::CallCounter, Clients};
+use crate::names::Names;
+use crate::ports::{ConfigStore, Ledger};
+use crate::ratelimit::Ec2Limits;
+use crate::scheduler::{Deps, Scheduler, Settings};
+use crate::userdata::{InstanceEnv, TemplateUserData};
+
+/// The real adapters of one deployment.
+#[derive(Debug)]
+pub struct App {
+    pub names: Names,
+    clients: Clients,
+    region: String,
+    endpoint_url: Option<String>,
+}
+
+impl App {
+    pub async fn connect(global: &GlobalArgs) -> Result<Self, CliError> {
+        let sdk = aws::load_sdk_config(global.region.as_deref(), global.endpoint_url.as_deref(), global.profile.as_deref()).await;
+        let region = sdk
+            .region()
+            .map(ToString::to_string)
+            .ok_or_else(|| CliError::Invalid("no AWS region: pass --region or set AWS_REGION".into()))?;
+        Ok(Self {
+            names: Names::new(&global.name),
+            clients: Clients::new(&sdk),
+            region,
+            endpoint_url: global.endpoint_url.clone(),
+        })
+    }
+
+    pub fn calls(&self) -> &CallCounter {
+        &self.clients.calls
+    }
+
+    pub fn config(&self) -> Arc<dyn ConfigStore> {
+        Arc::new(DynamoConfigStore::new(self.clients.dynamodb.clone(), self.names.payers_table()))
+    }
+
+    pub fn ledger(&self) -> Arc<dyn Ledger> {
+        Arc::new(DynamoLedger::new(self.clients.dynamodb.clone(), self.names.jobs_table()))
+    }
+
+    async fn queue(&self, name: String) -> Result<SqsQueue, CliError> {
+        SqsQueue::by_name(self.clients.sqs.clone(), &name)
+            .await
+            .map_err(|e| CliError::Runtime(format!("queue {name}: {e} (is the deployment `{}` created? see infra/README.md)", self.names.deployment)))
+    }
+
+    pub async fn intake(&self) -> Result<SqsQueue, CliError> {
+        self.queue(self.names.intake_queue()).await
+    }
+
+    /// A scheduler wired to this deployment.
+    pub async fn scheduler(&self, pass: &PassArgs) -> Result<Scheduler, CliError> {
+        let events = self.queue(self.names.events_queue()).await?;
+        let env = InstanceEnv {
+            events_queue_url: events.url().to_owned(),
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            ..InstanceEnv::default()
+        };
+        let deps = Deps {
+            config: self.config(),
+            ledger: self.ledger(),
+            intake: Arc::new(self.intake().await?),
+            intake_dlq: Arc::new(self.queue(self.names.intake_dlq()).await?),
+            compute: Arc::new(Ec2Compute::new(self.clients.ec2.clone(), Arc::new(Ec2Limits::default()))),
+            user_data: Arc::new(TemplateUserData::builtin(env)),
+        };
+        let mut settings = Settings::new(self.names.cluster());
+        settings.caps = pass.caps.caps();
+        settings.vcpu_quota = pass.vcpu_quota;
+        settings.max_launches = pass.max_launches;
+        Ok(Scheduler::new(deps, settings))
+    }
+}

@@ -1,0 +1,290 @@
+//! The command-line surface: global options, subcommands, and how results are printed.
+//! The `mayfly` binary parses [`Cli`] and calls [`run`]; results print as text or JSON.
+
+mod offline;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::profile::GlobalCaps;
+
+pub use offline::{ValidProfile, ValidateReport};
+
+/// mayfly: one right-sized, self-terminating EC2 instance per payer data job.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mayfly",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// AWS region (default: the standard AWS chain).
+    #[arg(long, global = true, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Endpoint URL for every AWS service (e.g. the local emulator).
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Named AWS profile from the shared config files.
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// Deployment name: prefixes tables and queues and is the cluster tag value.
+    #[arg(long, global = true, default_value = "mayfly", env = "MAYFLY_NAME")]
+    pub name: String,
+    /// Output format on stdout; logs always go to stderr.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// More logging (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Deployment-wide caps, shared by every command that plans or validates.
+#[derive(Debug, Clone, Args)]
+pub struct CapsArgs {
+    /// Most instances mayfly runs at once, across payers.
+    #[arg(long, default_value_t = GlobalCaps::default().max_instances, env = "MAYFLY_MAX_INSTANCES")]
+    pub max_instances: u32,
+    /// Most vCPUs mayfly runs at once, across payers.
+    #[arg(long, default_value_t = GlobalCaps::default().max_vcpus, env = "MAYFLY_MAX_VCPUS")]
+    pub max_vcpus: u32,
+}
+
+impl CapsArgs {
+    pub fn caps(&self) -> GlobalCaps {
+        GlobalCaps {
+            max_instances: self.max_instances,
+            max_vcpus: self.max_vcpus,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Payer onboarding: validate profile files, compare and apply them as config rows.
+    #[command(subcommand)]
+    Payers(PayersCommand),
+    /// Put job requests on the intake queue: one from flags, or many from a JSON-lines file.
+    ///
+    ///   mayfly submit --job-id cedar:2026-11:claims --payer cedar-plan --kind claims --batch 2026-11
+    ///   mayfly submit --file jobs.jsonl
+    Submit(SubmitArgs),
+    /// Run one scheduling pass: ingest, repair, plan, launch, report.
+    Tick(TickArgs),
+    /// Show what one scheduling pass would do, without changing anything.
+    ///
+    /// Against the live tables (reads only):   mayfly plan
+    /// Offline, from files (no AWS needed):    mayfly plan --jobs payer-profiles/examples/jobs.jsonl
+    Plan(PlanArgs),
+    /// Look at jobs in the ledger.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PayersCommand {
+    /// Validate profile files (or directories of them) without touching AWS.
+    ///
+    /// Exits 2 and names the file, field and reason of every problem.
+    Validate {
+        /// Profile files or directories of `*.toml` files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        caps: CapsArgs,
+    },
+    /// Show, field by field, how profile files differ from the config table.
+    Diff {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        caps: CapsArgs,
+    },
+    /// Validate profile files and write the changed ones to the config table.
+    Apply {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Show what would be written, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        caps: CapsArgs,
+    },
+    /// List the payers in the config table.
+    List,
+    /// Print one payer's stored profile (TOML), version and pause state.
+    Show { payer_id: String },
+    /// Stop launching a payer's jobs (running jobs finish).
+    Pause {
+        payer_id: String,
+        /// Why; shown by `plan`, `explain` and `status`.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Launch a paused payer's jobs again.
+    Resume { payer_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// JSON-lines file of job requests (one JSON object per line).
+    #[arg(long, conflicts_with_all = ["job_id", "payer", "kind", "batch"])]
+    pub file: Option<PathBuf>,
+    /// The producer's idempotency key: re-sending the same id is a no-op.
+    #[arg(long, required_unless_present = "file")]
+    pub job_id: Option<String>,
+    #[arg(long, required_unless_present = "file")]
+    pub payer: Option<String>,
+    #[arg(long, required_unless_present = "file")]
+    pub kind: Option<String>,
+    /// The payer's cycle, e.g. the file-drop date.
+    #[arg(long, required_unless_present = "file")]
+    pub batch: Option<String>,
+    #[arg(long)]
+    pub input_uri: Option<String>,
+    /// Declared input size in bytes (may scale the instance size).
+    #[arg(long, requires = "input_uri")]
+    pub input_bytes: Option<u64>,
+    /// A parameter passed to the job as environment, KEY=VALUE (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    #[arg(long)]
+    pub priority: Option<u8>,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+#[derive(Debug, Args)]
+pub struct TickArgs {
+    /// Read and plan only: nothing is deleted, written or launched.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub pass: PassArgs,
+}
+
+/// Limits of one pass.
+#[derive(Debug, Clone, Args)]
+pub struct PassArgs {
+    /// Most RunInstances calls in one pass.
+    #[arg(long, default_value_t = 60, env = "MAYFLY_MAX_LAUNCHES")]
+    pub max_launches: u32,
+    /// The account's EC2 vCPU quota, if known.
+    #[arg(long, env = "MAYFLY_VCPU_QUOTA")]
+    pub vcpu_quota: Option<u32>,
+    #[command(flatten)]
+    pub caps: CapsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs by state (default: every active state).
+    List {
+        /// Only this state (queued, launching, running, succeeded, failed, blocked, cancelled, dead).
+        #[arg(long)]
+        state: Option<crate::job::JobState>,
+        /// Only this payer's jobs.
+        #[arg(long)]
+        payer: Option<String>,
+    },
+    /// Show one job with all its attempts.
+    Show { job_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Directory (or files) of payer profiles (offline mode only).
+    #[arg(long, default_value = "payer-profiles", requires = "jobs")]
+    pub profiles: Vec<PathBuf>,
+    /// Plan offline from this JSON-lines jobs file: requests, optionally with ledger fields
+    /// (`state`, `submitted_at`, `attempt`, `not_before`, `instance_type`, `instance_id`).
+    /// Without it, plan against the live config table and ledger.
+    #[arg(long)]
+    pub jobs: Option<PathBuf>,
+    /// The planning time (RFC 3339); default now. Fix it for reproducible plans.
+    #[arg(long)]
+    pub now: Option<DateTime<Utc>>,
+    /// RunInstances calls this pass may make.
+    #[arg(long, default_value_t = 20)]
+    pub launch_budget: u32,
+    /// The account's EC2 vCPU quota, if known.
+    #[arg(long)]
+    pub vcpu_quota: Option<u32>,
+    #[command(flatten)]
+    pub caps: CapsArgs,
+}
+
+/// Runs a command. Commands that reach AWS connect first, once.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let output = cli.global.output;
+    match cli.command {
+        Command::Payers(PayersCommand::Validate { paths, caps }) => {
+            offline::validate(output, &paths, caps.caps())
+        }
+        Command::Plan(args) if args.jobs.is_some() => offline::offline_plan(output, &args),
+        _ => Err(CliError::Runtime(
+            "this command is being connected to AWS".into(),
+        )),
+    }
+}
+
+/// A command's failure, and the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Invalid input or configuration: exit 2.
+    #[error("{0}")]
+    Invalid(String),
+    /// Failure at run time: exit 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Invalid(_) => 2,
+            CliError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Prints a result as text or as one JSON document.
+pub fn emit<T: Serialize + std::fmt::Display>(output: Output, value: &T) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    let written = match output {
+        Output::Text => write!(out, "{value}"),
+        Output::Json => serde_json::to_writer_pretty(&mut out, value)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out)),
+    };
+    match written {
+        Ok(()) => Ok(()),
+        // A closed pipe (`mayfly plan | head`) is not a failure of the command.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Runtime(format!("cannot write output: {e}"))),
+    }
+}

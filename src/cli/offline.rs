@@ -1,0 +1,124 @@
+//! Commands that need no AWS: validating profile files and planning from a jobs file.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::{emit, CliError, Output, PlanArgs};
+use crate::catalog::Catalog;
+use crate::jobs_file;
+use crate::plan::{self, Snapshot};
+use crate::profile::{self, GlobalCaps, ValidateContext};
+
+/// The outcome of `payers validate`.
+#[derive(Debug, Serialize)]
+pub struct ValidateReport {
+    pub valid: Vec<ValidProfile>,
+    pub errors: Vec<profile::ProfileError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ValidProfile {
+    pub payer_id: String,
+    pub kinds: usize,
+    pub tiers: u8,
+}
+
+impl std::fmt::Display for ValidateReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for v in &self.valid {
+            writeln!(
+                f,
+                "ok      {} ({} kinds, {} tiers)",
+                v.payer_id, v.kinds, v.tiers
+            )?;
+        }
+        for e in &self.errors {
+            writeln!(f, "error   {e}")?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn validate(
+    output: Output,
+    paths: &[PathBuf],
+    caps: GlobalCaps,
+) -> Result<(), CliError> {
+    let ctx = ValidateContext {
+        catalog: Catalog::shipped(),
+        global: caps,
+    };
+    let files = profile::expand_paths(paths).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let mut report = ValidateReport {
+        valid: Vec::new(),
+        errors: Vec::new(),
+    };
+    for file in &files {
+        match profile::load_and_validate(std::slice::from_ref(file), &ctx) {
+            Ok(payers) => report.valid.extend(payers.iter().map(|p| {
+                ValidProfile {
+                    payer_id: p.id().to_owned(),
+                    kinds: p.profile.kinds.len(),
+                    tiers: p
+                        .profile
+                        .kinds
+                        .values()
+                        .map(|k| k.tier + 1)
+                        .max()
+                        .unwrap_or(0),
+                }
+            })),
+            Err(es) => report.errors.extend(es.0),
+        }
+    }
+    emit(output, &report)?;
+    if report.errors.is_empty() && !files.is_empty() {
+        Ok(())
+    } else if files.is_empty() {
+        Err(CliError::Invalid("no profile files found".into()))
+    } else {
+        Err(CliError::Invalid(format!(
+            "{} problem(s) found",
+            report.errors.len()
+        )))
+    }
+}
+
+pub(super) fn offline_plan(output: Output, args: &PlanArgs) -> Result<(), CliError> {
+    let catalog = Catalog::shipped();
+    let caps = args.caps.caps();
+    let ctx = ValidateContext {
+        catalog,
+        global: caps,
+    };
+    let payers = profile::load_and_validate(&args.profiles, &ctx)
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let now = args.now.unwrap_or_else(Utc::now);
+    let jobs_path = args
+        .jobs
+        .as_ref()
+        .expect("offline planning is chosen by --jobs");
+    let text = jobs_file::read(jobs_path).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let jobs =
+        jobs_file::parse_snapshot(&jobs_path.display().to_string(), &text, now).map_err(|es| {
+            CliError::Invalid(
+                es.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+    let summaries = crate::summary::JobSummary::of_all(&jobs);
+    let snapshot = Snapshot {
+        jobs: &summaries,
+        payers: &payers,
+        catalog,
+        caps,
+        vcpu_quota: args.vcpu_quota,
+        launch_budget: args.launch_budget,
+        now,
+    };
+    emit(output, &plan::plan(&snapshot))
+}

@@ -1,0 +1,210 @@
+//! `mayfly payers diff|apply|list|show|pause|resume`: the config table, from profile files.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use super::{emit, App, CliError, Output, PayersCommand};
+use crate::catalog::Catalog;
+use crate::plan_view::table;
+use crate::ports::{ConfigStore, StoreError};
+use crate::profile::{self, Change, GlobalCaps, ValidateContext};
+
+pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result<(), CliError> {
+    let store = app.config();
+    match cmd {
+        PayersCommand::Validate { .. } => unreachable!("validate needs no AWS and is run offline"),
+        PayersCommand::Diff { paths, caps } => {
+            let report = compare(store.as_ref(), &paths, caps.caps()).await?;
+            emit(output, &report)
+        }
+        PayersCommand::Apply { paths, dry_run, caps } => {
+            let mut report = compare(store.as_ref(), &paths, caps.caps()).await?;
+            report.dry_run = dry_run;
+            if !dry_run {
+                for p in report.payers.iter_mut().filter(|p| p.status != Status::Unchanged) {
+                    let profile = p.profile.take().expect("compare keeps the profile of changed payers");
+                    let version = store
+                        .put(&profile, p.version, Utc::now())
+                        .await
+                        .map_err(|e| match e {
+                            StoreError::Conflict(_) => CliError::Runtime(format!("{}: changed by someone else meanwhile; diff and apply again", p.payer_id)),
+                            other => CliError::Runtime(format!("{}: {other}", p.payer_id)),
+                        })?;
+                    p.version = Some(version);
+                    p.applied = true;
+                }
+            }
+            emit(output, &report)
+        }
+        PayersCommand::List => {
+            let rows = store.list().await.map_err(runtime)?;
+            let list = PayerList(rows.into_iter().map(|r| PayerRow {
+                payer_id: r.profile.payer_id.clone(),
+                version: r.version,
+                enabled: r.profile.enabled,
+                priority: r.profile.priority,
+                kinds: r.profile.kinds.keys().cloned().collect(),
+                paused: r.paused,
+                updated_at: r.updated_at.to_rfc3339(),
+            }).collect());
+            emit(output, &list)
+        }
+        PayersCommand::Show { payer_id } => {
+            let row = store.get(&payer_id).await.map_err(runtime)?.ok_or_else(|| CliError::Invalid(format!("no payer `{payer_id}` in the config table")))?;
+            emit(output, &Shown { payer_id, version: row.version, paused: row.paused, updated_at: row.updated_at.to_rfc3339(), profile: row.profile })
+        }
+        PayersCommand::Pause { payer_id, reason } => set_paused(store.as_ref(), output, &payer_id, Some(&reason)).await,
+        PayersCommand::Resume { payer_id } => set_paused(store.as_ref(), output, &payer_id, None).await,
+    }
+}
+
+fn runtime(e: StoreError) -> CliError {
+    CliError::Runtime(format!("config table: {e}"))
+}
+
+async fn set_paused(store: &dyn ConfigStore, output: Output, payer_id: &str, reason: Option<&str>) -> Result<(), CliError> {
+    let row = store.get(payer_id).await.map_err(runtime)?.ok_or_else(|| CliError::Invalid(format!("no payer `{payer_id}` in the config table")))?;
+    let version = store.set_paused(payer_id, reason, row.version, Utc::now()).await.map_err(runtime)?;
+    let shown = Shown { payer_id: payer_id.to_owned(), version, paused: reason.map(str::to_owned), updated_at: Utc::now().to_rfc3339(), profile: row.profile };
+    emit(output, &shown)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Status {
+    New,
+    Changed,
+    Unchanged,
+}
+
+#[derive(Debug, Serialize)]
+struct PayerDiff {
+    payer_id: String,
+    source: String,
+    status: Status,
+    /// The stored version the change is conditional on (none for a new payer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    changes: Vec<Change>,
+    applied: bool,
+    #[serde(skip)]
+    profile: Option<crate::profile::PayerProfile>,
+}
+
+#[derive(Debug, Serialize)]
+struct DiffReport {
+    dry_run: bool,
+    payers: Vec<PayerDiff>,
+}
+
+async fn compare(store: &dyn ConfigStore, paths: &[PathBuf], caps: GlobalCaps) -> Result<DiffReport, CliError> {
+    let ctx = ValidateContext { catalog: Catalog::shipped(), global: caps };
+    let files = profile::expand_paths(paths).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let mut out = Vec::new();
+    for file in files {
+        let payers = profile::load_and_validate(std::slice::from_ref(&file), &ctx).map_err(|e| CliError::Invalid(e.to_string()))?;
+        for payer in payers {
+            let stored = store.get(payer.id()).await.map_err(runtime)?;
+            let (status, changes, version) = match &stored {
+                None => (Status::New, Vec::new(), None),
+                Some(row) => {
+                    let changes = profile::diff(&row.profile, &payer.profile);
+                    let status = if changes.is_empty() { Status::Unchanged } else { Status::Changed };
+                    (status, changes, Some(row.version))
+                }
+            };
+            out.push(PayerDiff {
+                payer_id: payer.id().to_owned(),
+                source: file.display().to_string(),
+                status,
+                version,
+                changes,
+                applied: false,
+                profile: (status != Status::Unchanged).then_some(payer.profile),
+            });
+        }
+    }
+    Ok(DiffReport { dry_run: true, payers: out })
+}
+
+impl fmt::Display for DiffReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.payers {
+            let what = match (p.status, p.applied) {
+                (Status::New, true) => "created",
+                (Status::Changed, true) => "updated",
+                (Status::New, false) => "new",
+                (Status::Changed, false) => "changed",
+                (Status::Unchanged, _) => "unchanged",
+            };
+            let version = p.version.map(|v| format!(" (version {v})")).unwrap_or_default();
+            writeln!(f, "{what:<9} {}{version}  [{}]", p.payer_id, p.source)?;
+            for c in &p.changes {
+                writeln!(f, "    {}: {} → {}", c.field, c.old.as_deref().unwrap_or("(unset)"), c.new.as_deref().unwrap_or("(unset)"))?;
+            }
+        }
+        if self.dry_run && self.payers.iter().any(|p| p.status != Status::Unchanged) {
+            writeln!(f, "(nothing written; `mayfly payers apply` writes these)")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct PayerRow {
+    payer_id: String,
+    version: u64,
+    enabled: bool,
+    priority: u8,
+    kinds: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused: Option<String>,
+    updated_at: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+struct PayerList(Vec<PayerRow>);
+
+impl fmt::Display for PayerList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: Vec<Vec<String>> = self
+            .0
+            .iter()
+            .map(|r| {
+                vec![
+                    r.payer_id.clone(),
+                    r.version.to_string(),
+                    if r.enabled { "yes" } else { "no" }.to_owned(),
+                    r.priority.to_string(),
+                    r.kinds.join(","),
+                    r.paused.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        f.write_str(&table(&["PAYER", "VERSION", "ENABLED", "PRIORITY", "KINDS", "PAUSED"], &rows))
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Shown {
+    payer_id: String,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused: Option<String>,
+    updated_at: String,
+    profile: crate::profile::PayerProfile,
+}
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "# {} version {}, updated {}", self.payer_id, self.version, self.updated_at)?;
+        if let Some(p) = &self.paused {
+            writeln!(f, "# PAUSED: {p}")?;
+        }
+        f.write_str(&self.profile.to_toml())
+    }
+}

@@ -1,0 +1,128 @@
+//! An in-memory SQS queue: messages become invisible when received and come back when their
+//! receipt is not deleted before `expire_receipts` (the visibility timeout, made explicit).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::ports::{Message, Queue, QueueError};
+
+#[derive(Debug, Clone)]
+struct Stored {
+    id: String,
+    body: String,
+    attributes: Vec<(String, String)>,
+    receive_count: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    visible: VecDeque<Stored>,
+    in_flight: Vec<(String, Stored)>,
+    next_id: u64,
+    receives: u64,
+    deletes: u64,
+}
+
+/// One queue.
+#[derive(Debug, Default)]
+pub struct FakeQueue {
+    state: Mutex<State>,
+}
+
+impl FakeQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes every received-but-undeleted message visible again, as a visibility timeout would.
+    pub fn expire_receipts(&self) {
+        let mut s = self.lock();
+        let back: Vec<Stored> = s.in_flight.drain(..).map(|(_, m)| m).collect();
+        s.visible.extend(back);
+    }
+
+    /// Bodies and attributes of every message not yet deleted (visible or in flight).
+    pub fn contents(&self) -> Vec<(String, Vec<(String, String)>)> {
+        let s = self.lock();
+        s.visible
+            .iter()
+            .chain(s.in_flight.iter().map(|(_, m)| m))
+            .map(|m| (m.body.clone(), m.attributes.clone()))
+            .collect()
+    }
+
+    /// ReceiveMessage and DeleteMessageBatch calls made so far.
+    pub fn calls(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.receives, s.deletes)
+    }
+}
+
+#[async_trait]
+impl Queue for FakeQueue {
+    async fn receive(&self, max: u32, _wait: Duration) -> Result<Vec<Message>, QueueError> {
+        let mut s = self.lock();
+        s.receives += 1;
+        let mut out = Vec::new();
+        while out.len() < max.min(10) as usize {
+            let Some(mut m) = s.visible.pop_front() else {
+                break;
+            };
+            m.receive_count += 1;
+            s.next_id += 1;
+            let receipt = format!("r-{}-{}", m.id, s.next_id);
+            out.push(Message {
+                message_id: m.id.clone(),
+                body: m.body.clone(),
+                receipt: receipt.clone(),
+                receive_count: m.receive_count,
+            });
+            s.in_flight.push((receipt, m));
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, receipts: &[String]) -> Result<Vec<String>, QueueError> {
+        let mut s = self.lock();
+        s.deletes += receipts.len().div_ceil(10) as u64;
+        let mut failed = Vec::new();
+        for r in receipts {
+            match s.in_flight.iter().position(|(rec, _)| rec == r) {
+                Some(i) => {
+                    s.in_flight.remove(i);
+                }
+                None => failed.push(r.clone()),
+            }
+        }
+        Ok(failed)
+    }
+
+    async fn send(&self, body: &str, attributes: &[(&str, &str)]) -> Result<String, QueueError> {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = format!("m-{}", s.next_id);
+        s.visible.push_back(Stored {
+            id: id.clone(),
+            body: body.to_owned(),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            receive_count: 0,
+        });
+        Ok(id)
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(self.lock().visible.len() as u64)
+    }
+}

@@ -1,0 +1,193 @@
+//! In-memory config table and job ledger with DynamoDB's conditional-write semantics.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::job::{Job, JobState};
+use crate::ports::{ConfigStore, Ledger, StoreError, StoredPayer};
+use crate::profile::PayerProfile;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A test that panicked while holding the lock has already failed; keep the data usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The payer config table.
+#[derive(Debug, Default)]
+pub struct FakeConfigStore {
+    rows: Mutex<BTreeMap<String, StoredPayer>>,
+}
+
+impl FakeConfigStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl ConfigStore for FakeConfigStore {
+    async fn list(&self) -> Result<Vec<StoredPayer>, StoreError> {
+        Ok(lock(&self.rows).values().cloned().collect())
+    }
+
+    async fn get(&self, payer_id: &str) -> Result<Option<StoredPayer>, StoreError> {
+        Ok(lock(&self.rows).get(payer_id).cloned())
+    }
+
+    async fn put(
+        &self,
+        profile: &PayerProfile,
+        expected: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut rows = lock(&self.rows);
+        let current = rows.get(&profile.payer_id);
+        match (current, expected) {
+            (None, None) => {}
+            (Some(row), Some(v)) if row.version == v => {}
+            (current, _) => {
+                return Err(StoreError::Conflict(format!(
+                    "payer {} is at version {:?}, expected {expected:?}",
+                    profile.payer_id,
+                    current.map(|r| r.version)
+                )))
+            }
+        }
+        let paused = current.and_then(|r| r.paused.clone());
+        let version = expected.unwrap_or(0) + 1;
+        rows.insert(
+            profile.payer_id.clone(),
+            StoredPayer {
+                profile: profile.clone(),
+                paused,
+                version,
+                updated_at: now,
+            },
+        );
+        Ok(version)
+    }
+
+    async fn set_paused(
+        &self,
+        payer_id: &str,
+        paused: Option<&str>,
+        expected: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut rows = lock(&self.rows);
+        let row = rows
+            .get_mut(payer_id)
+            .filter(|r| r.version == expected)
+            .ok_or_else(|| {
+                StoreError::Conflict(format!("payer {payer_id} is not at version {expected}"))
+            })?;
+        row.paused = paused.map(str::to_owned);
+        row.version += 1;
+        row.updated_at = now;
+        Ok(row.version)
+    }
+}
+
+/// The job ledger. Counts writes, and can be told to throttle the next writes.
+#[derive(Debug, Default)]
+pub struct FakeLedger {
+    jobs: Mutex<BTreeMap<String, Job>>,
+    writes: Mutex<BTreeMap<String, u32>>,
+    throttle_next: Mutex<u32>,
+}
+
+impl FakeLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Successful writes (create + update) of one job so far.
+    pub fn writes_for(&self, job_id: &str) -> u32 {
+        lock(&self.writes).get(job_id).copied().unwrap_or(0)
+    }
+
+    /// The next `n` writes fail with `Throttled` and change nothing.
+    pub fn throttle_next_writes(&self, n: u32) {
+        *lock(&self.throttle_next) = n;
+    }
+
+    /// Every job, by id.
+    pub fn all(&self) -> Vec<Job> {
+        lock(&self.jobs).values().cloned().collect()
+    }
+
+    fn throttled(&self) -> Result<(), StoreError> {
+        let mut n = lock(&self.throttle_next);
+        if *n > 0 {
+            *n -= 1;
+            return Err(StoreError::Throttled(
+                "ProvisionedThroughputExceededException".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn count_write(&self, job_id: &str) {
+        *lock(&self.writes).entry(job_id.to_owned()).or_default() += 1;
+    }
+}
+
+#[async_trait]
+impl Ledger for FakeLedger {
+    async fn create(&self, job: &Job) -> Result<bool, StoreError> {
+        self.throttled()?;
+        let mut jobs = lock(&self.jobs);
+        if jobs.contains_key(&job.job_id) {
+            return Ok(false);
+        }
+        jobs.insert(job.job_id.clone(), job.clone());
+        drop(jobs);
+        self.count_write(&job.job_id);
+        Ok(true)
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Option<Job>, StoreError> {
+        Ok(lock(&self.jobs).get(job_id).cloned())
+    }
+
+    async fn update(&self, job: &Job, expected: u64) -> Result<(), StoreError> {
+        self.throttled()?;
+        let mut jobs = lock(&self.jobs);
+        match jobs.get(&job.job_id) {
+            Some(current) if current.version == expected => {
+                jobs.insert(job.job_id.clone(), job.clone());
+            }
+            current => {
+                return Err(StoreError::Conflict(format!(
+                    "job {} is at version {:?}, expected {expected}",
+                    job.job_id,
+                    current.map(|j| j.version)
+                )))
+            }
+        }
+        drop(jobs);
+        self.count_write(&job.job_id);
+        Ok(())
+    }
+
+    async fn by_state(&self, state: JobState) -> Result<Vec<Job>, StoreError> {
+        let mut out: Vec<Job> = lock(&self.jobs)
+            .values()
+            .filter(|j| j.state == state)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.submitted_at.cmp(&b.submitted_at));
+        Ok(out)
+    }
+
+    async fn by_batch(&self, payer_id: &str, batch: &str) -> Result<Vec<Job>, StoreError> {
+        Ok(lock(&self.jobs)
+            .values()
+            .filter(|j| j.payer_id == payer_id && j.batch == batch)
+            .cloned()
+            .collect())
+    }
+}

@@ -1,0 +1,69 @@
+//! Names derived from the deployment name (`--name`): tables, queues and tags. The infra
+//! template (`infra/mayfly.yaml`) creates resources under exactly these names.
+
+/// Tag keys mayfly puts on every instance and volume it launches.
+pub mod tags {
+    /// The deployment an instance belongs to; mayfly touches only its own.
+    pub const CLUSTER: &str = "mayfly:cluster";
+    pub const JOB_ID: &str = "mayfly:job-id";
+    pub const ATTEMPT: &str = "mayfly:attempt";
+    pub const PAYER: &str = "mayfly:payer";
+    pub const KIND: &str = "mayfly:kind";
+    pub const BATCH: &str = "mayfly:batch";
+    pub const RUNG: &str = "mayfly:rung";
+    /// An instance carrying this tag is never terminated by mayfly.
+    pub const PROTECT: &str = "mayfly:protect";
+}
+
+/// The resource names of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub deployment: String,
+}
+
+impl Names {
+    pub fn new(deployment: impl Into<String>) -> Self {
+        Self {
+            deployment: deployment.into(),
+        }
+    }
+
+    pub fn payers_table(&self) -> String {
+        format!("{}-payers", self.deployment)
+    }
+
+    pub fn jobs_table(&self) -> String {
+        format!("{}-jobs", self.deployment)
+    }
+
+    pub fn intake_queue(&self) -> String {
+        format!("{}-intake", self.deployment)
+    }
+
+    pub fn intake_dlq(&self) -> String {
+        format!("{}-intake-dlq", self.deployment)
+    }
+
+    pub fn events_queue(&self) -> String {
+        format!("{}-events", self.deployment)
+    }
+
+    pub fn events_dlq(&self) -> String {
+        format!("{}-events-dlq", self.deployment)
+    }
+
+    /// The value of the `mayfly:cluster` tag.
+    pub fn cluster(&self) -> &str {
+        &self.deployment
+    }
+}
+
+/// Ledger GSI names and key attributes.
+pub mod ledger {
+    pub const BY_STATE: &str = "by-state";
+    pub const BY_BATCH: &str = "by-batch";
+    /// `payer_id#batch`, the partition key of the by-batch index.
+    pub fn payer_batch(payer_id: &str, batch: &str) -> String {
+        format!("{payer_id}#{batch}")
+    }
+}

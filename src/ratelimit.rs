@@ -1,0 +1,316 @@
+//! Client-side token buckets mirroring EC2's API rate limits, so mayfly slows itself down
+//! before EC2 has to (`RequestLimitExceeded` costs a call and a back-off).
+//!
+//! Time is an input: [`TokenBucket::try_take`] and [`TokenBucket::wait_time`] take `now`,
+//! [`TokenBucket::acquire_with`] takes a clock and a sleep, and [`TokenBucket::acquire`] uses
+//! tokio's clock (so it also follows `tokio::time::pause()`). Tests never wait for real.
+
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The shape of one bucket: how many calls may go at once and how fast it refills.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Bucket capacity: calls that may be made back to back from a full bucket.
+    pub burst: f64,
+    /// Tokens added per second.
+    pub per_sec: f64,
+}
+
+impl Rate {
+    /// EC2's RunInstances bucket: 5 burst, 2 per second.
+    pub const RUN_INSTANCES: Rate = Rate {
+        burst: 5.0,
+        per_sec: 2.0,
+    };
+    /// EC2's TerminateInstances bucket: 100 burst, 5 per second.
+    pub const TERMINATE_INSTANCES: Rate = Rate {
+        burst: 100.0,
+        per_sec: 5.0,
+    };
+    /// EC2's bucket for filtered or paginated Describe calls: 100 burst, 20 per second.
+    pub const DESCRIBE: Rate = Rate {
+        burst: 100.0,
+        per_sec: 20.0,
+    };
+    /// No client-side limit (the service's own limits still apply).
+    pub const UNLIMITED: Rate = Rate {
+        burst: f64::INFINITY,
+        per_sec: f64::INFINITY,
+    };
+}
+
+#[derive(Debug)]
+struct BucketState {
+    tokens: f64,
+    /// When `tokens` was last brought up to date; `None` until first use (the bucket starts full).
+    last: Option<Instant>,
+}
+
+/// A token bucket: starts full, refills continuously, one token per call.
+#[derive(Debug)]
+pub struct TokenBucket {
+    burst: f64,
+    per_sec: f64,
+    state: Mutex<BucketState>,
+}
+
+/// Smallest refill rate accepted, so a misconfigured zero rate waits long instead of forever.
+const MIN_PER_SEC: f64 = 1e-3;
+
+impl TokenBucket {
+    /// A full bucket of `burst` tokens refilled at `refill_per_sec`. Values are clamped to a
+    /// usable range: a burst below one call becomes one, a rate below 0.001/s becomes 0.001/s.
+    pub fn new(burst: f64, refill_per_sec: f64) -> Self {
+        // `max` also maps NaN to the floor.
+        let burst = burst.max(1.0);
+        let per_sec = refill_per_sec.max(MIN_PER_SEC);
+        Self {
+            burst,
+            per_sec,
+            state: Mutex::new(BucketState {
+                tokens: burst,
+                last: None,
+            }),
+        }
+    }
+
+    /// A bucket of the given shape.
+    pub fn with_rate(rate: Rate) -> Self {
+        Self::new(rate.burst, rate.per_sec)
+    }
+
+    /// The bucket's shape after clamping.
+    pub fn rate(&self) -> Rate {
+        Rate {
+            burst: self.burst,
+            per_sec: self.per_sec,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BucketState> {
+        // The state is two numbers that are always consistent; a panic elsewhere cannot
+        // leave them half-written, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Brings the token count up to `now`. A `now` earlier than the last update adds nothing.
+    fn refill(&self, s: &mut BucketState, now: Instant) {
+        if let Some(last) = s.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            s.tokens = (s.tokens + elapsed * self.per_sec).min(self.burst);
+            if now > last {
+                s.last = Some(now);
+            }
+        } else {
+            s.last = Some(now);
+        }
+    }
+
+    /// Takes one token if one is available at `now`.
+    pub fn try_take(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        self.refill(&mut s, now);
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long from `now` until a token is available (zero if one is).
+    pub fn wait_time(&self, now: Instant) -> Duration {
+        let mut s = self.lock();
+        self.refill(&mut s, now);
+        let missing = 1.0 - s.tokens;
+        if missing <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::try_from_secs_f64(missing / self.per_sec).unwrap_or(Duration::MAX)
+    }
+
+    /// Whole tokens available at `now`, without taking any: the calls that may go right away.
+    pub fn available(&self, now: Instant) -> u32 {
+        let mut s = self.lock();
+        self.refill(&mut s, now);
+        // Float-to-int casts saturate: an unlimited bucket reports u32::MAX.
+        s.tokens.floor() as u32
+    }
+
+    /// Waits (on tokio's clock) until a token is available, and takes it. Returns the time
+    /// spent waiting.
+    pub async fn acquire(&self) -> Duration {
+        self.acquire_with(Instant::now, tokio::time::sleep).await
+    }
+
+    /// [`acquire`](Self::acquire) on a given clock: `now` reads it, `sleep` waits on it.
+    pub async fn acquire_with<S>(
+        &self,
+        mut now: impl FnMut() -> Instant,
+        mut sleep: impl FnMut(Duration) -> S,
+    ) -> Duration
+    where
+        S: Future<Output = ()>,
+    {
+        let start = now();
+        let mut t = start;
+        while !self.try_take(t) {
+            sleep(self.wait_time(t)).await;
+            t = now();
+        }
+        t.saturating_duration_since(start)
+    }
+}
+
+/// The client-side buckets for the EC2 calls mayfly makes.
+#[derive(Debug)]
+pub struct Ec2Limits {
+    pub run_instances: TokenBucket,
+    pub terminate_instances: TokenBucket,
+    /// Filtered, paginated DescribeInstances (list_managed, find_attempt).
+    pub describe: TokenBucket,
+}
+
+impl Ec2Limits {
+    pub fn new(run_instances: Rate, terminate_instances: Rate, describe: Rate) -> Self {
+        Self {
+            run_instances: TokenBucket::with_rate(run_instances),
+            terminate_instances: TokenBucket::with_rate(terminate_instances),
+            describe: TokenBucket::with_rate(describe),
+        }
+    }
+
+    /// No client-side limits, for emulator tests that launch many instances quickly.
+    pub fn unlimited() -> Self {
+        Self::new(Rate::UNLIMITED, Rate::UNLIMITED, Rate::UNLIMITED)
+    }
+}
+
+impl Default for Ec2Limits {
+    /// EC2's default account buckets.
+    fn default() -> Self {
+        Self::new(
+            Rate::RUN_INSTANCES,
+            Rate::TERMINATE_INSTANCES,
+            Rate::DESCRIBE,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::cell::Cell;
+
+    #[test]
+    fn burst_then_refill_rate() {
+        let b = TokenBucket::with_rate(Rate::RUN_INSTANCES);
+        let t0 = Instant::now();
+        assert_eq!(b.available(t0), 5);
+        for _ in 0..5 {
+            assert!(b.try_take(t0));
+        }
+        assert!(!b.try_take(t0));
+        assert_eq!(b.wait_time(t0), Duration::from_millis(500));
+        assert!(!b.try_take(t0 + Duration::from_millis(499)));
+        assert!(b.try_take(t0 + Duration::from_millis(500)));
+        // Ten idle seconds refill to the burst, not beyond.
+        assert_eq!(b.available(t0 + Duration::from_secs(10)), 5);
+    }
+
+    #[tokio::test]
+    async fn acquire_paces_calls_at_the_refill_rate() {
+        let b = TokenBucket::with_rate(Rate::RUN_INSTANCES);
+        let start = Instant::now();
+        let clock = Cell::new(start);
+        let mut waited = Duration::ZERO;
+        for _ in 0..25 {
+            waited += b
+                .acquire_with(
+                    || clock.get(),
+                    |d| {
+                        clock.set(clock.get() + d);
+                        std::future::ready(())
+                    },
+                )
+                .await;
+        }
+        // 5 from the burst, then 20 at 2 per second.
+        assert_eq!(clock.get() - start, Duration::from_secs(10));
+        assert_eq!(waited, Duration::from_secs(10));
+        assert!(!b.try_take(clock.get()));
+    }
+
+    #[tokio::test]
+    async fn acquire_on_tokio_clock_takes_a_token() {
+        let b = TokenBucket::new(1.0, 1000.0);
+        b.acquire().await;
+        b.acquire().await;
+        assert!(b.wait_time(Instant::now()) <= Duration::from_millis(1));
+    }
+
+    #[test]
+    fn time_going_backwards_adds_nothing() {
+        let b = TokenBucket::new(1.0, 1.0);
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(5);
+        assert!(b.try_take(later));
+        assert!(!b.try_take(t0));
+        assert!(!b.try_take(later));
+        assert!(b.try_take(later + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn unlimited_and_degenerate_buckets() {
+        let now = Instant::now();
+        let unlimited = TokenBucket::with_rate(Rate::UNLIMITED);
+        for _ in 0..10_000 {
+            assert!(unlimited.try_take(now));
+        }
+        assert_eq!(unlimited.wait_time(now), Duration::ZERO);
+
+        let zero = TokenBucket::new(0.0, 0.0);
+        assert_eq!(
+            zero.rate(),
+            Rate {
+                burst: 1.0,
+                per_sec: MIN_PER_SEC
+            }
+        );
+        assert!(zero.try_take(now));
+        assert_eq!(zero.wait_time(now), Duration::from_secs(1000));
+        let nan = TokenBucket::new(f64::NAN, f64::NAN);
+        assert!(nan.try_take(now));
+    }
+
+    #[test]
+    fn defaults_mirror_ec2() {
+        let l = Ec2Limits::default();
+        assert_eq!(
+            l.run_instances.rate(),
+            Rate {
+                burst: 5.0,
+                per_sec: 2.0
+            }
+        );
+        assert_eq!(
+            l.terminate_instances.rate(),
+            Rate {
+                burst: 100.0,
+                per_sec: 5.0
+            }
+        );
+        assert_eq!(
+            l.describe.rate(),
+            Rate {
+                burst: 100.0,
+                per_sec: 20.0
+            }
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Step 1 of a pass: move job requests from the intake queue into the ledger. A message is
+//! deleted only after its ledger write succeeded; a malformed one goes to the intake DLQ with
+//! an attribute saying why, and never stops the pass.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::report::IngestReport;
+use super::Scheduler;
+use crate::job::{Job, JobRequest, RequestError};
+use crate::profile::Payer;
+
+/// The message attribute that carries the rejection reason on the DLQ.
+pub const ERROR_ATTRIBUTE: &str = "mayfly-error";
+
+/// Parses a request and checks it against its payer's profile.
+pub fn validate(body: &str, payers: &[Payer]) -> Result<JobRequest, RequestError> {
+    let req = JobRequest::parse(body)?;
+    let err = |field: &str, reason: String| RequestError {
+        field: field.to_owned(),
+        reason,
+    };
+    let payer = payers
+        .iter()
+        .find(|p| p.id() == req.payer_id)
+        .ok_or_else(|| {
+            err(
+                "payer_id",
+                format!("no payer `{}` is configured", req.payer_id),
+            )
+        })?;
+    if payer.kind(&req.kind).is_none() {
+        let kinds: Vec<&str> = payer.profile.kinds.keys().map(String::as_str).collect();
+        return Err(err(
+            "kind",
+            format!(
+                "payer `{}` has no job kind `{}` (it has: {})",
+                req.payer_id,
+                req.kind,
+                kinds.join(", ")
+            ),
+        ));
+    }
+    if let Some(p) = req.priority {
+        if p > payer.profile.job_priority_max {
+            return Err(err(
+                "priority",
+                format!(
+                    "{p} is above the payer's job_priority_max {}",
+                    payer.profile.job_priority_max
+                ),
+            ));
+        }
+    }
+    Ok(req)
+}
+
+pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> IngestReport {
+    let mut report = IngestReport::default();
+    while report.received < s.settings.max_ingest {
+        let messages = match s.deps.intake.receive(10, Duration::ZERO).await {
+            Ok(m) => m,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("receiving from the intake queue: {e}"));
+                break;
+            }
+        };
+        if messages.is_empty() {
+            break;
+        }
+        report.received += messages.len() as u32;
+        let mut done = Vec::with_capacity(messages.len());
+        for m in messages {
+            match validate(&m.body, payers) {
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::warn!(message_id = %m.message_id, reason = %reason, "Rejected a job request.");
+                    match s
+                        .deps
+                        .intake_dlq
+                        .send(&m.body, &[(ERROR_ATTRIBUTE, &reason)])
+                        .await
+                    {
+                        Ok(_) => {
+                            report.rejected += 1;
+                            done.push(m.receipt);
+                        }
+                        Err(e) => report
+                            .errors
+                            .push(format!("moving message {} to the DLQ: {e}", m.message_id)),
+                    }
+                }
+                Ok(req) => {
+                    let job = Job::from_request(req, now);
+                    match s.deps.ledger.create(&job).await {
+                        Ok(true) => {
+                            tracing::info!(job_id = %job.job_id, payer = %job.payer_id, kind = %job.kind, "Accepted a job.");
+                            report.accepted += 1;
+                            done.push(m.receipt);
+                        }
+                        Ok(false) => {
+                            report.duplicates += 1;
+                            done.push(m.receipt);
+                        }
+                        // Not deleted: the message comes back after its visibility timeout.
+                        Err(e) => report
+                            .errors
+                            .push(format!("writing job {}: {e}", job.job_id)),
+                    }
+                }
+            }
+        }
+        match s.deps.intake.delete(&done).await {
+            Ok(failed) if failed.is_empty() => {}
+            Ok(failed) => report.errors.push(format!(
+                "{} intake message(s) not deleted; they will be seen again",
+                failed.len()
+            )),
+            Err(e) => report.errors.push(format!("deleting intake messages: {e}")),
+        }
+    }
+    report
+}

@@ -1,0 +1,147 @@
+//! One scheduling pass (`tick`): ingest the intake queue, repair launches a crashed pass left
+//! half-done, plan, launch, and report. Every ledger write is conditional on the job's
+//! version, and every launch is idempotent, so overlapping passes cannot launch twice.
+
+mod ingest;
+mod launch;
+mod report;
+mod snapshot;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::Catalog;
+use crate::job::Job;
+use crate::ports::{Compute, ConfigStore, Ledger, Queue, StoreError};
+use crate::profile::{GlobalCaps, Payer};
+
+pub use launch::client_token;
+pub use report::{IngestReport, LaunchReport, PassReport};
+pub use snapshot::{load_payers, load_snapshot};
+
+/// Renders the user-data script of one job attempt.
+pub trait UserDataSource: Send + Sync {
+    fn render(&self, payer: &Payer, job: &Job, attempt: u32) -> Result<String, String>;
+}
+
+/// The ports a pass works through.
+#[derive(Clone)]
+pub struct Deps {
+    pub config: Arc<dyn ConfigStore>,
+    pub ledger: Arc<dyn Ledger>,
+    pub intake: Arc<dyn Queue>,
+    pub intake_dlq: Arc<dyn Queue>,
+    pub compute: Arc<dyn Compute>,
+    /// Renders each attempt's user-data. (RunInstances pacing is the compute adapter's job.)
+    pub user_data: Arc<dyn UserDataSource>,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps").finish_non_exhaustive()
+    }
+}
+
+/// What a pass is allowed to do.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The deployment name: the cluster tag value.
+    pub cluster: String,
+    pub caps: GlobalCaps,
+    pub vcpu_quota: Option<u32>,
+    /// Most RunInstances calls one pass makes (new launches and repairs).
+    pub max_launches: u32,
+    /// Most intake messages one pass ingests.
+    pub max_ingest: u32,
+    /// A `launching` job untouched this long is repaired (adopted or replayed).
+    pub repair_after: chrono::Duration,
+}
+
+impl Settings {
+    pub fn new(cluster: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            caps: GlobalCaps::default(),
+            vcpu_quota: None,
+            max_launches: 60,
+            max_ingest: 1000,
+            repair_after: chrono::Duration::seconds(30),
+        }
+    }
+}
+
+/// How a pass runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TickOptions {
+    /// Read and plan only: no message is deleted, no job written, nothing launched.
+    pub dry_run: bool,
+}
+
+/// Why a pass could not run at all (per-job problems are in the report instead).
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    #[error("reading the ledger or config table: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The scheduler: ports plus settings.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    pub deps: Deps,
+    pub settings: Settings,
+    pub catalog: &'static Catalog,
+}
+
+impl Scheduler {
+    pub fn new(deps: Deps, settings: Settings) -> Self {
+        Self {
+            deps,
+            settings,
+            catalog: Catalog::shipped(),
+        }
+    }
+
+    /// Runs one pass at time `now`.
+    #[tracing::instrument(skip_all, fields(cluster = %self.settings.cluster, dry_run = opts.dry_run))]
+    pub async fn tick(
+        &self,
+        opts: TickOptions,
+        now: DateTime<Utc>,
+    ) -> Result<PassReport, TickError> {
+        let started = Instant::now();
+        let mut report = PassReport::new(now, opts.dry_run);
+        let payers =
+            load_payers(self.deps.config.as_ref(), self.catalog, self.settings.caps).await?;
+        report.invalid_payers = payers.invalid.clone();
+        if !opts.dry_run {
+            report.ingest = ingest::run(self, &payers.valid, now).await;
+        }
+        let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
+        let mut budget = self.settings.max_launches;
+        if !opts.dry_run {
+            let repaired = launch::repair(self, &payers.valid, &mut jobs, now, &mut budget).await;
+            report.launch.merge(repaired);
+        }
+        let summaries = crate::summary::JobSummary::of_all(&jobs);
+        let snapshot = crate::plan::Snapshot {
+            jobs: &summaries,
+            payers: &payers.valid,
+            catalog: self.catalog,
+            caps: self.settings.caps,
+            vcpu_quota: self.settings.vcpu_quota,
+            launch_budget: budget,
+            now,
+        };
+        let plan = crate::plan::plan(&snapshot);
+        report.record_plan(&plan);
+        if !opts.dry_run {
+            let launched = launch::execute(self, &payers.valid, &jobs, &plan, now).await;
+            report.launch.merge(launched);
+        }
+        report.count_states(&jobs);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+}

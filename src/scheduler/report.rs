@@ -1,0 +1,189 @@
+//! The structured summary of one pass, printed as text or JSON.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::job::Job;
+use crate::plan::Plan;
+
+/// What ingest did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    pub received: u32,
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub rejected: u32,
+    pub errors: Vec<String>,
+}
+
+/// What the launch and repair steps did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LaunchReport {
+    /// (job id, instance id, instance type) of every instance now recorded as running.
+    pub instances: Vec<(String, String, String)>,
+    pub adopted: u32,
+    pub replayed: u32,
+    pub capacity_fallbacks: u32,
+    pub throttled: bool,
+    pub quota_stops: u32,
+    pub config_failures: u32,
+    pub transient: u32,
+    pub conflicts: u32,
+    pub marks: u32,
+    pub errors: Vec<String>,
+}
+
+impl LaunchReport {
+    pub fn merge(&mut self, other: LaunchReport) {
+        self.instances.extend(other.instances);
+        self.adopted += other.adopted;
+        self.replayed += other.replayed;
+        self.capacity_fallbacks += other.capacity_fallbacks;
+        self.throttled |= other.throttled;
+        self.quota_stops += other.quota_stops;
+        self.config_failures += other.config_failures;
+        self.transient += other.transient;
+        self.conflicts += other.conflicts;
+        self.marks += other.marks;
+        self.errors.extend(other.errors);
+    }
+}
+
+/// The plan, summarised.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanSummary {
+    pub launches: u32,
+    pub waiting: u32,
+    pub est_usd_per_hour: f64,
+    /// Waiting jobs by reason code.
+    pub reasons: BTreeMap<String, u32>,
+}
+
+/// One pass, summarised.
+#[derive(Debug, Clone, Serialize)]
+pub struct PassReport {
+    pub at: DateTime<Utc>,
+    pub dry_run: bool,
+    pub duration_ms: u64,
+    pub invalid_payers: Vec<String>,
+    pub ingest: IngestReport,
+    pub plan: PlanSummary,
+    pub launch: LaunchReport,
+    /// Jobs by state when the pass planned.
+    pub jobs_by_state: BTreeMap<String, u64>,
+    /// AWS calls made during the pass, by `Service.Operation` (SDK retries included).
+    pub aws_calls: BTreeMap<String, u64>,
+}
+
+impl PassReport {
+    pub fn new(at: DateTime<Utc>, dry_run: bool) -> Self {
+        Self {
+            at,
+            dry_run,
+            duration_ms: 0,
+            invalid_payers: Vec::new(),
+            ingest: IngestReport::default(),
+            plan: PlanSummary::default(),
+            launch: LaunchReport::default(),
+            jobs_by_state: BTreeMap::new(),
+            aws_calls: BTreeMap::new(),
+        }
+    }
+
+    pub fn record_plan(&mut self, plan: &Plan<'_>) {
+        self.plan.launches = plan.launches.len() as u32;
+        self.plan.waiting = plan.waiting.len() as u32;
+        self.plan.est_usd_per_hour = plan.est_usd_per_hour;
+        for w in &plan.waiting {
+            let code = serde_json::to_value(&w.reason)
+                .ok()
+                .and_then(|v| v.get("code").and_then(|c| c.as_str().map(str::to_owned)))
+                .unwrap_or_default();
+            *self.plan.reasons.entry(code).or_default() += 1;
+        }
+    }
+
+    pub(super) fn count_states(&mut self, jobs: &[Job]) {
+        for j in jobs {
+            *self.jobs_by_state.entry(j.state.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Whether anything went wrong that an operator should look at.
+    pub fn has_errors(&self) -> bool {
+        !self.ingest.errors.is_empty()
+            || !self.launch.errors.is_empty()
+            || !self.invalid_payers.is_empty()
+    }
+}
+
+impl fmt::Display for PassReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = if self.dry_run { " (dry run)" } else { "" };
+        writeln!(
+            f,
+            "Pass at {}{mode}, {} ms",
+            self.at.format("%Y-%m-%dT%H:%M:%SZ"),
+            self.duration_ms
+        )?;
+        let i = &self.ingest;
+        writeln!(
+            f,
+            "Ingest:  {} received, {} accepted, {} duplicate, {} rejected to the DLQ",
+            i.received, i.accepted, i.duplicates, i.rejected
+        )?;
+        writeln!(
+            f,
+            "Plan:    {} to launch (est. ${:.4}/h), {} waiting",
+            self.plan.launches, self.plan.est_usd_per_hour, self.plan.waiting
+        )?;
+        for (code, n) in &self.plan.reasons {
+            writeln!(f, "           {n:>6}  {code}")?;
+        }
+        let l = &self.launch;
+        writeln!(
+            f,
+            "Launch:  {} running now ({} adopted, {} replayed), {} capacity fallback(s), {} config failure(s), {} unknown outcome(s), {} conflict(s){}",
+            l.instances.len(),
+            l.adopted,
+            l.replayed,
+            l.capacity_fallbacks,
+            l.config_failures,
+            l.transient,
+            l.conflicts,
+            if l.throttled { ", throttled" } else { "" }
+        )?;
+        for (job, instance, ty) in &l.instances {
+            writeln!(f, "           {job} → {instance} ({ty})")?;
+        }
+        let states: Vec<String> = self
+            .jobs_by_state
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "Jobs:    {}",
+            if states.is_empty() {
+                "none".to_owned()
+            } else {
+                states.join(", ")
+            }
+        )?;
+        if !self.aws_calls.is_empty() {
+            let calls: Vec<String> = self
+                .aws_calls
+                .iter()
+                .map(|(op, n)| format!("{op} {n}"))
+                .collect();
+            writeln!(f, "AWS:     {}", calls.join(", "))?;
+        }
+        for e in self.invalid_payers.iter().chain(&i.errors).chain(&l.errors) {
+            writeln!(f, "error:   {e}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! The scheduling pass against the in-memory fakes: the same scenarios the emulator runs,
+//! plus the client-token path that only the fake (like EC2, unlike moto) honours.
+
+mod support;
+
+use std::sync::Arc;
+
+use mayfly::fakes::{FakeCompute, FakeConfigStore, FakeLedger, FakeQueue};
+use mayfly::ports::{Compute, ComputeError, LaunchRequest};
+use mayfly::profile::CapacityType;
+use mayfly::scheduler::client_token;
+use mayfly::sizing::Rung;
+use support::world::{self, EchoUserData, FaultyCompute, World};
+
+fn world() -> World {
+    World {
+        cluster: "fake".into(),
+        config: Arc::new(FakeConfigStore::new()),
+        ledger: Arc::new(FakeLedger::new()),
+        intake: Arc::new(FakeQueue::new()),
+        intake_dlq: Arc::new(FakeQueue::new()),
+        compute: Arc::new(FaultyCompute::new(Arc::new(FakeCompute::new()))),
+        user_data: Arc::new(EchoUserData),
+        subnets: vec!["subnet-0a1b2c3d4e5f60011".into()],
+        security_groups: vec!["sg-0a1b2c3d4e5f60021".into()],
+        instance_profile: "mayfly-instance".into(),
+    }
+}
+
+#[tokio::test]
+async fn first_pass_launches_tier_zero() {
+    world::first_pass_launches_tier_zero(&world()).await;
+}
+
+#[tokio::test]
+async fn duplicates_and_malformed_requests() {
+    world::duplicates_and_malformed_requests(&world()).await;
+}
+
+#[tokio::test]
+async fn crash_before_run_instances() {
+    world::crash_before_run_instances(&world()).await;
+}
+
+#[tokio::test]
+async fn crash_after_run_instances() {
+    world::crash_after_run_instances(&world()).await;
+}
+
+#[tokio::test]
+async fn capacity_falls_back_to_next_rung() {
+    world::capacity_falls_back_to_next_rung(&world()).await;
+}
+
+#[tokio::test]
+async fn throttling_stops_the_pass() {
+    world::throttling_stops_the_pass(&world()).await;
+}
+
+#[tokio::test]
+async fn configuration_error_fails_the_job() {
+    world::configuration_error_fails_the_job(&world()).await;
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing() {
+    world::dry_run_changes_nothing(&world()).await;
+}
+
+#[tokio::test]
+async fn happy_path_costs_at_most_four_ledger_writes_and_batched_queue_calls() {
+    let ledger = Arc::new(FakeLedger::new());
+    let intake = Arc::new(FakeQueue::new());
+    let w = World {
+        ledger: ledger.clone(),
+        intake: intake.clone(),
+        ..world()
+    };
+    w.apply_examples().await;
+    for n in 0..20 {
+        w.submit(&world::request(
+            &format!("prairie-mutual:r{n}:remittance"),
+            "prairie-mutual",
+            "remittance",
+            &format!("r{n}"),
+            0,
+        ))
+        .await;
+    }
+    let report = w.tick(world::t0()).await;
+    assert_eq!(report.ingest.accepted, 20);
+    // Create, launching, running: three writes so far; `succeeded` will be the fourth.
+    for (job, _, _) in &report.launch.instances {
+        assert_eq!(ledger.writes_for(job), 3, "{job}");
+    }
+    let (receives, deletes) = intake.calls();
+    assert!(
+        receives as f64 / 20.0 <= 0.2,
+        "{receives} ReceiveMessage calls for 20 jobs"
+    );
+    assert!(
+        deletes as f64 / 20.0 <= 0.2,
+        "{deletes} DeleteMessageBatch calls for 20 jobs"
+    );
+}
+
+fn request(token: &str, user_data: &str) -> LaunchRequest {
+    LaunchRequest {
+        client_token: token.into(),
+        rung: Rung {
+            instance_type: "m5.large".into(),
+            subnet: "subnet-0a".into(),
+            capacity: CapacityType::OnDemand,
+        },
+        image_id: "ami-0123456789abcdef0".into(),
+        security_groups: vec!["sg-0a".into()],
+        instance_profile: "mayfly-instance".into(),
+        root_volume_gib: 30,
+        user_data: user_data.into(),
+        tags: vec![("mayfly:cluster".into(), "fake".into())],
+    }
+}
+
+#[tokio::test]
+async fn the_fake_honours_client_tokens_as_ec2_does() {
+    let ec2 = FakeCompute::new();
+    let first = ec2.launch(&request("t-1", "echo a")).await.unwrap();
+    let again = ec2.launch(&request("t-1", "echo a")).await.unwrap();
+    assert_eq!(
+        first.instance_id, again.instance_id,
+        "same token and parameters: same instance"
+    );
+    let mismatch = ec2.launch(&request("t-1", "echo b")).await.unwrap_err();
+    assert!(matches!(mismatch, ComputeError::IdempotentMismatch { .. }));
+    assert_eq!(ec2.instances().len(), 1);
+}
+
+#[tokio::test]
+async fn a_replay_with_the_same_token_never_launches_twice_on_ec2_semantics() {
+    // When the tag lookup cannot see a just-launched instance (EC2's eventual consistency), the
+    // replay with the same token still yields the one instance.
+    let fake = Arc::new(FakeCompute::new());
+    let w = World {
+        compute: Arc::new(FaultyCompute::new(fake.clone())),
+        ..world()
+    };
+    w.apply_examples().await;
+    w.submit(&world::request(
+        "cedar-plan:2027-06:eligibility",
+        "cedar-plan",
+        "eligibility",
+        "2027-06",
+        1,
+    ))
+    .await;
+    w.compute.script(world::Fault::LoseResponse);
+    w.tick(world::t0()).await;
+    let job = w.job("cedar-plan:2027-06:eligibility").await;
+    let attempt = job.current_attempt().unwrap();
+    let token = client_token(&job.job_id, 1, attempt.rung.as_ref().unwrap());
+    assert_eq!(attempt.client_token.as_deref(), Some(token.as_str()));
+    // Replay exactly what the pass sent: EC2 returns the same instance.
+    let sent = w.compute.calls().pop().unwrap();
+    let replayed = fake.launch(&sent).await.unwrap();
+    assert_eq!(fake.instances().len(), 1);
+    assert_eq!(fake.instances()[0].instance_id, replayed.instance_id);
+}
