@@ -16,6 +16,7 @@
 //! - [`fakes`]: stateful in-memory implementations of every port, for tests.
 //! - [`ratelimit`]: client-side token buckets mirroring EC2's API rate limits.
 //! - [`userdata`]: rendering the per-job user-data script from templates.
+//! - [`events`]: the versioned instance → scheduler events the script sends, and their parsing.
 //! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
 //! - [`cli`]: the command-line surface shared by the binaries.
 //!
@@ -24,11 +25,12 @@
 //! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
 
 pub use mayfly_core::{
-    catalog, duration, job, jobs_file, plan, plan_view, profile, secrets, sizing, summary,
+    catalog, duration, job, jobs_file, plan, plan_view, profile, retry, secrets, sizing, summary,
 };
 
 pub mod aws;
 pub mod cli;
+pub mod events;
 pub mod fakes;
 pub mod names;
 pub mod ports;

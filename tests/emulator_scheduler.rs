@@ -37,6 +37,8 @@ async fn world() -> (World, Clients) {
         )),
         intake: queue(names.intake_queue()).await,
         intake_dlq: queue(names.intake_dlq()).await,
+        events: queue(names.events_queue()).await,
+        events_dlq: queue(names.events_dlq()).await,
         compute: Arc::new(FaultyCompute::new(Arc::new(Ec2Compute::new(
             clients.ec2.clone(),
             Arc::new(Ec2Limits::default()),
@@ -98,4 +100,14 @@ async fn configuration_error_fails_the_job() {
 #[tokio::test]
 async fn dry_run_changes_nothing() {
     world::dry_run_changes_nothing(&world().await.0).await;
+}
+
+#[tokio::test]
+async fn events_complete_jobs_and_unlock_the_next_tier() {
+    world::events_complete_jobs_and_unlock_the_next_tier(&world().await.0).await;
+}
+
+#[tokio::test]
+async fn non_zero_exit_fails_with_code_and_tail() {
+    world::non_zero_exit_fails_with_code_and_tail(&world().await.0).await;
 }

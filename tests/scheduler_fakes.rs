@@ -19,6 +19,8 @@ fn world() -> World {
         ledger: Arc::new(FakeLedger::new()),
         intake: Arc::new(FakeQueue::new()),
         intake_dlq: Arc::new(FakeQueue::new()),
+        events: Arc::new(FakeQueue::new()),
+        events_dlq: Arc::new(FakeQueue::new()),
         compute: Arc::new(FaultyCompute::new(Arc::new(FakeCompute::new()))),
         user_data: Arc::new(EchoUserData),
         subnets: vec!["subnet-0a1b2c3d4e5f60011".into()],
@@ -164,4 +166,14 @@ async fn a_replay_with_the_same_token_never_launches_twice_on_ec2_semantics() {
     let replayed = fake.launch(&sent).await.unwrap();
     assert_eq!(fake.instances().len(), 1);
     assert_eq!(fake.instances()[0].instance_id, replayed.instance_id);
+}
+
+#[tokio::test]
+async fn events_complete_jobs_and_unlock_the_next_tier() {
+    world::events_complete_jobs_and_unlock_the_next_tier(&world()).await;
+}
+
+#[tokio::test]
+async fn non_zero_exit_fails_with_code_and_tail() {
+    world::non_zero_exit_fails_with_code_and_tail(&world()).await;
 }

@@ -31,8 +31,10 @@ use crate::ratelimit::Ec2Limits;
 
 /// Root device of the images mayfly launches (Amazon Linux).
 const ROOT_DEVICE: &str = "/dev/xvda";
-/// DescribeInstances page size (EC2's maximum; moto pages at 100 reservations regardless).
-const PAGE_SIZE: i32 = 1000;
+/// DescribeInstances page size: EC2's maximum, so a large fleet takes few calls.
+const MAX_PAGE_SIZE: i32 = 1000;
+/// EC2's smallest accepted MaxResults.
+const MIN_PAGE_SIZE: i32 = 5;
 /// TerminateInstances accepts at most this many ids per call.
 const TERMINATE_CHUNK: usize = 1000;
 
@@ -41,11 +43,24 @@ const TERMINATE_CHUNK: usize = 1000;
 pub struct Ec2Compute {
     client: Client,
     limits: Arc<Ec2Limits>,
+    page_size: i32,
 }
 
 impl Ec2Compute {
     pub fn new(client: Client, limits: Arc<Ec2Limits>) -> Self {
-        Self { client, limits }
+        Self {
+            client,
+            limits,
+            page_size: MAX_PAGE_SIZE,
+        }
+    }
+
+    /// Sets DescribeInstances' MaxResults (clamped to EC2's 5..=1000; default 1000).
+    pub fn with_page_size(mut self, page_size: u32) -> Self {
+        self.page_size = i32::try_from(page_size)
+            .unwrap_or(MAX_PAGE_SIZE)
+            .clamp(MIN_PAGE_SIZE, MAX_PAGE_SIZE);
+        self
     }
 
     /// The client-side rate limits this adapter honours (the planner reads its launch budget).
@@ -63,7 +78,7 @@ impl Ec2Compute {
                 .client
                 .describe_instances()
                 .set_filters(Some(filters.clone()))
-                .max_results(PAGE_SIZE)
+                .max_results(self.page_size)
                 .set_next_token(token.clone())
                 .send()
                 .await

@@ -25,11 +25,15 @@ pub struct App {
 
 impl App {
     pub async fn connect(global: &GlobalArgs) -> Result<Self, CliError> {
-        let sdk = aws::load_sdk_config(global.region.as_deref(), global.endpoint_url.as_deref(), global.profile.as_deref()).await;
-        let region = sdk
-            .region()
-            .map(ToString::to_string)
-            .ok_or_else(|| CliError::Invalid("no AWS region: pass --region or set AWS_REGION".into()))?;
+        let sdk = aws::load_sdk_config(
+            global.region.as_deref(),
+            global.endpoint_url.as_deref(),
+            global.profile.as_deref(),
+        )
+        .await;
+        let region = sdk.region().map(ToString::to_string).ok_or_else(|| {
+            CliError::Invalid("no AWS region: pass --region or set AWS_REGION".into())
+        })?;
         Ok(Self {
             names: Names::new(&global.name),
             clients: Clients::new(&sdk),
@@ -43,17 +47,28 @@ impl App {
     }
 
     pub fn config(&self) -> Arc<dyn ConfigStore> {
-        Arc::new(DynamoConfigStore::new(self.clients.dynamodb.clone(), self.names.payers_table()))
+        Arc::new(DynamoConfigStore::new(
+            self.clients.dynamodb.clone(),
+            self.names.payers_table(),
+        ))
     }
 
     pub fn ledger(&self) -> Arc<dyn Ledger> {
-        Arc::new(DynamoLedger::new(self.clients.dynamodb.clone(), self.names.jobs_table()))
+        Arc::new(DynamoLedger::new(
+            self.clients.dynamodb.clone(),
+            self.names.jobs_table(),
+        ))
     }
 
     async fn queue(&self, name: String) -> Result<SqsQueue, CliError> {
         SqsQueue::by_name(self.clients.sqs.clone(), &name)
             .await
-            .map_err(|e| CliError::Runtime(format!("queue {name}: {e} (is the deployment `{}` created? see infra/README.md)", self.names.deployment)))
+            .map_err(|e| {
+                CliError::Runtime(format!(
+                    "queue {name}: {e} (is the deployment `{}` created? see infra/README.md)",
+                    self.names.deployment
+                ))
+            })
     }
 
     pub async fn intake(&self) -> Result<SqsQueue, CliError> {
@@ -74,7 +89,10 @@ impl App {
             ledger: self.ledger(),
             intake: Arc::new(self.intake().await?),
             intake_dlq: Arc::new(self.queue(self.names.intake_dlq()).await?),
-            compute: Arc::new(Ec2Compute::new(self.clients.ec2.clone(), Arc::new(Ec2Limits::default()))),
+            compute: Arc::new(Ec2Compute::new(
+                self.clients.ec2.clone(),
+                Arc::new(Ec2Limits::default()),
+            )),
             user_data: Arc::new(TemplateUserData::builtin(env)),
         };
         let mut settings = Settings::new(self.names.cluster());

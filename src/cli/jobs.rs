@@ -22,7 +22,11 @@ impl fmt::Display for Submitted {
         for (job, message) in &self.sent {
             writeln!(f, "submitted {job} (message {message})")?;
         }
-        writeln!(f, "{} request(s) on the intake queue; the next pass ingests them", self.sent.len())
+        writeln!(
+            f,
+            "{} request(s) on the intake queue; the next pass ingests them",
+            self.sent.len()
+        )
     }
 }
 
@@ -30,8 +34,14 @@ pub(super) async fn submit(app: &App, output: Output, args: &SubmitArgs) -> Resu
     let requests = match &args.file {
         Some(path) => {
             let text = jobs_file::read(path).map_err(|e| CliError::Invalid(e.to_string()))?;
-            jobs_file::parse_requests(&path.display().to_string(), &text)
-                .map_err(|es| CliError::Invalid(es.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?
+            jobs_file::parse_requests(&path.display().to_string(), &text).map_err(|es| {
+                CliError::Invalid(
+                    es.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            })?
         }
         None => {
             let req = JobRequest {
@@ -39,11 +49,15 @@ pub(super) async fn submit(app: &App, output: Output, args: &SubmitArgs) -> Resu
                 payer_id: args.payer.clone().unwrap_or_default(),
                 kind: args.kind.clone().unwrap_or_default(),
                 batch: args.batch.clone().unwrap_or_default(),
-                input: args.input_uri.clone().map(|uri| JobInput { uri, bytes: args.input_bytes }),
+                input: args.input_uri.clone().map(|uri| JobInput {
+                    uri,
+                    bytes: args.input_bytes,
+                }),
                 params: args.params.iter().cloned().collect(),
                 priority: args.priority,
             };
-            req.validate().map_err(|e| CliError::Invalid(e.to_string()))?;
+            req.validate()
+                .map_err(|e| CliError::Invalid(e.to_string()))?;
             vec![req]
         }
     };
@@ -51,7 +65,10 @@ pub(super) async fn submit(app: &App, output: Output, args: &SubmitArgs) -> Resu
     let mut sent = Vec::with_capacity(requests.len());
     for req in requests {
         let body = serde_json::to_string(&req).expect("requests serialize to JSON");
-        let id = intake.send(&body, &[]).await.map_err(|e| CliError::Runtime(format!("sending {}: {e}", req.job_id)))?;
+        let id = intake
+            .send(&body, &[])
+            .await
+            .map_err(|e| CliError::Runtime(format!("sending {}: {e}", req.job_id)))?;
         sent.push((req.job_id, id));
     }
     emit(output, &Submitted { sent })
@@ -63,7 +80,12 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
         JobsCommand::List { state, payer } => {
             let mut jobs = match state {
                 Some(s) => ledger.by_state(s).await.map_err(store)?,
-                None => load_snapshot(ledger.as_ref()).await.map_err(store)?.into_iter().filter(|j| !j.state.is_terminal()).collect(),
+                None => load_snapshot(ledger.as_ref())
+                    .await
+                    .map_err(store)?
+                    .into_iter()
+                    .filter(|j| !j.state.is_terminal())
+                    .collect(),
             };
             if let Some(p) = &payer {
                 jobs.retain(|j| &j.payer_id == p);
@@ -83,7 +105,11 @@ fn store(e: crate::ports::StoreError) -> CliError {
 }
 
 async fn show(ledger: &dyn Ledger, job_id: &str) -> Result<Job, CliError> {
-    ledger.get(job_id).await.map_err(store)?.ok_or_else(|| CliError::Invalid(format!("no job `{job_id}` in the ledger")))
+    ledger
+        .get(job_id)
+        .await
+        .map_err(store)?
+        .ok_or_else(|| CliError::Invalid(format!("no job `{job_id}` in the ledger")))
 }
 
 #[derive(Debug, Serialize)]
@@ -104,19 +130,35 @@ impl fmt::Display for JobList {
                     j.kind.clone(),
                     j.batch.clone(),
                     j.attempt.to_string(),
-                    a.and_then(|a| a.instance_id.clone()).unwrap_or_else(|| "-".into()),
-                    a.and_then(|a| a.rung.as_ref().map(|r| r.instance_type.clone())).unwrap_or_else(|| "-".into()),
+                    a.and_then(|a| a.instance_id.clone())
+                        .unwrap_or_else(|| "-".into()),
+                    a.and_then(|a| a.rung.as_ref().map(|r| r.instance_type.clone()))
+                        .unwrap_or_else(|| "-".into()),
                     j.reason.clone().unwrap_or_default(),
                 ]
             })
             .collect();
-        f.write_str(&table(&["JOB", "STATE", "PAYER", "KIND", "BATCH", "ATTEMPT", "INSTANCE", "TYPE", "REASON"], &rows))?;
+        f.write_str(&table(
+            &[
+                "JOB", "STATE", "PAYER", "KIND", "BATCH", "ATTEMPT", "INSTANCE", "TYPE", "REASON",
+            ],
+            &rows,
+        ))?;
         let mut counts: BTreeMap<JobState, usize> = BTreeMap::new();
         for j in &self.0 {
             *counts.entry(j.state).or_default() += 1;
         }
         let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-        writeln!(f, "{} job(s){}", self.0.len(), if summary.is_empty() { String::new() } else { format!(": {}", summary.join(", ")) })
+        writeln!(
+            f,
+            "{} job(s){}",
+            self.0.len(),
+            if summary.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", summary.join(", "))
+            }
+        )
     }
 }
 
@@ -128,11 +170,33 @@ impl fmt::Display for JobView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let j = &self.0;
         writeln!(f, "job       {}", j.job_id)?;
-        writeln!(f, "state     {}{}", j.state, j.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())?;
-        writeln!(f, "payer     {}  kind {}  batch {}", j.payer_id, j.kind, j.batch)?;
-        writeln!(f, "submitted {}  version {}", j.submitted_at.to_rfc3339(), j.version)?;
+        writeln!(
+            f,
+            "state     {}{}",
+            j.state,
+            j.reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            f,
+            "payer     {}  kind {}  batch {}",
+            j.payer_id, j.kind, j.batch
+        )?;
+        writeln!(
+            f,
+            "submitted {}  version {}",
+            j.submitted_at.to_rfc3339(),
+            j.version
+        )?;
         if let Some(i) = &j.input {
-            writeln!(f, "input     {}{}", i.uri, i.bytes.map(|b| format!(" ({b} bytes)")).unwrap_or_default())?;
+            writeln!(
+                f,
+                "input     {}{}",
+                i.uri,
+                i.bytes.map(|b| format!(" ({b} bytes)")).unwrap_or_default()
+            )?;
         }
         if let Some(nb) = j.not_before {
             writeln!(f, "not before {}", nb.to_rfc3339())?;

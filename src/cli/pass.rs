@@ -11,23 +11,42 @@ pub(super) async fn tick(app: &App, output: Output, args: &TickArgs) -> Result<(
     let scheduler = app.scheduler(&args.pass).await?;
     let before = app.calls().snapshot();
     let mut report = scheduler
-        .tick(TickOptions { dry_run: args.dry_run }, Utc::now())
+        .tick(
+            TickOptions {
+                dry_run: args.dry_run,
+            },
+            Utc::now(),
+        )
         .await
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     let after = app.calls().snapshot();
-    report.aws_calls = after.into_iter().map(|(op, n)| (op.clone(), n - before.get(&op).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect();
+    report.aws_calls = after
+        .into_iter()
+        .map(|(op, n)| (op.clone(), n - before.get(&op).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     emit(output, &report)?;
     if report.has_errors() {
-        return Err(CliError::Runtime("the pass finished with errors (listed above)".into()));
+        return Err(CliError::Runtime(
+            "the pass finished with errors (listed above)".into(),
+        ));
     }
     Ok(())
 }
 
 pub(super) async fn live_plan(app: &App, output: Output, args: &PlanArgs) -> Result<(), CliError> {
-    let pass = PassArgs { max_launches: args.launch_budget, vcpu_quota: args.vcpu_quota, caps: args.caps.clone() };
+    let pass = PassArgs {
+        max_launches: args.launch_budget,
+        vcpu_quota: args.vcpu_quota,
+        caps: args.caps.clone(),
+    };
     let catalog = crate::catalog::Catalog::shipped();
-    let payers = load_payers(app.config().as_ref(), catalog, pass.caps.caps()).await.map_err(|e| CliError::Runtime(e.to_string()))?;
-    let jobs = load_snapshot(app.ledger().as_ref()).await.map_err(|e| CliError::Runtime(e.to_string()))?;
+    let payers = load_payers(app.config().as_ref(), catalog, pass.caps.caps())
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let jobs = load_snapshot(app.ledger().as_ref())
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
     let summaries = JobSummary::of_all(&jobs);
     let snapshot = Snapshot {
         jobs: &summaries,

@@ -20,19 +20,34 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             let report = compare(store.as_ref(), &paths, caps.caps()).await?;
             emit(output, &report)
         }
-        PayersCommand::Apply { paths, dry_run, caps } => {
+        PayersCommand::Apply {
+            paths,
+            dry_run,
+            caps,
+        } => {
             let mut report = compare(store.as_ref(), &paths, caps.caps()).await?;
             report.dry_run = dry_run;
             if !dry_run {
-                for p in report.payers.iter_mut().filter(|p| p.status != Status::Unchanged) {
-                    let profile = p.profile.take().expect("compare keeps the profile of changed payers");
-                    let version = store
-                        .put(&profile, p.version, Utc::now())
-                        .await
-                        .map_err(|e| match e {
-                            StoreError::Conflict(_) => CliError::Runtime(format!("{}: changed by someone else meanwhile; diff and apply again", p.payer_id)),
-                            other => CliError::Runtime(format!("{}: {other}", p.payer_id)),
-                        })?;
+                for p in report
+                    .payers
+                    .iter_mut()
+                    .filter(|p| p.status != Status::Unchanged)
+                {
+                    let profile = p
+                        .profile
+                        .take()
+                        .expect("compare keeps the profile of changed payers");
+                    let version =
+                        store
+                            .put(&profile, p.version, Utc::now())
+                            .await
+                            .map_err(|e| match e {
+                                StoreError::Conflict(_) => CliError::Runtime(format!(
+                                    "{}: changed by someone else meanwhile; diff and apply again",
+                                    p.payer_id
+                                )),
+                                other => CliError::Runtime(format!("{}: {other}", p.payer_id)),
+                            })?;
                     p.version = Some(version);
                     p.applied = true;
                 }
@@ -41,23 +56,46 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
         }
         PayersCommand::List => {
             let rows = store.list().await.map_err(runtime)?;
-            let list = PayerList(rows.into_iter().map(|r| PayerRow {
-                payer_id: r.profile.payer_id.clone(),
-                version: r.version,
-                enabled: r.profile.enabled,
-                priority: r.profile.priority,
-                kinds: r.profile.kinds.keys().cloned().collect(),
-                paused: r.paused,
-                updated_at: r.updated_at.to_rfc3339(),
-            }).collect());
+            let list = PayerList(
+                rows.into_iter()
+                    .map(|r| PayerRow {
+                        payer_id: r.profile.payer_id.clone(),
+                        version: r.version,
+                        enabled: r.profile.enabled,
+                        priority: r.profile.priority,
+                        kinds: r.profile.kinds.keys().cloned().collect(),
+                        paused: r.paused,
+                        updated_at: r.updated_at.to_rfc3339(),
+                    })
+                    .collect(),
+            );
             emit(output, &list)
         }
         PayersCommand::Show { payer_id } => {
-            let row = store.get(&payer_id).await.map_err(runtime)?.ok_or_else(|| CliError::Invalid(format!("no payer `{payer_id}` in the config table")))?;
-            emit(output, &Shown { payer_id, version: row.version, paused: row.paused, updated_at: row.updated_at.to_rfc3339(), profile: row.profile })
+            let row = store
+                .get(&payer_id)
+                .await
+                .map_err(runtime)?
+                .ok_or_else(|| {
+                    CliError::Invalid(format!("no payer `{payer_id}` in the config table"))
+                })?;
+            emit(
+                output,
+                &Shown {
+                    payer_id,
+                    version: row.version,
+                    paused: row.paused,
+                    updated_at: row.updated_at.to_rfc3339(),
+                    profile: row.profile,
+                },
+            )
         }
-        PayersCommand::Pause { payer_id, reason } => set_paused(store.as_ref(), output, &payer_id, Some(&reason)).await,
-        PayersCommand::Resume { payer_id } => set_paused(store.as_ref(), output, &payer_id, None).await,
+        PayersCommand::Pause { payer_id, reason } => {
+            set_paused(store.as_ref(), output, &payer_id, Some(&reason)).await
+        }
+        PayersCommand::Resume { payer_id } => {
+            set_paused(store.as_ref(), output, &payer_id, None).await
+        }
     }
 }
 
@@ -65,10 +103,27 @@ fn runtime(e: StoreError) -> CliError {
     CliError::Runtime(format!("config table: {e}"))
 }
 
-async fn set_paused(store: &dyn ConfigStore, output: Output, payer_id: &str, reason: Option<&str>) -> Result<(), CliError> {
-    let row = store.get(payer_id).await.map_err(runtime)?.ok_or_else(|| CliError::Invalid(format!("no payer `{payer_id}` in the config table")))?;
-    let version = store.set_paused(payer_id, reason, row.version, Utc::now()).await.map_err(runtime)?;
-    let shown = Shown { payer_id: payer_id.to_owned(), version, paused: reason.map(str::to_owned), updated_at: Utc::now().to_rfc3339(), profile: row.profile };
+async fn set_paused(
+    store: &dyn ConfigStore,
+    output: Output,
+    payer_id: &str,
+    reason: Option<&str>,
+) -> Result<(), CliError> {
+    let row =
+        store.get(payer_id).await.map_err(runtime)?.ok_or_else(|| {
+            CliError::Invalid(format!("no payer `{payer_id}` in the config table"))
+        })?;
+    let version = store
+        .set_paused(payer_id, reason, row.version, Utc::now())
+        .await
+        .map_err(runtime)?;
+    let shown = Shown {
+        payer_id: payer_id.to_owned(),
+        version,
+        paused: reason.map(str::to_owned),
+        updated_at: Utc::now().to_rfc3339(),
+        profile: row.profile,
+    };
     emit(output, &shown)
 }
 
@@ -100,19 +155,31 @@ struct DiffReport {
     payers: Vec<PayerDiff>,
 }
 
-async fn compare(store: &dyn ConfigStore, paths: &[PathBuf], caps: GlobalCaps) -> Result<DiffReport, CliError> {
-    let ctx = ValidateContext { catalog: Catalog::shipped(), global: caps };
+async fn compare(
+    store: &dyn ConfigStore,
+    paths: &[PathBuf],
+    caps: GlobalCaps,
+) -> Result<DiffReport, CliError> {
+    let ctx = ValidateContext {
+        catalog: Catalog::shipped(),
+        global: caps,
+    };
     let files = profile::expand_paths(paths).map_err(|e| CliError::Invalid(e.to_string()))?;
     let mut out = Vec::new();
     for file in files {
-        let payers = profile::load_and_validate(std::slice::from_ref(&file), &ctx).map_err(|e| CliError::Invalid(e.to_string()))?;
+        let payers = profile::load_and_validate(std::slice::from_ref(&file), &ctx)
+            .map_err(|e| CliError::Invalid(e.to_string()))?;
         for payer in payers {
             let stored = store.get(payer.id()).await.map_err(runtime)?;
             let (status, changes, version) = match &stored {
                 None => (Status::New, Vec::new(), None),
                 Some(row) => {
                     let changes = profile::diff(&row.profile, &payer.profile);
-                    let status = if changes.is_empty() { Status::Unchanged } else { Status::Changed };
+                    let status = if changes.is_empty() {
+                        Status::Unchanged
+                    } else {
+                        Status::Changed
+                    };
                     (status, changes, Some(row.version))
                 }
             };
@@ -127,7 +194,10 @@ async fn compare(store: &dyn ConfigStore, paths: &[PathBuf], caps: GlobalCaps) -
             });
         }
     }
-    Ok(DiffReport { dry_run: true, payers: out })
+    Ok(DiffReport {
+        dry_run: true,
+        payers: out,
+    })
 }
 
 impl fmt::Display for DiffReport {
@@ -140,10 +210,19 @@ impl fmt::Display for DiffReport {
                 (Status::Changed, false) => "changed",
                 (Status::Unchanged, _) => "unchanged",
             };
-            let version = p.version.map(|v| format!(" (version {v})")).unwrap_or_default();
+            let version = p
+                .version
+                .map(|v| format!(" (version {v})"))
+                .unwrap_or_default();
             writeln!(f, "{what:<9} {}{version}  [{}]", p.payer_id, p.source)?;
             for c in &p.changes {
-                writeln!(f, "    {}: {} → {}", c.field, c.old.as_deref().unwrap_or("(unset)"), c.new.as_deref().unwrap_or("(unset)"))?;
+                writeln!(
+                    f,
+                    "    {}: {} → {}",
+                    c.field,
+                    c.old.as_deref().unwrap_or("(unset)"),
+                    c.new.as_deref().unwrap_or("(unset)")
+                )?;
             }
         }
         if self.dry_run && self.payers.iter().any(|p| p.status != Status::Unchanged) {
@@ -185,7 +264,10 @@ impl fmt::Display for PayerList {
                 ]
             })
             .collect();
-        f.write_str(&table(&["PAYER", "VERSION", "ENABLED", "PRIORITY", "KINDS", "PAUSED"], &rows))
+        f.write_str(&table(
+            &["PAYER", "VERSION", "ENABLED", "PRIORITY", "KINDS", "PAUSED"],
+            &rows,
+        ))
     }
 }
 
@@ -201,7 +283,11 @@ struct Shown {
 
 impl fmt::Display for Shown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "# {} version {}, updated {}", self.payer_id, self.version, self.updated_at)?;
+        writeln!(
+            f,
+            "# {} version {}, updated {}",
+            self.payer_id, self.version, self.updated_at
+        )?;
         if let Some(p) = &self.paused {
             writeln!(f, "# PAUSED: {p}")?;
         }

@@ -1,7 +1,8 @@
-//! One scheduling pass (`tick`): ingest the intake queue, repair launches a crashed pass left
-//! half-done, plan, launch, and report. Every ledger write is conditional on the job's
+//! One scheduling pass (`tick`): ingest the intake queue, apply instance events, repair
+//! launches a crashed pass left half-done, plan, launch, and report. Every ledger write is conditional on the job's
 //! version, and every launch is idempotent, so overlapping passes cannot launch twice.
 
+mod events;
 mod ingest;
 mod launch;
 mod report;
@@ -17,6 +18,8 @@ use crate::job::Job;
 use crate::ports::{Compute, ConfigStore, Ledger, Queue, StoreError};
 use crate::profile::{GlobalCaps, Payer};
 
+pub use events::EventsReport;
+pub use ingest::{validate as validate_request, ERROR_ATTRIBUTE};
 pub use launch::client_token;
 pub use report::{IngestReport, LaunchReport, PassReport};
 pub use snapshot::{load_payers, load_snapshot};
@@ -33,6 +36,9 @@ pub struct Deps {
     pub ledger: Arc<dyn Ledger>,
     pub intake: Arc<dyn Queue>,
     pub intake_dlq: Arc<dyn Queue>,
+    /// Instance events (started, heartbeat, finished, interrupted) and their DLQ.
+    pub events: Arc<dyn Queue>,
+    pub events_dlq: Arc<dyn Queue>,
     pub compute: Arc<dyn Compute>,
     /// Renders each attempt's user-data. (RunInstances pacing is the compute adapter's job.)
     pub user_data: Arc<dyn UserDataSource>,
@@ -117,6 +123,7 @@ impl Scheduler {
         report.invalid_payers = payers.invalid.clone();
         if !opts.dry_run {
             report.ingest = ingest::run(self, &payers.valid, now).await;
+            report.events = events::run(self, &payers.valid, now).await;
         }
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
         let mut budget = self.settings.max_launches;

@@ -70,6 +70,7 @@ pub struct PassReport {
     pub duration_ms: u64,
     pub invalid_payers: Vec<String>,
     pub ingest: IngestReport,
+    pub events: super::events::EventsReport,
     pub plan: PlanSummary,
     pub launch: LaunchReport,
     /// Jobs by state when the pass planned.
@@ -86,6 +87,7 @@ impl PassReport {
             duration_ms: 0,
             invalid_payers: Vec::new(),
             ingest: IngestReport::default(),
+            events: super::events::EventsReport::default(),
             plan: PlanSummary::default(),
             launch: LaunchReport::default(),
             jobs_by_state: BTreeMap::new(),
@@ -135,6 +137,16 @@ impl fmt::Display for PassReport {
             "Ingest:  {} received, {} accepted, {} duplicate, {} rejected to the DLQ",
             i.received, i.accepted, i.duplicates, i.rejected
         )?;
+        let e = &self.events;
+        let ignored: u32 = e.ignored.values().sum();
+        writeln!(
+            f,
+            "Events:  {} received, {} applied, {} duplicate, {} ignored, {} malformed; {} succeeded, {} failed",
+            e.received, e.applied, e.duplicates, ignored, e.malformed, e.succeeded, e.failed
+        )?;
+        for (why, n) in &e.ignored {
+            writeln!(f, "           {n:>6}  ignored: {why}")?;
+        }
         writeln!(
             f,
             "Plan:    {} to launch (est. ${:.4}/h), {} waiting",
@@ -181,7 +193,13 @@ impl fmt::Display for PassReport {
                 .collect();
             writeln!(f, "AWS:     {}", calls.join(", "))?;
         }
-        for e in self.invalid_payers.iter().chain(&i.errors).chain(&l.errors) {
+        for e in self
+            .invalid_payers
+            .iter()
+            .chain(&i.errors)
+            .chain(&e.errors)
+            .chain(&l.errors)
+        {
             writeln!(f, "error:   {e}")?;
         }
         Ok(())

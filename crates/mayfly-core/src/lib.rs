@@ -10,6 +10,7 @@
 //! - [`sizing`]: right-sizing a job to instance types and its fallback ladder.
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
 //! - [`plan_view`]: the text rendering of plans and reasons.
+//! - [`retry`]: the retry decision after a failed attempt (backoff with jitter, or dead).
 //!
 //! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
 
@@ -20,6 +21,7 @@ pub mod jobs_file;
 pub mod plan;
 pub mod plan_view;
 pub mod profile;
+pub mod retry;
 pub mod secrets;
 pub mod sizing;
 pub mod summary;

@@ -1,0 +1,281 @@
+//! Step 2 of a pass: apply instance events (started / heartbeat / finished / interrupted) to
+//! the ledger. Idempotent: an event changes a job only if its job, attempt and instance match
+//! the ledger and it adds something new; all of one job's events in a pass are one write.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Scheduler;
+use crate::events::{EventKind, InstanceEvent};
+use crate::job::{Job, JobState};
+use crate::ports::StoreError;
+use crate::profile::Payer;
+use crate::retry::{self, Decision, FailureCause};
+
+/// What applying events did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventsReport {
+    pub received: u32,
+    pub applied: u32,
+    /// Events that changed nothing (already applied).
+    pub duplicates: u32,
+    /// Events that did not match the ledger, by reason.
+    pub ignored: BTreeMap<String, u32>,
+    /// Unparseable events, moved to the events DLQ.
+    pub malformed: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub errors: Vec<String>,
+}
+
+/// Whether an event matched the ledger, and what it did.
+enum Outcome {
+    Changed,
+    Unchanged,
+    Ignored(&'static str),
+    /// Not yet applicable (the launch is still being recorded): leave it on the queue.
+    Later,
+}
+
+/// Applies one event to a job in memory.
+fn apply(job: &mut Job, e: &InstanceEvent, payer: Option<&Payer>, now: DateTime<Utc>) -> Outcome {
+    if e.attempt != job.attempt {
+        return Outcome::Ignored("attempt does not match the ledger");
+    }
+    let state = job.state;
+    let Some(attempt) = job.current_attempt_mut() else {
+        return Outcome::Ignored("job has no such attempt");
+    };
+    match attempt.instance_id.as_deref() {
+        Some(id) if id != e.instance_id => {
+            return Outcome::Ignored("instance does not match the ledger")
+        }
+        None if state == JobState::Launching => return Outcome::Later,
+        None => return Outcome::Ignored("attempt has no instance"),
+        Some(_) => {}
+    }
+    match e.event {
+        EventKind::Started => {
+            if attempt.started_at.is_some() {
+                return Outcome::Unchanged;
+            }
+            attempt.started_at = Some(e.at);
+            attempt.last_heartbeat_at = Some(e.at);
+            Outcome::Changed
+        }
+        EventKind::Heartbeat => {
+            // Coalesced: a heartbeat is written only when the stored one is getting old, so
+            // a job shorter than the window costs no heartbeat writes at all.
+            let window = payer
+                .map_or(60, |p| p.profile.timeouts.heartbeat.as_secs() / 2)
+                .max(1) as i64;
+            match attempt.last_heartbeat_at {
+                Some(last) if e.at <= last || (e.at - last).num_seconds() < window => {
+                    Outcome::Unchanged
+                }
+                _ if attempt.finished_at.is_some() => Outcome::Unchanged,
+                _ => {
+                    attempt.last_heartbeat_at = Some(e.at);
+                    Outcome::Changed
+                }
+            }
+        }
+        EventKind::Interrupted => {
+            if attempt
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("spot interruption"))
+            {
+                return Outcome::Unchanged;
+            }
+            attempt.reason = Some(format!(
+                "spot interruption: {}",
+                e.notice.as_deref().unwrap_or("notice received")
+            ));
+            Outcome::Changed
+        }
+        EventKind::Finished => {
+            if attempt.finished_at.is_some() || state != JobState::Running {
+                return Outcome::Unchanged;
+            }
+            let code = e.exit_code.unwrap_or(-1);
+            attempt.finished_at = Some(e.at);
+            attempt.started_at.get_or_insert(e.at);
+            attempt.exit_code = Some(code);
+            attempt.output_tail.clone_from(&e.output_tail);
+            if code == 0 {
+                let _ = job.transition(JobState::Succeeded, None, now);
+            } else {
+                let cause = FailureCause::ExitCode { code };
+                if let Some(a) = job.current_attempt_mut() {
+                    a.reason = Some(cause.to_string());
+                }
+                let _ = job.transition(JobState::Failed, Some(cause.to_string()), now);
+            }
+            Outcome::Changed
+        }
+    }
+}
+
+/// The retry decision for a job just marked failed, applied in memory.
+pub(super) fn decide_failed(
+    job: &mut Job,
+    payer: Option<&Payer>,
+    cause: &FailureCause,
+    now: DateTime<Utc>,
+) {
+    let policy = payer
+        .and_then(|p| p.kind(&job.kind))
+        .map(|k| k.retry.clone())
+        .unwrap_or_default();
+    match retry::decide(&policy, &job.job_id, job.attempt, cause, now) {
+        Decision::Retry { not_before, reason } => {
+            if job.transition(JobState::Queued, Some(reason), now).is_ok() {
+                job.not_before = Some(not_before);
+            }
+        }
+        Decision::Dead { reason } => {
+            let _ = job.transition(JobState::Dead, Some(reason), now);
+        }
+    }
+}
+
+pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> EventsReport {
+    let mut report = EventsReport::default();
+    let mut by_job: BTreeMap<String, Vec<(InstanceEvent, String)>> = BTreeMap::new();
+    let mut done: Vec<String> = Vec::new();
+    while report.received < s.settings.max_ingest {
+        let messages = match s.deps.events.receive(10, Duration::ZERO).await {
+            Ok(m) => m,
+            Err(e) => {
+                report.errors.push(format!("receiving events: {e}"));
+                break;
+            }
+        };
+        if messages.is_empty() {
+            break;
+        }
+        report.received += messages.len() as u32;
+        for m in messages {
+            match InstanceEvent::parse(&m.body) {
+                Ok(e) => by_job
+                    .entry(e.job_id.clone())
+                    .or_default()
+                    .push((e, m.receipt)),
+                Err(err) => {
+                    let reason = err.to_string();
+                    tracing::warn!(message_id = %m.message_id, reason = %reason, "Malformed instance event.");
+                    match s
+                        .deps
+                        .events_dlq
+                        .send(&m.body, &[(super::ingest::ERROR_ATTRIBUTE, &reason)])
+                        .await
+                    {
+                        Ok(_) => {
+                            report.malformed += 1;
+                            done.push(m.receipt);
+                        }
+                        Err(e) => report
+                            .errors
+                            .push(format!("moving event {} to the DLQ: {e}", m.message_id)),
+                    }
+                }
+            }
+        }
+    }
+    for (job_id, mut events) in by_job {
+        events.sort_by(|a, b| (a.0.at, a.0.event as u8).cmp(&(b.0.at, b.0.event as u8)));
+        // A lost condition means another pass wrote first: re-read and re-apply (idempotent).
+        for _try in 0..3 {
+            let job = match s.deps.ledger.get(&job_id).await {
+                Ok(Some(j)) => j,
+                Ok(None) => {
+                    *report.ignored.entry("unknown job".into()).or_default() += events.len() as u32;
+                    done.extend(events.iter().map(|(_, r)| r.clone()));
+                    break;
+                }
+                Err(e) => {
+                    report.errors.push(format!("reading job {job_id}: {e}"));
+                    break;
+                }
+            };
+            let payer = payers.iter().find(|p| p.id() == job.payer_id);
+            let expected = job.version;
+            let mut updated = job.clone();
+            let (mut applied, mut dupes, mut later) = (0, 0, Vec::new());
+            let mut ignored: Vec<&'static str> = Vec::new();
+            let mut acked = Vec::new();
+            for (e, receipt) in &events {
+                match apply(&mut updated, e, payer, now) {
+                    Outcome::Changed => {
+                        applied += 1;
+                        acked.push(receipt.clone());
+                    }
+                    Outcome::Unchanged => {
+                        dupes += 1;
+                        acked.push(receipt.clone());
+                    }
+                    Outcome::Ignored(why) => {
+                        tracing::warn!(job_id = %job_id, instance_id = %e.instance_id, attempt = e.attempt, reason = why, "Ignored an instance event.");
+                        ignored.push(why);
+                        acked.push(receipt.clone());
+                    }
+                    Outcome::Later => later.push(receipt.clone()),
+                }
+            }
+            let failed = updated.state == JobState::Failed && job.state != JobState::Failed;
+            let succeeded =
+                updated.state == JobState::Succeeded && job.state != JobState::Succeeded;
+            if applied > 0 {
+                // The version moved once per in-memory transition; the write is one, conditional
+                // on what we read.
+                updated.version = expected + 1;
+                updated.updated_at = Some(now);
+                match s.deps.ledger.update(&updated, expected).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => continue,
+                    Err(e) => {
+                        report.errors.push(format!("writing job {job_id}: {e}"));
+                        break;
+                    }
+                }
+                if failed {
+                    // The failure is on record; now the retry policy moves it on.
+                    let cause = FailureCause::ExitCode {
+                        code: updated
+                            .current_attempt()
+                            .and_then(|a| a.exit_code)
+                            .unwrap_or(-1),
+                    };
+                    let expected = updated.version;
+                    decide_failed(&mut updated, payer, &cause, now);
+                    updated.version = expected + 1;
+                    if let Err(e) = s.deps.ledger.update(&updated, expected).await {
+                        report.errors.push(format!("requeueing job {job_id}: {e}"));
+                    }
+                }
+            }
+            report.applied += applied;
+            report.duplicates += dupes;
+            for why in ignored {
+                *report.ignored.entry(why.to_owned()).or_default() += 1;
+            }
+            report.succeeded += u32::from(succeeded);
+            report.failed += u32::from(failed);
+            done.extend(acked);
+            break;
+        }
+    }
+    match s.deps.events.delete(&done).await {
+        Ok(failed) if failed.is_empty() => {}
+        Ok(failed) => report.errors.push(format!(
+            "{} event message(s) not deleted; they will be seen again (and change nothing)",
+            failed.len()
+        )),
+        Err(e) => report.errors.push(format!("deleting events: {e}")),
+    }
+    report
+}

@@ -1,0 +1,147 @@
+#!/bin/bash
+# mayfly user-data: runs one job attempt, reports to the events queue, then shuts down.
+# 1. Hard deadline, armed before anything else: max runtime + grace, whatever happens below.
+( sleep 2100; shutdown -h now ) </dev/null >/dev/null 2>&1 &
+# Any early exit (a failed step under `set -e`) also ends the instance.
+trap 'shutdown -h now' EXIT
+set -euo pipefail
+
+job_id='cedar-plan:2026-11-01:eligibility'
+attempt=1
+region='us-east-1'
+queue_url='https://sqs.us-east-1.amazonaws.com/123456789012/mayfly-events'
+work="$(mktemp -d "${TMPDIR:-/tmp}/mayfly.XXXXXX")"
+log="$work/output.log"
+: >"$log"
+
+say() { printf 'mayfly: %s\n' "$*" >&2; }
+die() {
+  say "$*; shutting down"
+  exit 1
+}
+
+mayfly_aws() {
+  aws --cli-connect-timeout 5 --cli-read-timeout 30 "$@"
+}
+
+# Valid UTF-8 on stdout; invalid sequences are dropped (ASCII only without iconv).
+utf8_clean() {
+  if command -v iconv >/dev/null 2>&1; then
+    iconv -f UTF-8 -t UTF-8 -c || true
+  else
+    ascii_only
+  fi
+}
+
+ascii_only() { LC_ALL=C tr -cd '\11\12\15\40-\176'; }
+
+# stdin as a JSON string literal, through the cleaning filter $1. Control characters other
+# than tab, newline and carriage return are dropped; those three and \ and " are escaped.
+json_string() {
+  local text
+  text="$(LC_ALL=C tr -d '\000-\010\013\014\016-\037\177' | "$1" |
+    LC_ALL=C sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/\\t/g' -e 's/\r/\\r/g' |
+    LC_ALL=C awk 'NR > 1 { printf "\\n" } { printf "%s", $0 }')"
+  printf '"%s"' "$text"
+}
+
+# One event body (schema v1, docs/events.md); $2 holds the type's extra members.
+event_body() {
+  printf '{"v":1,"type":"%s","job_id":"%s","attempt":%s,"instance_id":"%s","at":"%s"%s}' \
+    "$1" "$job_id" "$attempt" "$instance_id" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${2:-}"
+}
+
+# Sends one event, trying three times; returns 1 if it never got through.
+send_event() {
+  local body try
+  body="$(event_body "$1" "${2:-}")"
+  for try in 1 2 3; do
+    if mayfly_aws --region "$region" sqs send-message --queue-url "$queue_url" \
+      --message-body "$body" >/dev/null; then
+      return 0
+    fi
+    sleep "$try"
+  done
+  say "could not send the $1 event"
+  return 1
+}
+
+finished_members() {
+  printf ',"exit_code":%s,"duration_secs":%s,"output_tail":%s' "$1" "$2" \
+    "$(tail -c 4096 "$log" | json_string "$3")"
+}
+
+# 2. Identity from IMDSv2. MAYFLY_IMDS_ENDPOINT lets a local fleet serve it on loopback.
+imds="${MAYFLY_IMDS_ENDPOINT:-http://169.254.169.254}"
+imds_get() {
+  local token
+  token="$(curl -sf --connect-timeout 2 --max-time 5 -X PUT \
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$imds/latest/api/token")" || return 1
+  curl -sf --connect-timeout 2 --max-time 5 -H "X-aws-ec2-metadata-token: $token" \
+    "$imds/latest/$1"
+}
+instance_id=""
+for try in 1 2 3 4 5 6 7 8 9 10; do
+  instance_id="$(imds_get meta-data/instance-id)" && break
+  sleep "$try"
+done
+[[ $instance_id =~ ^i-[0-9a-f]{8,17}$ ]] || die "no valid instance id from $imds"
+
+say "job $job_id attempt $attempt on $instance_id"
+
+# 3. Report `started`. Without the events queue the job cannot report, so it does not run:
+# the scheduler sees the instance gone without `finished` and retries.
+send_event started || die "cannot reach the events queue"
+
+# 4. Heartbeats while the job runs.
+(
+  while sleep 60 </dev/null >/dev/null 2>&1; do
+    send_event heartbeat || true
+  done
+) </dev/null &
+heartbeat_pid=$!
+
+# 5. Spot interruption notice: reported once, as received.
+(
+  while sleep 5 </dev/null >/dev/null 2>&1; do
+    if notice="$(imds_get meta-data/spot/instance-action)"; then
+      send_event interrupted ",\"notice\":$(printf '%s' "$notice" | head -c 1024 | json_string utf8_clean)" || true
+      break
+    fi
+  done
+) </dev/null &
+spot_pid=$!
+
+# 6. Secrets, fetched by reference now; their values never appear in user-data.
+rc=0
+
+# 7. The job's command, with its environment only (not the agent's), its output to the log.
+# It stops at max runtime (exit 124); the deadline above is the backstop.
+run_job() (
+  export MAYFLY_JOB_ID='cedar-plan:2026-11-01:eligibility'
+  export MAYFLY_ATTEMPT='1'
+  export MAYFLY_PAYER='cedar-plan'
+  export MAYFLY_KIND='eligibility'
+  export MAYFLY_BATCH='2026-11-01'
+  export MAYFLY_INPUT_URI='s3://mayfly-example-drops/cedar-plan/2026-11-01/eligibility.dat'
+  export RUN_MODE='full'
+  export MAYFLY_INSTANCE_ID="$instance_id"
+  exec timeout --kill-after=30 1800 "$@"
+)
+start="$(date +%s)"
+if [[ $rc -eq 0 ]]; then
+  run_job '/opt/payer-etl/bin/load-eligibility' '--strict' </dev/null >>"$log" 2>&1 || rc=$?
+fi
+duration=$(($(date +%s) - start))
+kill "$heartbeat_pid" "$spot_pid" 2>/dev/null || true
+
+# 8. Report `finished` with the exit code, duration and the output's last bytes. If the
+# tail is refused, the event goes again with an ASCII-only tail.
+say "job exited with $rc after ${duration}s"
+send_event finished "$(finished_members "$rc" "$duration" utf8_clean)" ||
+  send_event finished "$(finished_members "$rc" "$duration" ascii_only)" ||
+  say "could not report finished"
+
+# 9. Shut down; the instance's shutdown behaviour is terminate.
+trap - EXIT
+shutdown -h now
