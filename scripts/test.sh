@@ -27,5 +27,12 @@ fi
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "Starting the emulator (moto) for the emulator tests"
+# One emulator for the whole run; each test uses its own deployment name. It is stopped on
+# exit, however the run ends.
+MAYFLY_TEST_ENDPOINT="$(MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION=true bash scripts/emulator.sh start)"
+export MAYFLY_TEST_ENDPOINT
+trap 'bash scripts/emulator.sh stop >/dev/null 2>&1 || true' EXIT
+
 step "cargo test"
 cargo test --workspace --locked

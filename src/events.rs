@@ -111,7 +111,13 @@ const FIELDS: &[&str] = &[
 ];
 
 impl InstanceEvent {
-    fn new(event: EventKind, job_id: &str, attempt: u32, instance_id: &str, at: DateTime<Utc>) -> Self {
+    fn new(
+        event: EventKind,
+        job_id: &str,
+        attempt: u32,
+        instance_id: &str,
+        at: DateTime<Utc>,
+    ) -> Self {
         Self {
             v: VERSION,
             event,
@@ -203,7 +209,10 @@ impl InstanceEvent {
     /// The checks beyond types: identifiers, bounds, and which fields each type carries.
     pub fn validate(&self) -> Result<(), EventError> {
         if self.v != VERSION {
-            return Err(EventError::new("v", format!("unsupported version {}", self.v)));
+            return Err(EventError::new(
+                "v",
+                format!("unsupported version {}", self.v),
+            ));
         }
         if !is_token(&self.job_id, 128) {
             return Err(EventError::new(
@@ -217,20 +226,36 @@ impl InstanceEvent {
         if !is_instance_id(&self.instance_id) {
             return Err(EventError::new(
                 "instance_id",
-                format!("`{}` is not `i-` followed by 8–17 lowercase hex digits", self.instance_id.escape_debug()),
+                format!(
+                    "`{}` is not `i-` followed by 8–17 lowercase hex digits",
+                    self.instance_id.escape_debug()
+                ),
             ));
         }
         let finished = self.event == EventKind::Finished;
         let only_on = |field: &str, present: bool, allowed: bool, kind: &str| {
             if present && !allowed {
-                Err(EventError::new(field, format!("only `{kind}` events carry it, not `{}`", self.event)))
+                Err(EventError::new(
+                    field,
+                    format!("only `{kind}` events carry it, not `{}`", self.event),
+                ))
             } else {
                 Ok(())
             }
         };
         only_on("exit_code", self.exit_code.is_some(), finished, "finished")?;
-        only_on("duration_secs", self.duration_secs.is_some(), finished, "finished")?;
-        only_on("output_tail", self.output_tail.is_some(), finished, "finished")?;
+        only_on(
+            "duration_secs",
+            self.duration_secs.is_some(),
+            finished,
+            "finished",
+        )?;
+        only_on(
+            "output_tail",
+            self.output_tail.is_some(),
+            finished,
+            "finished",
+        )?;
         only_on(
             "notice",
             self.notice.is_some(),
@@ -239,10 +264,16 @@ impl InstanceEvent {
         )?;
         if finished {
             if self.exit_code.is_none() {
-                return Err(EventError::new("exit_code", "required on `finished` events"));
+                return Err(EventError::new(
+                    "exit_code",
+                    "required on `finished` events",
+                ));
             }
             if self.duration_secs.is_none() {
-                return Err(EventError::new("duration_secs", "required on `finished` events"));
+                return Err(EventError::new(
+                    "duration_secs",
+                    "required on `finished` events",
+                ));
             }
         }
         if let Some(t) = &self.output_tail {
@@ -274,7 +305,9 @@ impl InstanceEvent {
 pub fn is_instance_id(s: &str) -> bool {
     s.strip_prefix("i-").is_some_and(|hex| {
         (8..=17).contains(&hex.len())
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -342,7 +375,14 @@ mod tests {
     fn instance_ids() {
         assert!(is_instance_id("i-0123456789abcdef0"));
         assert!(is_instance_id("i-0123abcd"));
-        for bad in ["", "i-", "i-0123abc", "i-0123456789ABCDEF0", "x-0123abcd", "i-0123456789abcdef01"] {
+        for bad in [
+            "",
+            "i-",
+            "i-0123abc",
+            "i-0123456789ABCDEF0",
+            "x-0123abcd",
+            "i-0123456789abcdef01",
+        ] {
             assert!(!is_instance_id(bad), "{bad}");
         }
     }

@@ -19,6 +19,7 @@
 //! - [`events`]: the versioned instance → scheduler events the script sends, and their parsing.
 //! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
 //! - [`cli`]: the command-line surface shared by the binaries.
+//! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
 //!
 //! [`names`] derives table, queue and tag names from the deployment name.
 //!
@@ -32,6 +33,7 @@ pub mod aws;
 pub mod cli;
 pub mod events;
 pub mod fakes;
+pub mod fleet;
 pub mod names;
 pub mod ports;
 pub mod ratelimit;

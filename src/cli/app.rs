@@ -38,7 +38,11 @@ impl App {
             names: Names::new(&global.name),
             clients: Clients::new(&sdk),
             region,
-            endpoint_url: global.endpoint_url.clone(),
+            endpoint_url: global
+                .endpoint_url
+                .clone()
+                .or_else(|| sdk.endpoint_url().map(str::to_owned))
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok()),
         })
     }
 
@@ -78,17 +82,20 @@ impl App {
     /// A scheduler wired to this deployment.
     pub async fn scheduler(&self, pass: &PassArgs) -> Result<Scheduler, CliError> {
         let events = self.queue(self.names.events_queue()).await?;
+        let events_url = events.url().to_owned();
         let env = InstanceEnv {
-            events_queue_url: events.url().to_owned(),
+            events_queue_url: events_url.clone(),
             region: self.region.clone(),
             endpoint_url: self.endpoint_url.clone(),
             ..InstanceEnv::default()
         };
         let deps = Deps {
+            events: Arc::new(events),
             config: self.config(),
             ledger: self.ledger(),
             intake: Arc::new(self.intake().await?),
             intake_dlq: Arc::new(self.queue(self.names.intake_dlq()).await?),
+            events_dlq: Arc::new(self.queue(self.names.events_dlq()).await?),
             compute: Arc::new(Ec2Compute::new(
                 self.clients.ec2.clone(),
                 Arc::new(Ec2Limits::default()),

@@ -1,7 +1,11 @@
 //! The command-line surface: global options, subcommands, and how results are printed.
 //! The `mayfly` binary parses [`Cli`] and calls [`run`]; results print as text or JSON.
 
+mod app;
+mod jobs;
 mod offline;
+mod pass;
+mod payers;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +16,7 @@ use serde::Serialize;
 
 use crate::profile::GlobalCaps;
 
+pub use app::App;
 pub use offline::{ValidProfile, ValidateReport};
 
 /// mayfly: one right-sized, self-terminating EC2 instance per payer data job.
@@ -35,8 +40,9 @@ pub struct GlobalArgs {
     /// AWS region (default: the standard AWS chain).
     #[arg(long, global = true, env = "AWS_REGION")]
     pub region: Option<String>,
-    /// Endpoint URL for every AWS service (e.g. the local emulator).
-    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    /// Endpoint URL for every AWS service (e.g. the local emulator). Without it, the standard
+    /// AWS chain applies, including AWS_ENDPOINT_URL and the per-service AWS_ENDPOINT_URL_*.
+    #[arg(long, global = true)]
     pub endpoint_url: Option<String>,
     /// Named AWS profile from the shared config files.
     #[arg(long, global = true, env = "AWS_PROFILE")]
@@ -246,9 +252,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             offline::validate(output, &paths, caps.caps())
         }
         Command::Plan(args) if args.jobs.is_some() => offline::offline_plan(output, &args),
-        _ => Err(CliError::Runtime(
-            "this command is being connected to AWS".into(),
-        )),
+        command => {
+            let app = app::App::connect(&cli.global).await?;
+            match command {
+                Command::Payers(cmd) => payers::run(&app, output, cmd).await,
+                Command::Submit(args) => jobs::submit(&app, output, &args).await,
+                Command::Tick(args) => pass::tick(&app, output, &args).await,
+                Command::Plan(args) => pass::live_plan(&app, output, &args).await,
+                Command::Jobs(cmd) => jobs::run(&app, output, cmd).await,
+            }
+        }
     }
 }
 

@@ -179,7 +179,7 @@ impl Ledger for FakeLedger {
             .filter(|j| j.state == state)
             .cloned()
             .collect();
-        out.sort_by(|a, b| a.submitted_at.cmp(&b.submitted_at));
+        out.sort_by_key(|j| j.submitted_at);
         Ok(out)
     }
 

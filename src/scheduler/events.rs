@@ -187,7 +187,7 @@ pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> 
         }
     }
     for (job_id, mut events) in by_job {
-        events.sort_by(|a, b| (a.0.at, a.0.event as u8).cmp(&(b.0.at, b.0.event as u8)));
+        events.sort_by_key(|(e, _)| (e.at, e.event as u8));
         // A lost condition means another pass wrote first: re-read and re-apply (idempotent).
         for _try in 0..3 {
             let job = match s.deps.ledger.get(&job_id).await {

@@ -10,7 +10,8 @@ job_id='cedar-plan:2026-11-01:members'
 attempt=1
 region='us-east-1'
 queue_url='https://sqs.us-east-1.amazonaws.com/123456789012/mayfly-events'
-work="$(mktemp -d "${TMPDIR:-/tmp}/mayfly.XXXXXX")"
+# On disk, not a RAM-backed /tmp: the log holds all of the job's output.
+work="$(mktemp -d "${TMPDIR:-/var/tmp}/mayfly.XXXXXX")"
 log="$work/output.log"
 : >"$log"
 
@@ -95,7 +96,7 @@ send_event started || die "cannot reach the events queue"
 
 # 4. Heartbeats while the job runs.
 (
-  while sleep 60 </dev/null >/dev/null 2>&1; do
+  while sleep 60 >/dev/null 2>&1; do
     send_event heartbeat || true
   done
 ) </dev/null &
@@ -103,7 +104,7 @@ heartbeat_pid=$!
 
 # 5. Spot interruption notice: reported once, as received.
 (
-  while sleep 5 </dev/null >/dev/null 2>&1; do
+  while sleep 5 >/dev/null 2>&1; do
     if notice="$(imds_get meta-data/spot/instance-action)"; then
       send_event interrupted ",\"notice\":$(printf '%s' "$notice" | head -c 1024 | json_string utf8_clean)" || true
       break
@@ -115,8 +116,11 @@ spot_pid=$!
 # 6. Secrets, fetched by reference now; their values never appear in user-data.
 rc=0
 
-# 7. The job's command, with its environment only (not the agent's), its output to the log.
-# It stops at max runtime (exit 124); the deadline above is the backstop.
+# 7. The job's command, its variables exported only in this subshell (never to the agent's
+# own aws calls), its output to the log. It stops at max runtime (exit 124); the deadline
+# above is the backstop.
+# Values are single-quoted literals: a `$(…)` or backquote in one is text, not code.
+# shellcheck disable=SC2016,SC1003
 run_job() (
   export MAYFLY_JOB_ID='cedar-plan:2026-11-01:members'
   export MAYFLY_ATTEMPT='1'
@@ -130,7 +134,7 @@ run_job() (
 )
 start="$(date +%s)"
 if [[ $rc -eq 0 ]]; then
-  run_job '/opt/payer-etl/bin/load-members' '--format' 'csv' </dev/null >>"$log" 2>&1 || rc=$?
+  run_job 'payer-etl' 'load-members' '--format' 'csv' </dev/null >>"$log" 2>&1 || rc=$?
 fi
 duration=$(($(date +%s) - start))
 kill "$heartbeat_pid" "$spot_pid" 2>/dev/null || true

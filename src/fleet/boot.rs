@@ -1,0 +1,171 @@
+//! Booting one instance: deciding whether its user-data runs at all, laying out its
+//! directory, starting its metadata endpoint, writing its shims and running its script in a
+//! session of its own with a fresh environment.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::warn;
+
+use super::cloud::UserDataReader;
+use super::imds::{Control, Imds, ImdsServer, InstanceMetadata};
+use super::session::{self, Session};
+use super::shims::{self, ShimSettings};
+use super::{Fault, FleetConfig, SkipReason};
+use crate::ports::ManagedInstance;
+
+/// How long after boot an injected spot notice appears.
+const SPOT_NOTICE_DELAY: Duration = Duration::from_secs(1);
+
+/// An instance whose processes are running.
+#[derive(Debug)]
+pub(super) struct Live {
+    pub session: Session,
+    /// Kept for the instance's lifetime: dropping it stops the endpoint.
+    pub _server: ImdsServer,
+    /// How the script's shell ended, once it has.
+    pub leader_exit: Option<std::process::ExitStatus>,
+    /// When an injected spot interruption takes the instance.
+    pub reclaim_at: Option<Instant>,
+}
+
+/// What came of booting an instance.
+#[derive(Debug)]
+pub(super) enum Boot {
+    Started {
+        dir: PathBuf,
+        live: Box<Live>,
+    },
+    Skipped(SkipReason),
+    /// Setting it up failed; the instance stays running in the emulator.
+    Failed {
+        dir: PathBuf,
+        error: std::io::Error,
+    },
+    /// Its user-data could not be read this time: try again on the next poll.
+    Retry,
+}
+
+/// Boots `instance` unless its fault or its user-data says not to.
+pub(super) async fn boot(
+    config: &FleetConfig,
+    user_data: &dyn UserDataReader,
+    instance: &ManagedInstance,
+    fault: Option<Fault>,
+    control: &UnboundedSender<Control>,
+) -> Boot {
+    if fault == Some(Fault::NeverStart) {
+        return Boot::Skipped(SkipReason::NeverStart);
+    }
+    let script = match user_data.user_data(&instance.instance_id).await {
+        Ok(Some(script)) => script,
+        Ok(None) => return Boot::Skipped(SkipReason::NoUserData),
+        Err(e) => {
+            warn!(error = %e, "Cannot read the user-data; retrying next poll.");
+            return Boot::Retry;
+        }
+    };
+    // cloud-init runs user-data as a program only when it starts with `#!`.
+    if !script.starts_with(b"#!") {
+        return Boot::Skipped(SkipReason::NotAScript);
+    }
+    let dir = config.work_dir.join(&instance.instance_id);
+    let launched = instance
+        .launched_at
+        .map_or_else(|| "unknown".to_owned(), |t| t.to_rfc3339());
+    let marker = dir.join("launched-at");
+    if std::fs::read_to_string(&marker).is_ok_and(|seen| seen == launched) {
+        return Boot::Skipped(SkipReason::AlreadyBooted);
+    }
+    match start(config, instance, &dir, &script, &launched, fault, control).await {
+        Ok(live) => Boot::Started {
+            dir,
+            live: Box::new(live),
+        },
+        Err(error) => Boot::Failed { dir, error },
+    }
+}
+
+/// Lays out the instance directory, starts its endpoint and runs its script.
+async fn start(
+    config: &FleetConfig,
+    instance: &ManagedInstance,
+    dir: &Path,
+    script: &[u8],
+    launched: &str,
+    fault: Option<Fault>,
+    control: &UnboundedSender<Control>,
+) -> std::io::Result<Live> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::write(dir.join("launched-at"), launched)?;
+    let script_path = dir.join("user-data.sh");
+    std::fs::write(&script_path, script)?;
+    let region = config.aws.region.clone();
+    let meta = InstanceMetadata {
+        instance_id: instance.instance_id.clone(),
+        instance_type: instance.instance_type.clone(),
+        availability_zone: instance
+            .availability_zone
+            .clone()
+            .unwrap_or_else(|| format!("{region}a")),
+        region,
+        user_data: String::from_utf8_lossy(script).into_owned(),
+    };
+    let server = ImdsServer::start(Imds::new(meta), control.clone()).await?;
+    let bin = dir.join("bin");
+    shims::write(
+        &bin,
+        &ShimSettings {
+            instance_id: instance.instance_id.clone(),
+            fleet_url: server.endpoint(),
+            endpoint_url: config.aws.endpoint_url.clone(),
+            region: config.aws.region.clone(),
+            job_seconds: config.job_seconds,
+            fault,
+        },
+    )?;
+    let reclaim_at = (fault == Some(Fault::Spot)).then(|| {
+        let notice_at = Instant::now() + SPOT_NOTICE_DELAY;
+        let action_time = chrono::Utc::now()
+            + chrono::Duration::from_std(SPOT_NOTICE_DELAY + config.spot_warning)
+                .unwrap_or_else(|_| chrono::Duration::minutes(2));
+        server.imds.schedule_spot_notice(notice_at, action_time);
+        notice_at + config.spot_warning
+    });
+    let env = script_env(config, dir, &bin, &server.endpoint());
+    let session = session::spawn(&script_path, dir, &env, &dir.join("console.log"))?;
+    Ok(Live {
+        session,
+        _server: server,
+        leader_exit: None,
+        reclaim_at,
+    })
+}
+
+/// A fresh instance's environment, pointed at the emulator and the local endpoint.
+fn script_env(config: &FleetConfig, dir: &Path, bin: &Path, imds: &str) -> Vec<(String, String)> {
+    let mut path: Vec<PathBuf> = vec![bin.to_path_buf()];
+    path.extend(config.tool_dirs.iter().cloned());
+    if let Some(inherited) = std::env::var_os("PATH") {
+        path.extend(std::env::split_paths(&inherited));
+    }
+    let path = std::env::join_paths(path).map_or_else(
+        |_| "/usr/bin:/bin".to_owned(),
+        |p| p.to_string_lossy().into_owned(),
+    );
+    let mut env = vec![
+        ("PATH".to_owned(), path),
+        ("HOME".to_owned(), dir.display().to_string()),
+        ("TMPDIR".to_owned(), dir.join("tmp").display().to_string()),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ("MAYFLY_IMDS_ENDPOINT".to_owned(), imds.to_owned()),
+        // The SDKs and the CLI must never look for the real metadata service here.
+        ("AWS_EC2_METADATA_DISABLED".to_owned(), "true".to_owned()),
+    ];
+    env.extend(config.aws.env());
+    env
+}
