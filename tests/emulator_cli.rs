@@ -1,0 +1,277 @@
+//! The `mayfly` binary against the emulator, as an operator drives it: apply and diff
+//! profiles, submit jobs, plan without changing anything, run a pass, look at jobs.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mayfly::aws::dynamo::{DynamoConfigStore, DynamoLedger};
+use mayfly::aws::sqs::SqsQueue;
+use mayfly::aws::Clients;
+use mayfly::job::JobState;
+use mayfly::names::Names;
+use mayfly::ports::{ConfigStore, Ledger, Queue};
+
+fn mayfly(name: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .arg("--name")
+        .arg(name)
+        .args(args)
+        .envs(support::child_env())
+        .current_dir(support::repo())
+        .output()
+        .expect("run mayfly")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The example profiles, pointed at the emulator's network and this deployment's profile.
+fn profiles_for(name: &str, subnets: &[String], sgs: &[String], dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(support::path("payer-profiles")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let mut doc: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let launch = doc
+            .get_mut("launch")
+            .and_then(|l| l.as_table_mut())
+            .unwrap();
+        let strings =
+            |v: &[String]| toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect());
+        launch.insert("subnets".into(), strings(subnets));
+        launch.insert("security_groups".into(), strings(sgs));
+        launch.insert(
+            "instance_profile".into(),
+            toml::Value::String(format!("{name}-instance")),
+        );
+        std::fs::write(
+            dir.join(path.file_name().unwrap()),
+            toml::to_string(&doc).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct State {
+    payers: Vec<String>,
+    jobs: Vec<String>,
+    intake: u64,
+}
+
+async fn state(clients: &Clients, names: &Names) -> State {
+    let config = DynamoConfigStore::new(clients.dynamodb.clone(), names.payers_table());
+    let ledger = DynamoLedger::new(clients.dynamodb.clone(), names.jobs_table());
+    let intake = SqsQueue::by_name(clients.sqs.clone(), &names.intake_queue())
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for s in JobState::ALL {
+        for j in ledger.by_state(s).await.unwrap() {
+            jobs.push(serde_json::to_string(&j).unwrap());
+        }
+    }
+    let payers = config
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| format!("{}@{}:{:?}", p.profile.payer_id, p.version, p.paused))
+        .collect();
+    State {
+        payers,
+        jobs,
+        intake: intake.depth().await.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn operator_workflow_against_the_emulator() {
+    let name = support::unique_name("cli");
+    support::deploy(&name);
+    let sdk = support::sdk_config().await;
+    let clients = Clients::new(&sdk);
+    let names = Names::new(&name);
+    let (subnets, sgs) = support::emulator_network(&clients.ec2).await;
+    let dir: PathBuf = std::env::temp_dir().join(format!("mayfly-cli-{name}"));
+    profiles_for(&name, &subnets, &sgs, &dir);
+    let dir_s = dir.display().to_string();
+
+    // Apply creates every payer; a diff afterwards shows nothing.
+    let applied: serde_json::Value = serde_json::from_str(&ok(&mayfly(
+        &name,
+        &["--output", "json", "payers", "apply", &dir_s],
+    )))
+    .unwrap();
+    assert!(
+        applied["payers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["status"] == "new" && p["applied"] == true),
+        "{applied}"
+    );
+    let diff: serde_json::Value = serde_json::from_str(&ok(&mayfly(
+        &name,
+        &["--output", "json", "payers", "diff", &dir_s],
+    )))
+    .unwrap();
+    assert!(
+        diff["payers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["status"] == "unchanged" && p["changes"].as_array().unwrap().is_empty()),
+        "{diff}"
+    );
+
+    // Change one field: the diff shows exactly that field.
+    let cedar = dir.join("cedar-plan.toml");
+    let text = std::fs::read_to_string(&cedar)
+        .unwrap()
+        .replace("max_vcpus = 96", "max_vcpus = 128");
+    std::fs::write(&cedar, text).unwrap();
+    let diff: serde_json::Value = serde_json::from_str(&ok(&mayfly(
+        &name,
+        &["--output", "json", "payers", "diff", &dir_s],
+    )))
+    .unwrap();
+    let changed: Vec<&serde_json::Value> = diff["payers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["status"] == "changed")
+        .collect();
+    assert_eq!(changed.len(), 1, "{diff}");
+    assert_eq!(changed[0]["payer_id"], "cedar-plan");
+    assert_eq!(
+        changed[0]["changes"],
+        serde_json::json!([{"field": "caps.max_vcpus", "old": "96", "new": "128"}])
+    );
+    let text_diff = ok(&mayfly(&name, &["payers", "diff", &dir_s]));
+    assert!(
+        text_diff.contains("caps.max_vcpus: 96 → 128"),
+        "{text_diff}"
+    );
+
+    // Submit and run one pass; then plan and a dry-run tick change nothing anywhere.
+    ok(&mayfly(
+        &name,
+        &[
+            "submit",
+            "--job-id",
+            "cedar-plan:2026-11:eligibility",
+            "--payer",
+            "cedar-plan",
+            "--kind",
+            "eligibility",
+            "--batch",
+            "2026-11",
+        ],
+    ));
+    ok(&mayfly(&name, &["tick"]));
+    ok(&mayfly(
+        &name,
+        &[
+            "submit",
+            "--job-id",
+            "cedar-plan:2026-11:members",
+            "--payer",
+            "cedar-plan",
+            "--kind",
+            "members",
+            "--batch",
+            "2026-11",
+            "--input-uri",
+            "s3://example-payer-drops/cedar-plan/members.csv",
+            "--input-bytes",
+            "1048576",
+        ],
+    ));
+    let before = state(&clients, &names).await;
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(&mayfly(&name, &["--output", "json", "plan"]))).unwrap();
+    assert!(
+        plan["waiting"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["job_id"] == "cedar-plan:2026-11:eligibility"),
+        "{plan}"
+    );
+    let dry: serde_json::Value = serde_json::from_str(&ok(&mayfly(
+        &name,
+        &["--output", "json", "tick", "--dry-run"],
+    )))
+    .unwrap();
+    assert_eq!(dry["dry_run"], true);
+    let after = state(&clients, &names).await;
+    assert_eq!(before, after);
+    assert_eq!(
+        after.intake, 1,
+        "the second request is still on the intake queue"
+    );
+
+    // A pass ingests it; jobs list and show tell the story.
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(&mayfly(&name, &["--output", "json", "tick"]))).unwrap();
+    assert_eq!(report["ingest"]["accepted"], 1, "{report}");
+    assert_eq!(report["aws_calls"].get("EC2.CreateTags"), None, "{report}");
+    let list = ok(&mayfly(&name, &["jobs", "list"]));
+    assert!(
+        list.contains("cedar-plan:2026-11:eligibility") && list.contains("running"),
+        "{list}"
+    );
+    let show = ok(&mayfly(
+        &name,
+        &["jobs", "show", "cedar-plan:2026-11:eligibility"],
+    ));
+    assert!(
+        show.contains("instance") && show.contains("c7i.large"),
+        "{show}"
+    );
+    assert_eq!(
+        mayfly(&name, &["jobs", "show", "no-such-job"])
+            .status
+            .code(),
+        Some(2)
+    );
+
+    // Pause shows in the plan; resume clears it.
+    let paused = ok(&mayfly(
+        &name,
+        &[
+            "payers",
+            "pause",
+            "cedar-plan",
+            "--reason",
+            "vendor maintenance",
+        ],
+    ));
+    assert!(paused.contains("PAUSED: vendor maintenance"), "{paused}");
+    let plan = ok(&mayfly(&name, &["plan"]));
+    assert!(
+        plan.contains("payer is paused: vendor maintenance"),
+        "{plan}"
+    );
+    ok(&mayfly(&name, &["payers", "resume", "cedar-plan"]));
+    let listed = ok(&mayfly(&name, &["payers", "list"]));
+    assert!(
+        listed.contains("cedar-plan") && !listed.contains("vendor maintenance"),
+        "{listed}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
