@@ -105,6 +105,45 @@ pub enum Command {
     /// Look at jobs in the ledger.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Print the user-data script a job would get (offline; no AWS needed).
+    ///
+    ///   mayfly render --payer cedar-plan --kind claims --batch 2026-11 --input-bytes 21474836480
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Directory (or files) of payer profiles.
+    #[arg(long, default_value = "payer-profiles")]
+    pub profiles: Vec<PathBuf>,
+    #[arg(long)]
+    pub payer: String,
+    #[arg(long)]
+    pub kind: String,
+    #[arg(long, default_value = "example-job")]
+    pub job_id: String,
+    #[arg(long, default_value = "example-batch")]
+    pub batch: String,
+    #[arg(long)]
+    pub input_uri: Option<String>,
+    #[arg(long, requires = "input_uri")]
+    pub input_bytes: Option<u64>,
+    /// A job parameter, KEY=VALUE (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    #[arg(long, default_value_t = 1)]
+    pub attempt: u32,
+    /// Template directory overlaying the built-in templates (default: ./userdata-templates if present).
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// The events queue URL the instance reports to.
+    #[arg(
+        long,
+        default_value = "https://sqs.us-east-1.amazonaws.com/123456789012/mayfly-events"
+    )]
+    pub events_queue_url: String,
+    #[command(flatten)]
+    pub caps: CapsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +291,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             offline::validate(output, &paths, caps.caps())
         }
         Command::Plan(args) if args.jobs.is_some() => offline::offline_plan(output, &args),
+        Command::Render(args) => offline::render(output, &cli.global, &args),
         command => {
             let app = app::App::connect(&cli.global).await?;
             match command {
@@ -260,6 +300,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Tick(args) => pass::tick(&app, output, &args).await,
                 Command::Plan(args) => pass::live_plan(&app, output, &args).await,
                 Command::Jobs(cmd) => jobs::run(&app, output, cmd).await,
+                Command::Render(_) => unreachable!("render is offline"),
             }
         }
     }

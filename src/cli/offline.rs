@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::{emit, CliError, Output, PlanArgs};
+use super::{emit, CliError, GlobalArgs, Output, PlanArgs, RenderArgs};
 use crate::catalog::Catalog;
 use crate::jobs_file;
 use crate::plan::{self, Snapshot};
@@ -121,4 +121,78 @@ pub(super) fn offline_plan(output: Output, args: &PlanArgs) -> Result<(), CliErr
         now,
     };
     emit(output, &plan::plan(&snapshot))
+}
+
+/// A rendered user-data script: printed as is, or as JSON with its size.
+#[derive(Debug, Serialize)]
+pub struct Rendered {
+    pub bytes: usize,
+    pub user_data: String,
+}
+
+impl std::fmt::Display for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.user_data)
+    }
+}
+
+pub(super) fn render(
+    output: Output,
+    global: &GlobalArgs,
+    args: &RenderArgs,
+) -> Result<(), CliError> {
+    use crate::job::{Job, JobInput, JobRequest};
+    use crate::userdata::{render_for_job, InstanceEnv, Renderer};
+    let ctx = ValidateContext {
+        catalog: Catalog::shipped(),
+        global: args.caps.caps(),
+    };
+    let payers = profile::load_and_validate(&args.profiles, &ctx)
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let payer = payers
+        .iter()
+        .find(|p| p.id() == args.payer)
+        .ok_or_else(|| CliError::Invalid(format!("payer: no profile for `{}`", args.payer)))?;
+    if payer.kind(&args.kind).is_none() {
+        return Err(CliError::Invalid(format!(
+            "kind: payer `{}` has no job kind `{}`",
+            args.payer, args.kind
+        )));
+    }
+    let req = JobRequest {
+        job_id: args.job_id.clone(),
+        payer_id: args.payer.clone(),
+        kind: args.kind.clone(),
+        batch: args.batch.clone(),
+        input: args.input_uri.clone().map(|uri| JobInput {
+            uri,
+            bytes: args.input_bytes,
+        }),
+        params: args.params.iter().cloned().collect(),
+        priority: None,
+    };
+    req.validate()
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let mut job = Job::from_request(req, Utc::now());
+    job.attempt = args.attempt;
+    let env = InstanceEnv {
+        events_queue_url: args.events_queue_url.clone(),
+        region: global
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        endpoint_url: global.endpoint_url.clone(),
+        ..InstanceEnv::default()
+    };
+    let renderer =
+        Renderer::load(args.templates.as_deref()).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let user_data = render_for_job(&renderer, payer, &job, args.attempt, &env)
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    emit(
+        output,
+        &Rendered {
+            bytes: user_data.len(),
+            user_data,
+        },
+    )
 }
