@@ -177,3 +177,40 @@ async fn events_complete_jobs_and_unlock_the_next_tier() {
 async fn non_zero_exit_fails_with_code_and_tail() {
     world::non_zero_exit_fails_with_code_and_tail(&world()).await;
 }
+
+#[tokio::test]
+async fn rejected_requests_carry_a_reason_naming_the_field() {
+    let dlq = Arc::new(FakeQueue::new());
+    let w = World {
+        intake_dlq: dlq.clone(),
+        ..world()
+    };
+    w.apply_examples().await;
+    w.submit(r#"{"job_id":"bad job id","payer_id":"cedar-plan","kind":"eligibility","batch":"b"}"#)
+        .await;
+    w.submit(r#"{"job_id":"ok-1","payer_id":"cedar-plan","kind":"dental","batch":"b"}"#)
+        .await;
+    w.submit(
+        r#"{"job_id":"ok-2","payer_id":"cedar-plan","kind":"claims","batch":"b","priority":90}"#,
+    )
+    .await;
+    let report = w.tick(world::t0()).await;
+    assert_eq!(report.ingest.rejected, 3);
+    let reasons: Vec<String> = dlq
+        .contents()
+        .into_iter()
+        .map(|(_, attrs)| {
+            attrs
+                .into_iter()
+                .find(|(k, _)| k == "mayfly-error")
+                .map(|(_, v)| v)
+                .unwrap()
+        })
+        .collect();
+    assert!(reasons[0].starts_with("job_id:"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("kind:") && reasons[1].contains("dental"),
+        "{reasons:?}"
+    );
+    assert!(reasons[2].starts_with("priority:"), "{reasons:?}");
+}
