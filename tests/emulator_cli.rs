@@ -3,8 +3,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Output;
+
+use support::mayfly;
 
 use mayfly::aws::dynamo::{DynamoConfigStore, DynamoLedger};
 use mayfly::aws::sqs::SqsQueue;
@@ -12,17 +14,6 @@ use mayfly::aws::Clients;
 use mayfly::job::JobState;
 use mayfly::names::Names;
 use mayfly::ports::{ConfigStore, Ledger, Queue};
-
-fn mayfly(name: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .arg("--name")
-        .arg(name)
-        .args(args)
-        .envs(support::child_env())
-        .current_dir(support::repo())
-        .output()
-        .expect("run mayfly")
-}
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -33,36 +24,6 @@ fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The example profiles, pointed at the emulator's network and this deployment's profile.
-fn profiles_for(name: &str, subnets: &[String], sgs: &[String], dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(support::path("payer-profiles")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|x| x != "toml") {
-            continue;
-        }
-        let mut doc: toml::Table =
-            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let launch = doc
-            .get_mut("launch")
-            .and_then(|l| l.as_table_mut())
-            .unwrap();
-        let strings =
-            |v: &[String]| toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect());
-        launch.insert("subnets".into(), strings(subnets));
-        launch.insert("security_groups".into(), strings(sgs));
-        launch.insert(
-            "instance_profile".into(),
-            toml::Value::String(format!("{name}-instance")),
-        );
-        std::fs::write(
-            dir.join(path.file_name().unwrap()),
-            toml::to_string(&doc).unwrap(),
-        )
-        .unwrap();
-    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -107,7 +68,7 @@ async fn operator_workflow_against_the_emulator() {
     let names = Names::new(&name);
     let (subnets, sgs) = support::emulator_network(&clients.ec2).await;
     let dir: PathBuf = std::env::temp_dir().join(format!("mayfly-cli-{name}"));
-    profiles_for(&name, &subnets, &sgs, &dir);
+    support::write_profiles_for(&name, &subnets, &sgs, &dir);
     let dir_s = dir.display().to_string();
 
     // Apply creates every payer; a diff afterwards shows nothing.

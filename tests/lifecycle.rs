@@ -15,17 +15,7 @@ use mayfly::job::{Job, JobState};
 use mayfly::names::Names;
 use mayfly::ports::{Compute, Ledger};
 use mayfly::profile::{load_and_validate, GlobalCaps, ValidateContext};
-
-fn mayfly(name: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mayfly"))
-        .arg("--name")
-        .arg(name)
-        .args(args)
-        .envs(support::child_env())
-        .current_dir(support::repo())
-        .output()
-        .expect("run mayfly")
-}
+use support::mayfly;
 
 async fn all_jobs(ledger: &DynamoLedger) -> Vec<Job> {
     let mut jobs = Vec::new();
@@ -47,31 +37,7 @@ async fn demo_workload_runs_end_to_end() {
     // The example profiles, on the emulator's network, and the secret one of them references.
     let dir = std::env::temp_dir().join(format!("mayfly-life-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(support::path("payer-profiles")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|x| x != "toml") {
-            continue;
-        }
-        let mut doc: toml::Table =
-            toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let launch = doc
-            .get_mut("launch")
-            .and_then(|l| l.as_table_mut())
-            .unwrap();
-        let strings =
-            |v: &[String]| toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect());
-        launch.insert("subnets".into(), strings(&subnets));
-        launch.insert("security_groups".into(), strings(&sgs));
-        launch.insert(
-            "instance_profile".into(),
-            toml::Value::String(format!("{name}-instance")),
-        );
-        std::fs::write(
-            dir.join(path.file_name().unwrap()),
-            toml::to_string(&doc).unwrap(),
-        )
-        .unwrap();
-    }
+    support::write_profiles_for(&name, &subnets, &sgs, &dir);
     assert!(
         mayfly(&name, &["payers", "apply", &dir.display().to_string()])
             .status

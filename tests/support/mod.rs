@@ -295,3 +295,46 @@ pub async fn assert_launch_shape(ec2: &aws_sdk_ec2::Client, instance_id: &str, c
         );
     }
 }
+
+/// Copies the example profiles into `dir`, pointed at the emulator's network and this
+/// deployment's instance profile.
+pub fn write_profiles_for(name: &str, subnets: &[String], sgs: &[String], dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(path("payer-profiles")).unwrap() {
+        let file = entry.unwrap().path();
+        if file.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let mut doc: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let launch = doc
+            .get_mut("launch")
+            .and_then(|l| l.as_table_mut())
+            .unwrap();
+        let strings =
+            |v: &[String]| toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect());
+        launch.insert("subnets".into(), strings(subnets));
+        launch.insert("security_groups".into(), strings(sgs));
+        launch.insert(
+            "instance_profile".into(),
+            toml::Value::String(format!("{name}-instance")),
+        );
+        std::fs::write(
+            dir.join(file.file_name().unwrap()),
+            toml::to_string(&doc).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+/// Runs the `mayfly` binary for deployment `name` against the emulator.
+pub fn mayfly(name: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .arg("--name")
+        .arg(name)
+        .args(args)
+        .envs(child_env())
+        .current_dir(repo())
+        .output()
+        .expect("run mayfly")
+}
