@@ -38,6 +38,8 @@ pub struct StoredPayer {
     /// Optimistic-concurrency version of the row.
     pub version: u64,
     pub updated_at: DateTime<Utc>,
+    /// Consecutive boot failures of the payer's instances (the circuit breaker's count).
+    pub boot_failures: u32,
 }
 
 /// The payer config table.
@@ -55,6 +57,7 @@ pub trait ConfigStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
     /// Pauses (`Some(reason)`) or resumes (`None`) a payer, conditional on `expected`.
+    /// Resuming also clears the boot-failure count.
     async fn set_paused(
         &self,
         payer_id: &str,
@@ -62,6 +65,11 @@ pub trait ConfigStore: Send + Sync {
         expected: u64,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+    /// Adds one boot failure to the payer's count (an atomic add, not versioned: the count
+    /// is not part of the profile) and returns the new count.
+    async fn add_boot_failure(&self, payer_id: &str) -> Result<u32, StoreError>;
+    /// Resets the payer's boot-failure count: one of its instances started.
+    async fn clear_boot_failures(&self, payer_id: &str) -> Result<(), StoreError>;
 }
 
 /// The job ledger: the source of truth for every job.
@@ -217,4 +225,11 @@ pub trait Compute: Send + Sync {
         attempt: u32,
     ) -> Result<Vec<ManagedInstance>, ComputeError>;
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), ComputeError>;
+    /// Sets (`Some`) or removes (`None`) one tag on one instance (the orphan mark).
+    async fn set_tag(
+        &self,
+        instance_id: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ComputeError>;
 }

@@ -111,3 +111,38 @@ async fn events_complete_jobs_and_unlock_the_next_tier() {
 async fn non_zero_exit_fails_with_code_and_tail() {
     world::non_zero_exit_fails_with_code_and_tail(&world().await.0).await;
 }
+
+#[tokio::test]
+async fn boot_timeout_terminates_and_retries() {
+    world::boot_timeout_terminates_and_retries(&world().await.0).await;
+}
+
+#[tokio::test]
+async fn heartbeat_and_max_runtime_deadlines() {
+    world::heartbeat_and_max_runtime_deadlines(&world().await.0).await;
+}
+
+#[tokio::test]
+async fn lost_instances_are_retried_after_a_second_look() {
+    world::lost_instances_are_retried_after_a_second_look(&world().await.0).await;
+}
+
+#[tokio::test]
+async fn orphans_are_reaped_after_grace_and_others_never_touched() {
+    world::orphans_are_reaped_after_grace_and_others_never_touched(&world().await.0).await;
+}
+
+#[tokio::test]
+async fn an_instance_outliving_its_job_is_reaped() {
+    world::an_instance_outliving_its_job_is_reaped(&world().await.0).await;
+}
+
+#[tokio::test]
+async fn circuit_breaker_pauses_after_consecutive_boot_failures() {
+    world::circuit_breaker_pauses_after_consecutive_boot_failures(&world().await.0).await;
+}
+
+#[tokio::test]
+async fn retry_releases_blocked_tiers_and_cancel_terminates() {
+    world::retry_releases_blocked_tiers_and_cancel_terminates(&world().await.0).await;
+}

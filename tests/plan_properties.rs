@@ -229,6 +229,7 @@ fn build_payer(i: usize, g: &PayerGen, catalog: &Catalog) -> Payer {
                 template: "default".into(),
                 root_volume_gib: 30,
             },
+            circuit_breaker: Default::default(),
             timeouts: Timeouts {
                 boot: "10m".parse().unwrap(),
                 heartbeat: "5m".parse().unwrap(),

@@ -214,3 +214,38 @@ async fn rejected_requests_carry_a_reason_naming_the_field() {
     );
     assert!(reasons[2].starts_with("priority:"), "{reasons:?}");
 }
+
+#[tokio::test]
+async fn boot_timeout_terminates_and_retries() {
+    world::boot_timeout_terminates_and_retries(&world()).await;
+}
+
+#[tokio::test]
+async fn heartbeat_and_max_runtime_deadlines() {
+    world::heartbeat_and_max_runtime_deadlines(&world()).await;
+}
+
+#[tokio::test]
+async fn lost_instances_are_retried_after_a_second_look() {
+    world::lost_instances_are_retried_after_a_second_look(&world()).await;
+}
+
+#[tokio::test]
+async fn orphans_are_reaped_after_grace_and_others_never_touched() {
+    world::orphans_are_reaped_after_grace_and_others_never_touched(&world()).await;
+}
+
+#[tokio::test]
+async fn an_instance_outliving_its_job_is_reaped() {
+    world::an_instance_outliving_its_job_is_reaped(&world()).await;
+}
+
+#[tokio::test]
+async fn circuit_breaker_pauses_after_consecutive_boot_failures() {
+    world::circuit_breaker_pauses_after_consecutive_boot_failures(&world()).await;
+}
+
+#[tokio::test]
+async fn retry_releases_blocked_tiers_and_cancel_terminates() {
+    world::retry_releases_blocked_tiers_and_cancel_terminates(&world()).await;
+}

@@ -46,6 +46,7 @@ mod attr {
     pub const KIND: &str = "kind";
     pub const BATCH: &str = "batch";
     pub const DOC: &str = "doc";
+    pub const BOOT_FAILURES: &str = "boot_failures";
 }
 
 /// `submitted_at` in the by-state index: fixed width, so string order is time order.
@@ -100,7 +101,7 @@ impl DynamoConfigStore {
                 format!("{common}, #field = :field"),
                 Some((attr::PAUSED, reason)),
             ),
-            RowChange::Resume => (format!("{common} REMOVE #field"), None),
+            RowChange::Resume => (format!("{common} REMOVE #field, #boot_failures"), None),
         };
         let mut call = self
             .client
@@ -117,7 +118,9 @@ impl DynamoConfigStore {
             Some((name, value)) => call
                 .expression_attribute_names("#field", name)
                 .expression_attribute_values(":field", s(value)),
-            None => call.expression_attribute_names("#field", attr::PAUSED),
+            None => call
+                .expression_attribute_names("#field", attr::PAUSED)
+                .expression_attribute_names("#boot_failures", attr::BOOT_FAILURES),
         };
         call = match expected {
             None => call
@@ -227,6 +230,53 @@ impl ConfigStore for DynamoConfigStore {
     ) -> Result<u64, StoreError> {
         let change = paused.map_or(RowChange::Resume, RowChange::Pause);
         self.write(payer_id, change, Some(expected), now).await
+    }
+
+    #[instrument(skip(self), fields(table = %self.table))]
+    async fn add_boot_failure(&self, payer_id: &str) -> Result<u32, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PAYER_ID, s(payer_id))
+            .update_expression("ADD #count :one")
+            .condition_expression("attribute_exists(#payer_id)")
+            .expression_attribute_names("#count", attr::BOOT_FAILURES)
+            .expression_attribute_names("#payer_id", attr::PAYER_ID)
+            .expression_attribute_values(":one", n(1))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|err| match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(_)) => {
+                    StoreError::Conflict(format!("payer {payer_id} does not exist"))
+                }
+                _ => store_error("UpdateItem", &self.table, err),
+            })?;
+        Ok(out
+            .attributes()
+            .and_then(|a| number(a, attr::BOOT_FAILURES))
+            .map_or(1, |c| u32::try_from(c).unwrap_or(u32::MAX)))
+    }
+
+    #[instrument(skip(self), fields(table = %self.table))]
+    async fn clear_boot_failures(&self, payer_id: &str) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PAYER_ID, s(payer_id))
+            .update_expression("REMOVE #count")
+            .condition_expression("attribute_exists(#payer_id)")
+            .expression_attribute_names("#count", attr::BOOT_FAILURES)
+            .expression_attribute_names("#payer_id", attr::PAYER_ID)
+            .send()
+            .await
+            .map(|_| ())
+            .or_else(|err| match err.as_service_error() {
+                // The row is gone: there is nothing to reset.
+                Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(()),
+                _ => Err(store_error("UpdateItem", &self.table, err)),
+            })
     }
 }
 
@@ -480,11 +530,14 @@ fn payer_from_item(item: &Item) -> Result<StoredPayer, StoreError> {
         Some(AttributeValue::S(reason)) => Some(reason.clone()),
         Some(_) => return Err(corrupt("`paused` is not a string".into())),
     };
+    let boot_failures =
+        number(item, attr::BOOT_FAILURES).map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX));
     Ok(StoredPayer {
         profile,
         paused,
         version,
         updated_at,
+        boot_failures,
     })
 }
 

@@ -243,6 +243,36 @@ impl Compute for Ec2Compute {
         }
         Ok(())
     }
+
+    #[instrument(skip(self))]
+    async fn set_tag(
+        &self,
+        instance_id: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ComputeError> {
+        self.limits.terminate_instances.acquire().await;
+        match value {
+            Some(v) => self
+                .client
+                .create_tags()
+                .resources(instance_id)
+                .tags(Tag::builder().key(key).value(v).build())
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(sdk_error),
+            None => self
+                .client
+                .delete_tags()
+                .resources(instance_id)
+                .tags(Tag::builder().key(key).build())
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(sdk_error),
+        }
+    }
 }
 
 fn tag_filter(key: &str, value: &str) -> Filter {

@@ -106,6 +106,8 @@ impl App {
         settings.caps = pass.caps.caps();
         settings.vcpu_quota = pass.vcpu_quota;
         settings.max_launches = pass.max_launches;
+        settings.lost_grace = chrono::Duration::seconds(pass.reap.lost_grace.as_secs() as i64);
+        settings.orphan_grace = chrono::Duration::seconds(pass.reap.orphan_grace.as_secs() as i64);
         Ok(Scheduler::new(deps, settings))
     }
 }

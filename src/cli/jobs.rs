@@ -97,6 +97,30 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
             let job = show(ledger.as_ref(), &job_id).await?;
             emit(output, &JobView(job))
         }
+        JobsCommand::Retry { job_id } => {
+            let scheduler = app.scheduler(&super::PassArgs::defaults()).await?;
+            let action = scheduler
+                .retry_job(&job_id, chrono::Utc::now())
+                .await
+                .map_err(op_error)?;
+            emit(output, &action)
+        }
+        JobsCommand::Cancel { job_id, reason } => {
+            let scheduler = app.scheduler(&super::PassArgs::defaults()).await?;
+            let action = scheduler
+                .cancel_job(&job_id, reason.as_deref(), chrono::Utc::now())
+                .await
+                .map_err(op_error)?;
+            emit(output, &action)
+        }
+    }
+}
+
+fn op_error(e: crate::scheduler::OpError) -> CliError {
+    use crate::scheduler::OpError;
+    match e {
+        OpError::NotFound(_) | OpError::WrongState { .. } => CliError::Invalid(e.to_string()),
+        OpError::Store(_) | OpError::Contended(_) => CliError::Runtime(e.to_string()),
     }
 }
 

@@ -105,6 +105,15 @@ pub enum Command {
     /// Look at jobs in the ledger.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Reconcile the ledger with this deployment's instances, as every pass does, and report
+    /// each instance that needs attention: why, and what was done.
+    ///
+    /// Lost jobs are retried, overdue instances (boot, heartbeat, max runtime) terminated and
+    /// their jobs retried, orphans marked and terminated after --orphan-grace. Instances of
+    /// other deployments are never touched; those tagged mayfly:protect never terminated.
+    ///
+    ///   mayfly reap --dry-run
+    Reap(ReapArgs),
     /// Print the user-data script a job would get (offline; no AWS needed).
     ///
     ///   mayfly render --payer cedar-plan --kind claims --batch 2026-11 --input-bytes 21474836480
@@ -243,6 +252,44 @@ pub struct PassArgs {
     pub vcpu_quota: Option<u32>,
     #[command(flatten)]
     pub caps: CapsArgs,
+    #[command(flatten)]
+    pub reap: ReapSettings,
+}
+
+impl PassArgs {
+    /// The defaults (and `MAYFLY_*` environment), for commands that do not take pass flags.
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            pass: PassArgs,
+        }
+        Defaults::parse_from(["mayfly"]).pass
+    }
+}
+
+/// When the reconciler judges an instance lost or an orphan.
+#[derive(Debug, Clone, Args)]
+pub struct ReapSettings {
+    /// How long a running job's instance must stay gone without a `finished` event before
+    /// the attempt is judged lost and retried. Keep it above the events queue's visibility
+    /// timeout (60 s in the infra template), so an event held by a crashed pass comes back
+    /// first.
+    #[arg(long, default_value = "2m", env = "MAYFLY_LOST_GRACE")]
+    pub lost_grace: crate::duration::Duration,
+    /// How long an orphan (a live instance no in-flight job owns) stays marked with the
+    /// `mayfly:orphaned-at` tag before it is terminated.
+    #[arg(long, default_value = "5m", env = "MAYFLY_ORPHAN_GRACE")]
+    pub orphan_grace: crate::duration::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// Judge and report only: nothing is tagged, written or terminated.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub reap: ReapSettings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +305,18 @@ pub enum JobsCommand {
     },
     /// Show one job with all its attempts.
     Show { job_id: String },
+    /// Queue a dead or cancelled job again, with a fresh budget of attempts.
+    ///
+    /// Higher-tier jobs of its batch that were blocked on it wait for it again, and run once
+    /// it succeeds.
+    Retry { job_id: String },
+    /// Cancel a job that has not finished; an instance running it is terminated.
+    Cancel {
+        job_id: String,
+        /// Why; kept on the job.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +359,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Tick(args) => pass::tick(&app, output, &args).await,
                 Command::Plan(args) => pass::live_plan(&app, output, &args).await,
                 Command::Jobs(cmd) => jobs::run(&app, output, cmd).await,
+                Command::Reap(args) => pass::reap(&app, output, &args).await,
                 Command::Render(_) => unreachable!("render is offline"),
             }
         }

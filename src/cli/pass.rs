@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 
-use super::{emit, App, CliError, Output, PassArgs, PlanArgs, TickArgs};
+use super::{emit, App, CliError, Output, PassArgs, PlanArgs, ReapArgs, TickArgs};
 use crate::plan::{self, Snapshot};
 use crate::scheduler::{load_payers, load_snapshot, TickOptions};
 use crate::summary::JobSummary;
@@ -39,6 +39,7 @@ pub(super) async fn live_plan(app: &App, output: Output, args: &PlanArgs) -> Res
         max_launches: args.launch_budget,
         vcpu_quota: args.vcpu_quota,
         caps: args.caps.clone(),
+        ..PassArgs::defaults()
     };
     let catalog = crate::catalog::Catalog::shipped();
     let payers = load_payers(app.config().as_ref(), catalog, pass.caps.caps())
@@ -58,4 +59,23 @@ pub(super) async fn live_plan(app: &App, output: Output, args: &PlanArgs) -> Res
         now: args.now.unwrap_or_else(Utc::now),
     };
     emit(output, &plan::plan(&snapshot))
+}
+
+pub(super) async fn reap(app: &App, output: Output, args: &ReapArgs) -> Result<(), CliError> {
+    let pass = PassArgs {
+        reap: args.reap.clone(),
+        ..PassArgs::defaults()
+    };
+    let scheduler = app.scheduler(&pass).await?;
+    let report = scheduler
+        .reap(args.dry_run, Utc::now())
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    emit(output, &report)?;
+    if !report.errors.is_empty() {
+        return Err(CliError::Runtime(
+            "reconciling finished with errors (listed above)".into(),
+        ));
+    }
+    Ok(())
 }

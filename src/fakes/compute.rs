@@ -217,4 +217,24 @@ impl Compute for FakeCompute {
         }
         Ok(())
     }
+
+    async fn set_tag(
+        &self,
+        instance_id: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ComputeError> {
+        let mut s = self.lock();
+        let Some(i) = s.instances.get_mut(instance_id) else {
+            return Err(ComputeError::Configuration {
+                code: "InvalidInstanceID.NotFound".into(),
+                message: format!("The instance ID '{instance_id}' does not exist"),
+            });
+        };
+        match value {
+            Some(v) => i.tags.insert(key.to_owned(), v.to_owned()),
+            None => i.tags.remove(key),
+        };
+        Ok(())
+    }
 }

@@ -57,6 +57,7 @@ impl ConfigStore for FakeConfigStore {
             }
         }
         let paused = current.and_then(|r| r.paused.clone());
+        let boot_failures = current.map_or(0, |r| r.boot_failures);
         let version = expected.unwrap_or(0) + 1;
         rows.insert(
             profile.payer_id.clone(),
@@ -65,6 +66,7 @@ impl ConfigStore for FakeConfigStore {
                 paused,
                 version,
                 updated_at: now,
+                boot_failures,
             },
         );
         Ok(version)
@@ -84,10 +86,29 @@ impl ConfigStore for FakeConfigStore {
             .ok_or_else(|| {
                 StoreError::Conflict(format!("payer {payer_id} is not at version {expected}"))
             })?;
+        if paused.is_none() {
+            row.boot_failures = 0;
+        }
         row.paused = paused.map(str::to_owned);
         row.version += 1;
         row.updated_at = now;
         Ok(row.version)
+    }
+
+    async fn add_boot_failure(&self, payer_id: &str) -> Result<u32, StoreError> {
+        let mut rows = lock(&self.rows);
+        let row = rows
+            .get_mut(payer_id)
+            .ok_or_else(|| StoreError::Conflict(format!("payer {payer_id} does not exist")))?;
+        row.boot_failures += 1;
+        Ok(row.boot_failures)
+    }
+
+    async fn clear_boot_failures(&self, payer_id: &str) -> Result<(), StoreError> {
+        if let Some(row) = lock(&self.rows).get_mut(payer_id) {
+            row.boot_failures = 0;
+        }
+        Ok(())
     }
 }
 

@@ -29,6 +29,17 @@ pub struct EventsReport {
     pub succeeded: u32,
     pub failed: u32,
     pub errors: Vec<String>,
+    /// Payers whose circuit-breaker count a `started` event reset.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakers_reset: Vec<String>,
+}
+
+impl EventsReport {
+    /// Whether the pass read the events queue to the end without an error, so an event not
+    /// seen was not sent before the pass began.
+    pub fn drained(&self, max_ingest: u32) -> bool {
+        self.received < max_ingest && self.errors.is_empty()
+    }
 }
 
 /// Whether an event matched the ledger, and what it did.
@@ -112,6 +123,7 @@ fn apply(job: &mut Job, e: &InstanceEvent, payer: Option<&Payer>, now: DateTime<
                 let cause = FailureCause::ExitCode { code };
                 if let Some(a) = job.current_attempt_mut() {
                     a.reason = Some(cause.to_string());
+                    a.cause = Some(cause.clone());
                 }
                 let _ = job.transition(JobState::Failed, Some(cause.to_string()), now);
             }
@@ -131,7 +143,7 @@ pub(super) fn decide_failed(
         .and_then(|p| p.kind(&job.kind))
         .map(|k| k.retry.clone())
         .unwrap_or_default();
-    match retry::decide(&policy, &job.job_id, job.attempt, cause, now) {
+    match retry::decide(&policy, &job.job_id, job.attempts_in_budget(), cause, now) {
         Decision::Retry { not_before, reason } => {
             if job.transition(JobState::Queued, Some(reason), now).is_ok() {
                 job.not_before = Some(not_before);

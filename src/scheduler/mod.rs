@@ -5,6 +5,8 @@
 mod events;
 mod ingest;
 mod launch;
+mod ops;
+pub mod reconcile;
 mod report;
 mod snapshot;
 
@@ -21,6 +23,8 @@ use crate::profile::{GlobalCaps, Payer};
 pub use events::EventsReport;
 pub use ingest::{validate as validate_request, ERROR_ATTRIBUTE};
 pub use launch::client_token;
+pub use ops::{JobAction, OpError};
+pub use reconcile::{ReconcileOptions, ReconcileReport};
 pub use report::{IngestReport, LaunchReport, PassReport};
 pub use snapshot::{load_payers, load_snapshot};
 
@@ -63,6 +67,12 @@ pub struct Settings {
     pub max_ingest: u32,
     /// A `launching` job untouched this long is repaired (adopted or replayed).
     pub repair_after: chrono::Duration,
+    /// A running job's instance seen gone without a `finished` event is judged lost when it
+    /// is still so this long after it was first seen (longer than the events queue's
+    /// visibility timeout, so an event held by a crashed pass comes back first).
+    pub lost_grace: chrono::Duration,
+    /// An orphan is terminated this long after it was first marked.
+    pub orphan_grace: chrono::Duration,
 }
 
 impl Settings {
@@ -74,6 +84,8 @@ impl Settings {
             max_launches: 60,
             max_ingest: 1000,
             repair_after: chrono::Duration::seconds(30),
+            lost_grace: chrono::Duration::seconds(120),
+            orphan_grace: chrono::Duration::seconds(300),
         }
     }
 }
@@ -128,6 +140,19 @@ impl Scheduler {
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
         let mut budget = self.settings.max_launches;
         if !opts.dry_run {
+            let drained = report.events.drained(self.settings.max_ingest);
+            report.reconcile = reconcile::run(
+                self,
+                &payers.valid,
+                &mut jobs,
+                now,
+                ReconcileOptions {
+                    dry_run: false,
+                    events_drained: drained,
+                    list_healthy: false,
+                },
+            )
+            .await;
             let repaired = launch::repair(self, &payers.valid, &mut jobs, now, &mut budget).await;
             report.launch.merge(repaired);
         }
@@ -150,5 +175,36 @@ impl Scheduler {
         report.count_states(&jobs);
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// Reconciles only (`mayfly reap`): applies pending instance events (unless a dry run),
+    /// then compares the ledger with this deployment's instances and acts on what differs.
+    pub async fn reap(
+        &self,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> Result<ReconcileReport, TickError> {
+        let payers =
+            load_payers(self.deps.config.as_ref(), self.catalog, self.settings.caps).await?;
+        let drained = if dry_run {
+            false
+        } else {
+            events::run(self, &payers.valid, now)
+                .await
+                .drained(self.settings.max_ingest)
+        };
+        let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
+        Ok(reconcile::run(
+            self,
+            &payers.valid,
+            &mut jobs,
+            now,
+            ReconcileOptions {
+                dry_run,
+                events_drained: drained,
+                list_healthy: true,
+            },
+        )
+        .await)
     }
 }

@@ -71,6 +71,7 @@ pub struct PassReport {
     pub invalid_payers: Vec<String>,
     pub ingest: IngestReport,
     pub events: super::events::EventsReport,
+    pub reconcile: super::reconcile::ReconcileReport,
     pub plan: PlanSummary,
     pub launch: LaunchReport,
     /// Jobs by state when the pass planned.
@@ -88,6 +89,7 @@ impl PassReport {
             invalid_payers: Vec::new(),
             ingest: IngestReport::default(),
             events: super::events::EventsReport::default(),
+            reconcile: super::reconcile::ReconcileReport::default(),
             plan: PlanSummary::default(),
             launch: LaunchReport::default(),
             jobs_by_state: BTreeMap::new(),
@@ -118,6 +120,7 @@ impl PassReport {
     pub fn has_errors(&self) -> bool {
         !self.ingest.errors.is_empty()
             || !self.launch.errors.is_empty()
+            || !self.reconcile.errors.is_empty()
             || !self.invalid_payers.is_empty()
     }
 }
@@ -146,6 +149,11 @@ impl fmt::Display for PassReport {
         )?;
         for (why, n) in &e.ignored {
             writeln!(f, "           {n:>6}  ignored: {why}")?;
+        }
+        let r = &self.reconcile;
+        writeln!(f, "Reconcile: {}", r.summary_line())?;
+        for x in &r.findings {
+            writeln!(f, "           {}", x.line())?;
         }
         writeln!(
             f,
@@ -198,6 +206,7 @@ impl fmt::Display for PassReport {
             .iter()
             .chain(&i.errors)
             .chain(&e.errors)
+            .chain(&r.errors)
             .chain(&l.errors)
         {
             writeln!(f, "error:   {e}")?;

@@ -118,6 +118,7 @@ fn payer(i: usize, rng: &mut Lcg) -> PayerProfile {
             template: "default".into(),
             root_volume_gib: 30,
         },
+        circuit_breaker: Default::default(),
         timeouts: Timeouts {
             boot: "10m".parse().expect("literal"),
             heartbeat: "5m".parse().expect("literal"),

@@ -7,6 +7,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::retry::FailureCause;
 use crate::secrets;
 use crate::sizing::Rung;
 
@@ -174,6 +175,10 @@ impl JobRequest {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Where a job is in its life. Terminal: `succeeded`, `dead`, `cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -234,7 +239,7 @@ impl JobState {
                 | (Blocked, Queued | Launching | Cancelled | Dead)
                 | (Launching, Running | Failed | Queued | Cancelled)
                 | (Running, Succeeded | Failed | Cancelled)
-                | (Failed, Queued | Dead)
+                | (Failed, Queued | Dead | Cancelled)
                 | (Dead | Cancelled, Queued)
         )
     }
@@ -285,6 +290,20 @@ pub struct Attempt {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<String>,
+    /// Why the attempt failed, when it did (the retry policy's input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<FailureCause>,
+    /// When the reconciler first saw the attempt's instance gone without a `finished` event;
+    /// a second look after a grace period declares the attempt lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_at: Option<DateTime<Utc>>,
+}
+
+impl Attempt {
+    /// The attempt's instance was launched but never reported `started`.
+    pub fn never_started(&self) -> bool {
+        self.instance_id.is_some() && self.started_at.is_none()
+    }
 }
 
 /// A job as the ledger keeps it. The ledger, not the queue, is the source of truth.
@@ -305,6 +324,10 @@ pub struct Job {
     /// Number of the current (or last) attempt; 0 before the first launch.
     #[serde(default)]
     pub attempt: u32,
+    /// Attempts made before the last manual retry (`mayfly jobs retry`): the retry policy
+    /// counts only the attempts after it, so a retried job gets a fresh budget.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt_base: u32,
     /// Not launched before this time (retry backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
@@ -343,12 +366,18 @@ impl Job {
             input: req.input,
             params: req.params,
             attempt: 0,
+            attempt_base: 0,
             not_before: None,
             reason: None,
             version: 0,
             attempts: Vec::new(),
             updated_at: Some(now),
         }
+    }
+
+    /// Attempts counted by the retry policy: those since the last manual retry.
+    pub fn attempts_in_budget(&self) -> u32 {
+        self.attempt.saturating_sub(self.attempt_base)
     }
 
     pub fn input_bytes(&self) -> Option<u64> {

@@ -2,12 +2,12 @@
 //! jitter is derived from the job id and attempt, so the same failure gives the same decision.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::profile::RetryPolicy;
 
 /// Why an attempt ended badly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cause", rename_all = "snake_case")]
 pub enum FailureCause {
     /// The job's command exited non-zero.

@@ -35,7 +35,31 @@ pub struct PayerProfile {
     pub caps: PayerCaps,
     pub launch: LaunchSettings,
     pub timeouts: Timeouts,
+    /// When to pause the payer by itself after repeated infrastructure failures.
+    #[serde(default, skip_serializing_if = "CircuitBreaker::is_default")]
+    pub circuit_breaker: CircuitBreaker,
     pub kinds: BTreeMap<String, JobKind>,
+}
+
+/// Pauses a payer whose instances keep failing to boot (a broken image, a subnet without a
+/// route to the queues…), so it stops burning launches until an operator resumes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Consecutive boot failures (no `started` event) that pause the payer; 0 disables.
+    pub boot_failures: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self { boot_failures: 3 }
+    }
+}
+
+impl CircuitBreaker {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_true() -> bool {
