@@ -387,10 +387,19 @@ pub(super) async fn repair(
         if *budget == 0 {
             continue;
         }
-        *budget -= 1;
         let Some(kind) = payer.kind(&job.kind) else {
             continue;
         };
+        // Claim the replay first (a conditional write), so of several passes repairing at
+        // once only one calls RunInstances. EC2 would dedupe a second call by its client
+        // token; this keeps a replay single even where tokens are not honoured.
+        let expected = job.version;
+        job.version += 1;
+        job.updated_at = Some(now);
+        if !save(s, job, expected, &mut report).await {
+            continue;
+        }
+        *budget -= 1;
         let types = sizing::choose_types(
             s.catalog,
             &kind.compute,
