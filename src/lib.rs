@@ -20,6 +20,8 @@
 //! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
 //! - [`cli`]: the command-line surface shared by the binaries.
 //! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
+//! - [`faultproxy`]: test tooling (`mayfly-faultproxy`): an HTTP proxy in front of the
+//!   emulator that injects throttling, 5xx, timeouts and lost responses.
 //!
 //! [`names`] derives table, queue and tag names from the deployment name.
 //!
@@ -33,6 +35,7 @@ pub mod aws;
 pub mod cli;
 pub mod events;
 pub mod fakes;
+pub mod faultproxy;
 pub mod fleet;
 pub mod names;
 pub mod ports;
