@@ -141,6 +141,14 @@ impl TokenBucket {
         s.tokens.floor() as u32
     }
 
+    /// Empties the bucket at `now`: the service said its own bucket is empty (a throttled
+    /// call), so the next call waits for a whole token to refill instead of being refused too.
+    pub fn drain(&self, now: Instant) {
+        let mut s = self.lock();
+        self.refill(&mut s, now);
+        s.tokens = s.tokens.min(0.0);
+    }
+
     /// Waits (on tokio's clock) until a token is available, and takes it. Returns the time
     /// spent waiting.
     pub async fn acquire(&self) -> Duration {
@@ -252,6 +260,21 @@ mod tests {
         b.acquire().await;
         b.acquire().await;
         assert!(b.wait_time(Instant::now()) <= Duration::from_millis(1));
+    }
+
+    #[test]
+    fn drain_empties_the_bucket_until_it_refills() {
+        let b = TokenBucket::with_rate(Rate::RUN_INSTANCES);
+        let t0 = Instant::now();
+        assert!(b.try_take(t0));
+        b.drain(t0);
+        assert_eq!(b.available(t0), 0);
+        assert_eq!(b.wait_time(t0), Duration::from_millis(500));
+        assert!(b.try_take(t0 + Duration::from_millis(500)));
+        // An unlimited bucket refills at once.
+        let unlimited = TokenBucket::with_rate(Rate::UNLIMITED);
+        unlimited.drain(t0);
+        assert!(unlimited.try_take(t0));
     }
 
     #[test]

@@ -549,21 +549,44 @@ async fn throttled_attempts_are_counted_including_sdk_retries() {
         image: "ami-1".into(),
     };
 
-    let result = compute
-        .launch(&request(&env, "c", "job", 1, CapacityType::OnDemand))
-        .await;
-
+    // DescribeInstances is retried by the SDK, and every attempt counts.
+    let result = compute.list_managed("c").await;
     assert_eq!(
         result,
         Err(ComputeError::Throttled {
             code: "RequestLimitExceeded".into()
         })
     );
-    assert_eq!(c.calls.get("EC2.RunInstances"), 3, "every attempt counts");
+    assert_eq!(
+        c.calls.get("EC2.DescribeInstances"),
+        3,
+        "every attempt counts"
+    );
     assert_eq!(c.calls.throttled(), 3);
+
+    // RunInstances is never retried by the SDK (an unknown outcome is repaired by tags).
+    let result = compute
+        .launch(&request(&env, "c", "job", 1, CapacityType::OnDemand))
+        .await;
+    assert_eq!(
+        result,
+        Err(ComputeError::Throttled {
+            code: "RequestLimitExceeded".into()
+        })
+    );
+    assert_eq!(c.calls.get("EC2.RunInstances"), 1);
+    assert_eq!(c.calls.throttled(), 4);
     assert_eq!(
         c.calls.throttled_snapshot().get("EC2.RunInstances"),
-        Some(&3)
+        Some(&1)
+    );
+    // The throttle emptied the client-side bucket: the next launch waits for a refill.
+    assert_eq!(
+        compute
+            .limits()
+            .run_instances
+            .available(tokio::time::Instant::now()),
+        0
     );
 }
 

@@ -3,6 +3,11 @@
 //! token from the matching client-side bucket ([`Ec2Limits`]). SDK types stop here: errors
 //! are classified by AWS error code into [`ComputeError`], instances become
 //! [`ManagedInstance`] with their state converted once.
+//!
+//! RunInstances goes through its own client with SDK retries off
+//! ([`launch_client`](super::launch_client)): an unknown outcome is repaired by the next pass,
+//! never retried blindly. A throttled RunInstances empties the client-side bucket, so the
+//! next launch waits for EC2's bucket to refill.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,17 +47,27 @@ const TERMINATE_CHUNK: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct Ec2Compute {
     client: Client,
+    /// RunInstances only: `client` without SDK retries.
+    launch_client: Client,
     limits: Arc<Ec2Limits>,
     page_size: i32,
 }
 
 impl Ec2Compute {
+    /// EC2 through `client`; RunInstances through a copy of it with SDK retries off.
     pub fn new(client: Client, limits: Arc<Ec2Limits>) -> Self {
         Self {
+            launch_client: super::launch_client(&client),
             client,
             limits,
             page_size: MAX_PAGE_SIZE,
         }
+    }
+
+    /// Sends RunInstances through `client` (e.g. [`Clients::ec2_launch`](super::Clients)).
+    pub fn with_launch_client(mut self, client: Client) -> Self {
+        self.launch_client = client;
+        self
     }
 
     /// Sets DescribeInstances' MaxResults (clamped to EC2's 5..=1000; default 1000).
@@ -125,7 +140,7 @@ impl Compute for Ec2Compute {
                 .build()
         };
         let mut call = self
-            .client
+            .launch_client
             .run_instances()
             .client_token(&req.client_token)
             .image_id(&req.image_id)
@@ -177,7 +192,11 @@ impl Compute for Ec2Compute {
             );
         }
         self.limits.run_instances.acquire().await;
-        let out = call.send().await.map_err(sdk_error)?;
+        let out = call.send().await.map_err(sdk_error).inspect_err(|e| {
+            if matches!(e, ComputeError::Throttled { .. }) {
+                self.limits.run_instances.drain(tokio::time::Instant::now());
+            }
+        })?;
         let Some(instance) = out.instances().first() else {
             // EC2 accepted the call but named no instance: what it left behind is unknown, so
             // the caller's repair path (lookup by tags) has to find out.

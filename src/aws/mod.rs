@@ -5,12 +5,19 @@
 //! - [`ec2`]: [`ports::Compute`](crate::ports::Compute) on EC2, with error classification.
 //! - [`sqs`]: [`ports::Queue`](crate::ports::Queue) on SQS.
 //! - [`dynamo`]: the config table and the job ledger on DynamoDB.
+//!
+//! Every client has time limits ([`Timeouts`]); RunInstances goes through its own EC2 client
+//! without SDK retries ([`launch_client`]).
 
 pub mod counting;
 pub mod dynamo;
 pub mod ec2;
 pub mod sqs;
 
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 use counting::CallCounter;
@@ -36,39 +43,159 @@ pub async fn load_sdk_config(
     loader.load().await
 }
 
+/// Time limits on every AWS call, so a stalled endpoint slows a pass down instead of hanging
+/// it. An *attempt* is one request on the wire; the *operation* covers all of its SDK
+/// retries and back-offs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a connection.
+    pub connect: Duration,
+    /// One EC2 or DynamoDB attempt.
+    pub attempt: Duration,
+    /// One EC2 or DynamoDB operation, retries included.
+    pub operation: Duration,
+    /// One SQS attempt: longer than the 20 s a `ReceiveMessage` long poll may wait.
+    pub sqs_attempt: Duration,
+    /// One SQS operation, retries included.
+    pub sqs_operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(3),
+            attempt: Duration::from_secs(10),
+            operation: Duration::from_secs(30),
+            sqs_attempt: Duration::from_secs(25),
+            sqs_operation: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timeouts {
+    fn config(&self, attempt: Duration, operation: Duration) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(operation)
+            .build()
+    }
+}
+
+/// The EC2 client for RunInstances: `ec2`'s configuration (endpoint, credentials,
+/// interceptors, timeouts) with SDK retries off. A retried RunInstances after a response
+/// was lost would launch twice wherever the client token is not honoured (the emulator);
+/// mayfly instead treats the outcome as unknown and the next pass repairs it by looking the
+/// attempt's instance up by its tags.
+pub fn launch_client(ec2: &aws_sdk_ec2::Client) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::from_conf(
+        ec2.config()
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    )
+}
+
 /// The SDK clients mayfly uses, all counting their calls into one [`CallCounter`].
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub ec2: aws_sdk_ec2::Client,
+    /// EC2 with SDK retries off, for RunInstances (see [`launch_client`]).
+    pub ec2_launch: aws_sdk_ec2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub calls: CallCounter,
 }
 
 impl Clients {
-    /// Clients for `sdk`, each with the call-counting interceptor installed.
+    /// Clients for `sdk` with the default [`Timeouts`], each with the call-counting
+    /// interceptor installed.
     pub fn new(sdk: &SdkConfig) -> Self {
+        Self::with_timeouts(sdk, &Timeouts::default())
+    }
+
+    /// Clients for `sdk` with these time limits (retries as `sdk` configures them, except
+    /// [`ec2_launch`](Self::ec2_launch), which never retries).
+    pub fn with_timeouts(sdk: &SdkConfig, timeouts: &Timeouts) -> Self {
         let calls = CallCounter::new();
+        let default = timeouts.config(timeouts.attempt, timeouts.operation);
         let ec2 = aws_sdk_ec2::Client::from_conf(
             aws_sdk_ec2::config::Builder::from(sdk)
+                .timeout_config(default.clone())
                 .interceptor(calls.interceptor())
+                .build(),
+        );
+        let ec2_launch = aws_sdk_ec2::Client::from_conf(
+            ec2.config()
+                .to_builder()
+                .retry_config(RetryConfig::disabled())
+                // One attempt: the operation may take no longer than it.
+                .timeout_config(timeouts.config(timeouts.attempt, timeouts.attempt))
                 .build(),
         );
         let dynamodb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(sdk)
+                .timeout_config(default)
                 .interceptor(calls.interceptor())
                 .build(),
         );
         let sqs = aws_sdk_sqs::Client::from_conf(
             aws_sdk_sqs::config::Builder::from(sdk)
+                .timeout_config(timeouts.config(timeouts.sqs_attempt, timeouts.sqs_operation))
                 .interceptor(calls.interceptor())
                 .build(),
         );
         Self {
             ec2,
+            ec2_launch,
             dynamodb,
             sqs,
             calls,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sdk() -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .build()
+    }
+
+    #[test]
+    fn every_client_has_time_limits_and_launches_are_not_retried() {
+        let c = Clients::new(&sdk());
+        let t = Timeouts::default();
+        let ec2 = c.ec2.config().timeout_config().expect("timeouts");
+        assert_eq!(ec2.connect_timeout(), Some(t.connect));
+        assert_eq!(ec2.operation_attempt_timeout(), Some(t.attempt));
+        assert_eq!(ec2.operation_timeout(), Some(t.operation));
+        let dynamo = c.dynamodb.config().timeout_config().expect("timeouts");
+        assert_eq!(dynamo.operation_attempt_timeout(), Some(t.attempt));
+        let sqs = c.sqs.config().timeout_config().expect("timeouts");
+        assert!(sqs.operation_attempt_timeout() > Some(Duration::from_secs(20)));
+        assert_eq!(sqs.operation_timeout(), Some(t.sqs_operation));
+
+        let retries = |cfg: Option<&RetryConfig>| cfg.map(RetryConfig::max_attempts);
+        assert_eq!(retries(c.ec2.config().retry_config()), Some(3));
+        assert_eq!(retries(c.dynamodb.config().retry_config()), Some(3));
+        assert_eq!(retries(c.ec2_launch.config().retry_config()), Some(1));
+        let launch = c.ec2_launch.config().timeout_config().expect("timeouts");
+        assert_eq!(launch.operation_timeout(), Some(t.attempt));
+        // Derived from any client, keeping its other settings.
+        let derived = launch_client(&c.ec2);
+        assert_eq!(retries(derived.config().retry_config()), Some(1));
+        assert_eq!(
+            derived
+                .config()
+                .timeout_config()
+                .and_then(|t| t.connect_timeout()),
+            Some(t.connect)
+        );
     }
 }
