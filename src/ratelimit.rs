@@ -41,7 +41,23 @@ impl Rate {
         burst: f64::INFINITY,
         per_sec: f64::INFINITY,
     };
+
+    /// This shape with `tokens` less burst (never below one call), the refill unchanged.
+    pub fn with_headroom(self, tokens: f64) -> Rate {
+        Rate {
+            burst: (self.burst - tokens).max(1.0),
+            per_sec: self.per_sec,
+        }
+    }
 }
+
+/// Tokens mayfly's default buckets keep below EC2's burst. Mirroring EC2's bucket exactly
+/// leaves no slack: a call that took its token first but reached EC2 later than the next one
+/// (a cold connection, scheduling jitter) finds EC2's bucket empty, and a throttled
+/// RunInstances ends a pass's launching. One token is half a second of slack at
+/// RunInstances' 2/s, for half a second less of the initial burst; the sustained rate stays
+/// EC2's. EC2's buckets are also per account, shared with every other caller.
+pub const HEADROOM: f64 = 1.0;
 
 #[derive(Debug)]
 struct BucketState {
@@ -199,12 +215,12 @@ impl Ec2Limits {
 }
 
 impl Default for Ec2Limits {
-    /// EC2's default account buckets.
+    /// EC2's default account buckets, each [`HEADROOM`] below EC2's burst.
     fn default() -> Self {
         Self::new(
-            Rate::RUN_INSTANCES,
-            Rate::TERMINATE_INSTANCES,
-            Rate::DESCRIBE,
+            Rate::RUN_INSTANCES.with_headroom(HEADROOM),
+            Rate::TERMINATE_INSTANCES.with_headroom(HEADROOM),
+            Rate::DESCRIBE.with_headroom(HEADROOM),
         )
     }
 }
@@ -312,28 +328,37 @@ mod tests {
     }
 
     #[test]
-    fn defaults_mirror_ec2() {
+    fn defaults_follow_ec2_a_token_below_its_burst() {
         let l = Ec2Limits::default();
         assert_eq!(
             l.run_instances.rate(),
             Rate {
-                burst: 5.0,
+                burst: 4.0,
                 per_sec: 2.0
             }
         );
         assert_eq!(
             l.terminate_instances.rate(),
             Rate {
-                burst: 100.0,
+                burst: 99.0,
                 per_sec: 5.0
             }
         );
         assert_eq!(
             l.describe.rate(),
             Rate {
-                burst: 100.0,
+                burst: 99.0,
                 per_sec: 20.0
             }
         );
+        assert_eq!(
+            Rate::RUN_INSTANCES,
+            Rate {
+                burst: 5.0,
+                per_sec: 2.0
+            }
+        );
+        assert_eq!(Rate::RUN_INSTANCES.with_headroom(10.0).burst, 1.0);
+        assert_eq!(Rate::UNLIMITED.with_headroom(HEADROOM), Rate::UNLIMITED);
     }
 }
