@@ -1,0 +1,574 @@
+//! The chaos test: mayfly's promise — never launch twice, never lose a job, never leave an
+//! instance billing — under faults, against the emulator and the local fleet.
+//!
+//! Three schedulers run `mayfly tick` in loops, each pass through the fault-injecting proxy
+//! (EC2's token buckets, 5xx, timeouts, responses lost after the call was applied), and any
+//! pass may be killed with SIGKILL at any moment. The fleet crashes jobs mid-run, never boots
+//! some instances, hangs others past their deadline, and sends spot notices. When every job
+//! is terminal (or the deadline passes), two clean reap passes run and the checks follow:
+//! at most one instance per (job, attempt), every job terminal with a reason, no managed
+//! instance running, the ledger consistent with EC2. The same workload first runs clean, so
+//! the AWS calls per job can be compared (retry amplification).
+//!
+//! Small in CI (`cargo test --test chaos`); larger runs take arguments:
+//!
+//!   cargo test --test chaos -- --jobs 200 --seed 7
+//!
+//! A custom harness (no libtest), so unknown arguments are ignored, not errors.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mayfly::aws::dynamo::DynamoLedger;
+use mayfly::aws::ec2::Ec2Compute;
+use mayfly::aws::Clients;
+use mayfly::faultproxy::{FaultProxy, FaultRates, ProxyConfig};
+use mayfly::job::{Job, JobState};
+use mayfly::names::Names;
+use mayfly::ports::{Compute, Ledger, ManagedInstance};
+use mayfly::ratelimit::Ec2Limits;
+
+/// splitmix64: the harness's only source of randomness, so a seed replays a run's choices.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    jobs: usize,
+    seed: u64,
+    schedulers: usize,
+    /// Chance that a pass is killed with SIGKILL at a random moment.
+    kill_rate: f64,
+    /// Share of jobs whose first attempt meets a fleet fault.
+    fleet_fault_rate: f64,
+    rates: FaultRates,
+    deadline: Duration,
+}
+
+impl Config {
+    fn from_args() -> Self {
+        let mut c = Config {
+            jobs: 12,
+            seed: 1,
+            schedulers: 3,
+            kill_rate: 0.3,
+            fleet_fault_rate: 0.4,
+            rates: FaultRates {
+                error: 0.02,
+                timeout: 0.01,
+                lost_response: 0.02,
+            },
+            deadline: Duration::from_secs(600),
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let value = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        if let Some(n) = value("--jobs").and_then(|v| v.parse().ok()) {
+            c.jobs = n;
+        }
+        if let Some(s) = value("--seed").and_then(|v| v.parse().ok()) {
+            c.seed = s;
+        }
+        if let Some(s) = value("--deadline-secs").and_then(|v| v.parse().ok()) {
+            c.deadline = Duration::from_secs(s);
+        }
+        c
+    }
+}
+
+/// The chaos payers: the shortest deadlines a profile allows, so failures surface within a
+/// minute; retries with short backoff; no circuit breaker (never-booting instances are
+/// injected on purpose).
+fn write_profiles(name: &str, subnets: &[String], sgs: &[String], dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let kinds: &[(&str, &[(&str, u8)])] = &[
+        (
+            "chaos-a",
+            &[("eligibility", 0), ("members", 1), ("claims", 2)],
+        ),
+        ("chaos-b", &[("members", 0), ("claims", 1)]),
+    ];
+    for (payer, ks) in kinds {
+        let mut text = format!(
+            r#"payer_id = "{payer}"
+[caps]
+max_instances = 6
+max_vcpus = 48
+
+[launch]
+image_id = "ami-0a1b2c3d4e5f60003"
+subnets = [{}]
+security_groups = [{}]
+instance_profile = "{name}-instance"
+
+[timeouts]
+boot = "1m"
+heartbeat = "30s"
+max_runtime = "1m"
+
+[circuit_breaker]
+boot_failures = 0
+"#,
+            list(subnets),
+            list(sgs)
+        );
+        for (kind, tier) in *ks {
+            text.push_str(&format!(
+                r#"
+[kinds.{kind}]
+tier = {tier}
+command = ["payer-etl", "{kind}"]
+[kinds.{kind}.compute]
+instance_types = ["m7i.large", "m6i.large"]
+[kinds.{kind}.retry]
+max_attempts = 4
+retryable_exit_codes = [75]
+backoff = "2s"
+backoff_max = "8s"
+"#
+            ));
+        }
+        std::fs::write(dir.join(format!("{payer}.toml")), text).unwrap();
+    }
+}
+
+/// The workload: batches of chaos-a (three chained tiers) and chaos-b (two).
+fn workload(n: usize) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    let mut b = 0;
+    while out.len() < n {
+        b += 1;
+        for (payer, kinds) in [
+            ("chaos-a", &["eligibility", "members", "claims"][..]),
+            ("chaos-b", &["members", "claims"][..]),
+        ] {
+            for kind in kinds {
+                if out.len() < n {
+                    let batch = format!("b{b}");
+                    out.push((
+                        format!("{payer}:{batch}:{kind}"),
+                        payer.to_owned(),
+                        kind.to_string(),
+                        batch,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+const FLEET_FAULTS: [&str; 5] = ["crash", "never-start", "hang", "spot", "exit:75"];
+
+#[derive(Debug, Default)]
+struct Outcome {
+    jobs: usize,
+    elapsed: Duration,
+    faults: BTreeMap<String, u64>,
+    aws_calls: u64,
+    passes: u64,
+    duplicates: Vec<String>,
+    lost: Vec<String>,
+    orphans_left: Vec<String>,
+    without_reason: Vec<String>,
+    inconsistent: Vec<String>,
+    by_state: BTreeMap<String, usize>,
+}
+
+impl Outcome {
+    fn passed(&self) -> bool {
+        self.duplicates.is_empty()
+            && self.lost.is_empty()
+            && self.orphans_left.is_empty()
+            && self.without_reason.is_empty()
+            && self.inconsistent.is_empty()
+    }
+}
+
+/// Terminal, or blocked behind a dead lower-tier job: nothing more happens to it without an
+/// operator (`mayfly jobs retry` on the dead job releases it).
+fn settled(j: &Job) -> bool {
+    j.state.is_terminal() || j.state == JobState::Blocked
+}
+
+async fn all_jobs(ledger: &DynamoLedger) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for s in JobState::ALL {
+        jobs.extend(ledger.by_state(s).await.unwrap_or_default());
+    }
+    jobs
+}
+
+/// One run: deploy, submit, run the schedulers (and the monkey, unless `clean`), check.
+async fn run(cfg: &Config, clean: bool) -> Outcome {
+    let started = Instant::now();
+    let label = if clean { "clean" } else { "chaos" };
+    let name = support::unique_name(label);
+    support::deploy(&name);
+    let sdk = support::sdk_config().await;
+    let clients = Clients::new(&sdk);
+    let names = Names::new(&name);
+    let (subnets, sgs) = support::emulator_network(&clients.ec2).await;
+    let dir = std::env::temp_dir().join(format!("mayfly-{name}"));
+    write_profiles(&name, &subnets, &sgs, &dir);
+    let apply = support::mayfly(&name, &["payers", "apply", &dir.display().to_string()]);
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+
+    let mut rng = Rng(cfg.seed ^ if clean { 0 } else { 0x5eed });
+    let jobs = workload(cfg.jobs);
+    let file = dir.join("jobs.jsonl");
+    let lines: Vec<String> = jobs
+        .iter()
+        .map(|(id, payer, kind, batch)| {
+            serde_json::json!({"job_id": id, "payer_id": payer, "kind": kind, "batch": batch})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let submit = support::mayfly(&name, &["submit", "--file", &file.display().to_string()]);
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+
+    // Fleet faults on first attempts: each kind once, then at random.
+    let mut outcome = Outcome {
+        jobs: jobs.len(),
+        ..Outcome::default()
+    };
+    let mut fleet_faults = Vec::new();
+    if !clean {
+        for (i, (id, _, _, _)) in jobs.iter().enumerate() {
+            let fault = if i < FLEET_FAULTS.len() {
+                Some(FLEET_FAULTS[i])
+            } else if rng.unit() < cfg.fleet_fault_rate {
+                Some(FLEET_FAULTS[rng.below(FLEET_FAULTS.len() as u64) as usize])
+            } else {
+                None
+            };
+            if let Some(f) = fault {
+                fleet_faults.push(format!("{id}@1={f}"));
+                *outcome.faults.entry(format!("fleet {f}")).or_default() += 1;
+            }
+        }
+    }
+    let work = std::env::temp_dir().join(format!("mayfly-{name}-fleet"));
+    let mut fleet = std::process::Command::new(env!("CARGO_BIN_EXE_mayfly-fleet"));
+    fleet
+        .args(["--name", &name, "--job-seconds", "2", "--poll-ms", "300"])
+        .args(["--spot-warning-secs", "2", "-v"])
+        .args(["--max-runtime", &(cfg.deadline.as_secs() + 120).to_string()])
+        .arg("--work-dir")
+        .arg(&work)
+        .arg("--venv")
+        .arg(support::venv())
+        .envs(support::child_env())
+        .current_dir(support::repo())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("fleet.log")).expect("fleet log"));
+    for f in &fleet_faults {
+        fleet.args(["--fault", f]);
+    }
+    let mut fleet = fleet.spawn().expect("start the fleet");
+
+    let rates = if clean {
+        FaultRates::default()
+    } else {
+        cfg.rates
+    };
+    let proxy = FaultProxy::start(
+        ProxyConfig::new(support::endpoint())
+            .seed(cfg.seed)
+            .ec2_buckets()
+            .rates(rates)
+            .timeout_hold(Duration::from_secs(3)),
+    )
+    .await
+    .expect("start the fault proxy");
+    let proxy_url = proxy.url();
+
+    // The schedulers: each a loop of passes, any of which may be killed mid-step.
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU64::new(0));
+    let passes = Arc::new(AtomicU64::new(0));
+    let mut slots = Vec::new();
+    for slot in 0..cfg.schedulers {
+        let (stop, kills, passes) = (stop.clone(), kills.clone(), passes.clone());
+        let (name, url) = (name.clone(), proxy_url.clone());
+        let mut rng = Rng(cfg.seed.wrapping_mul(31).wrapping_add(slot as u64));
+        let kill_rate = if clean { 0.0 } else { cfg.kill_rate };
+        slots.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+                    .args(["--name", &name, "--endpoint-url", &url, "tick"])
+                    .args(["--lost-grace", "70s", "--orphan-grace", "10s"])
+                    .envs(support::child_env())
+                    .current_dir(support::repo())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("start a pass");
+                passes.fetch_add(1, Ordering::Relaxed);
+                if rng.unit() < kill_rate {
+                    let at = Duration::from_millis(rng.below(2500));
+                    tokio::select! {
+                        _ = child.wait() => {}
+                        () = tokio::time::sleep(at) => {
+                            if child.start_kill().is_ok() {
+                                kills.fetch_add(1, Ordering::Relaxed);
+                            }
+                            child.wait().await.ok();
+                        }
+                    }
+                } else {
+                    child.wait().await.ok();
+                }
+                tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
+            }
+        }));
+    }
+
+    let ledger = DynamoLedger::new(clients.dynamodb.clone(), names.jobs_table());
+    let deadline = Instant::now() + cfg.deadline;
+    let mut last_report = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = all_jobs(&ledger).await;
+        let done = now.iter().filter(|j| settled(j)).count();
+        if last_report.elapsed() > Duration::from_secs(20) {
+            eprintln!(
+                "[{label}] {:>4}s: {done}/{} jobs settled, {} passes killed",
+                started.elapsed().as_secs(),
+                jobs.len(),
+                kills.load(Ordering::Relaxed)
+            );
+            last_report = Instant::now();
+        }
+        if done == jobs.len() || Instant::now() > deadline {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in slots {
+        s.await.ok();
+    }
+    let stats = proxy.counters();
+    outcome.aws_calls = stats.total.requests;
+    outcome.passes = passes.load(Ordering::Relaxed);
+    if !clean {
+        outcome
+            .faults
+            .insert("scheduler kill -9".into(), kills.load(Ordering::Relaxed));
+        for (kind, n) in [
+            ("proxy throttle", stats.total.throttled),
+            ("proxy 5xx", stats.total.errors),
+            ("proxy timeout", stats.total.timeouts),
+            ("proxy lost response", stats.total.lost_responses),
+        ] {
+            outcome.faults.insert(kind.into(), n);
+        }
+    }
+
+    // Two clean reap passes: the first marks what is left, the second terminates it.
+    for _ in 0..2 {
+        let reap = support::mayfly(&name, &["reap", "--orphan-grace", "0s"]);
+        if !reap.status.success() {
+            eprintln!("reap: {}", String::from_utf8_lossy(&reap.stdout));
+        }
+    }
+    fleet.kill().ok();
+    fleet.wait().ok();
+
+    // The checks, against the emulator and the ledger.
+    let compute = Ec2Compute::new(clients.ec2.clone(), Arc::new(Ec2Limits::unlimited()));
+    let instances: Vec<ManagedInstance> = compute.list_managed(&name).await.expect("describe");
+    let ledger_jobs = all_jobs(&ledger).await;
+    let by_id: BTreeMap<&str, &Job> = ledger_jobs.iter().map(|j| (j.job_id.as_str(), j)).collect();
+    let mut per_attempt: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    for i in &instances {
+        let key = (
+            i.tag("mayfly:job-id").unwrap_or("-").to_owned(),
+            i.tag("mayfly:attempt").unwrap_or("-").to_owned(),
+        );
+        per_attempt.entry(key).or_default().push(&i.instance_id);
+        if i.state.is_live() {
+            outcome.orphans_left.push(i.instance_id.clone());
+        }
+    }
+    for ((job, attempt), ids) in &per_attempt {
+        if ids.len() > 1 {
+            outcome
+                .duplicates
+                .push(format!("{job} attempt {attempt}: {}", ids.join(", ")));
+        }
+    }
+    let submitted: BTreeSet<&str> = jobs.iter().map(|(id, ..)| id.as_str()).collect();
+    for id in &submitted {
+        match by_id.get(id) {
+            None => outcome.lost.push(format!("{id}: not in the ledger")),
+            Some(j) if !settled(j) => outcome
+                .lost
+                .push(format!("{id}: still {} ({:?})", j.state, j.reason)),
+            Some(j) => {
+                *outcome.by_state.entry(j.state.to_string()).or_default() += 1;
+                if j.state != JobState::Succeeded && j.reason.as_deref().is_none_or(str::is_empty) {
+                    outcome.without_reason.push(id.to_string());
+                }
+            }
+        }
+    }
+    let by_instance: BTreeMap<&str, &ManagedInstance> = instances
+        .iter()
+        .map(|i| (i.instance_id.as_str(), i))
+        .collect();
+    for j in &ledger_jobs {
+        for a in &j.attempts {
+            let Some(iid) = a.instance_id.as_deref() else {
+                continue;
+            };
+            match by_instance.get(iid) {
+                None => outcome.inconsistent.push(format!(
+                    "{} attempt {}: instance {iid} is not in EC2",
+                    j.job_id, a.number
+                )),
+                Some(i) => {
+                    if i.tag("mayfly:job-id") != Some(j.job_id.as_str())
+                        || i.tag("mayfly:attempt") != Some(a.number.to_string().as_str())
+                    {
+                        outcome.inconsistent.push(format!(
+                            "{} attempt {}: instance {iid} is tagged for another attempt",
+                            j.job_id, a.number
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for i in &instances {
+        let Some(job) = i.tag("mayfly:job-id") else {
+            continue;
+        };
+        if !by_id.contains_key(job) {
+            outcome.inconsistent.push(format!(
+                "{}: tagged for job {job}, not in the ledger",
+                i.instance_id
+            ));
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    if outcome.passed() {
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::remove_dir_all(&work).ok();
+    } else {
+        eprintln!(
+            "[{label}] deployment {name}: profiles, jobs and the fleet's log kept in {}",
+            dir.display()
+        );
+    }
+    outcome
+}
+
+fn main() {
+    let cfg = Config::from_args();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    eprintln!(
+        "chaos: {} jobs, seed {}, {} schedulers; clean run first",
+        cfg.jobs, cfg.seed, cfg.schedulers
+    );
+    let clean = rt.block_on(run(&cfg, true));
+    let chaos = rt.block_on(run(&cfg, false));
+
+    let per_job = |o: &Outcome| o.aws_calls as f64 / o.jobs.max(1) as f64;
+    let per_pass = |o: &Outcome| o.aws_calls as f64 / o.passes.max(1) as f64;
+    println!("chaos run: {} jobs, seed {}", chaos.jobs, cfg.seed);
+    println!(
+        "  jobs by end state:    {:?} ({} passes, {} killed)",
+        chaos.by_state,
+        chaos.passes,
+        chaos.faults.get("scheduler kill -9").copied().unwrap_or(0)
+    );
+    println!("  faults injected:");
+    for (kind, n) in &chaos.faults {
+        println!("    {kind:<22} {n}");
+    }
+    println!("  duplicates:           {}", chaos.duplicates.len());
+    println!("  lost jobs:            {}", chaos.lost.len());
+    println!("  orphans left:         {}", chaos.orphans_left.len());
+    println!(
+        "  AWS calls per job:    {:.1} (clean run {:.1}); retry amplification {:.2}x",
+        per_job(&chaos),
+        per_job(&clean),
+        per_job(&chaos) / per_job(&clean).max(f64::MIN_POSITIVE)
+    );
+    println!(
+        "  AWS calls per pass:   {:.1} (clean run {:.1}); {:.2}x — the rest is the longer run \
+         (recovery waits on deadlines and backoff)",
+        per_pass(&chaos),
+        per_pass(&clean),
+        per_pass(&chaos) / per_pass(&clean).max(f64::MIN_POSITIVE)
+    );
+    println!(
+        "  wall time:            {:.0}s (clean run {:.0}s)",
+        chaos.elapsed.as_secs_f64(),
+        clean.elapsed.as_secs_f64()
+    );
+    let mut failures = Vec::new();
+    for (what, o) in [("clean", &clean), ("chaos", &chaos)] {
+        for (check, list) in [
+            ("duplicate instances", &o.duplicates),
+            ("lost jobs", &o.lost),
+            ("orphans left running", &o.orphans_left),
+            ("terminal jobs without a reason", &o.without_reason),
+            ("ledger/EC2 inconsistencies", &o.inconsistent),
+        ] {
+            for item in list {
+                failures.push(format!("{what}: {check}: {item}"));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("FAILED {f}");
+        }
+        std::process::exit(1);
+    }
+    println!("chaos: every check held");
+}
