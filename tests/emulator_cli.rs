@@ -236,3 +236,156 @@ async fn operator_workflow_against_the_emulator() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `mayfly reap` reports each instance, why, and what was done: an orphan is marked, then
+/// terminated after the grace period; a protected instance is reported and kept. `jobs
+/// cancel` terminates a running job's instance; `jobs retry` refuses a job that is not dead.
+#[tokio::test]
+async fn reap_and_job_actions_from_the_command_line() {
+    use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+    let name = support::unique_name("reap");
+    support::deploy(&name);
+    let sdk = support::sdk_config().await;
+    let clients = Clients::new(&sdk);
+    let (subnets, sgs) = support::emulator_network(&clients.ec2).await;
+    let dir: PathBuf = std::env::temp_dir().join(format!("mayfly-reap-{name}"));
+    support::write_profiles_for(&name, &subnets, &sgs, &dir);
+    ok(&mayfly(
+        &name,
+        &["payers", "apply", &dir.display().to_string()],
+    ));
+
+    let launch = |tags: Vec<(&'static str, String)>| {
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+        for (k, v) in tags {
+            spec = spec.tags(Tag::builder().key(k).value(v).build());
+        }
+        clients
+            .ec2
+            .run_instances()
+            .image_id("ami-0a1b2c3d4e5f60003")
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(spec.build())
+            .send()
+    };
+    let orphan = launch(vec![
+        ("mayfly:cluster", name.clone()),
+        ("mayfly:job-id", "nobody:1:claims".into()),
+        ("mayfly:attempt", "1".into()),
+    ])
+    .await
+    .unwrap()
+    .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_owned();
+    let kept = launch(vec![
+        ("mayfly:cluster", name.clone()),
+        ("mayfly:protect", "true".into()),
+    ])
+    .await
+    .unwrap()
+    .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_owned();
+
+    let dry: serde_json::Value = serde_json::from_str(&ok(&mayfly(
+        &name,
+        &["--output", "json", "reap", "--dry-run"],
+    )))
+    .unwrap();
+    let find = |report: &serde_json::Value, id: &str| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["instance_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {report}"))
+    };
+    let f = find(&dry, &orphan);
+    assert_eq!(f["finding"], "orphan");
+    assert!(
+        f["why"].as_str().unwrap().contains("not in the ledger"),
+        "{f}"
+    );
+    assert!(
+        f["action"].as_str().unwrap().starts_with("would mark"),
+        "{f}"
+    );
+    assert_eq!(find(&dry, &kept)["finding"], "protected");
+
+    let text = ok(&mayfly(&name, &["reap", "--orphan-grace", "0s"]));
+    assert!(
+        text.contains(&format!("{orphan} (job nobody:1:claims attempt 1): orphan")),
+        "{text}"
+    );
+    assert!(text.contains("marked"), "{text}");
+    let second: serde_json::Value = serde_json::from_str(&ok(&mayfly(
+        &name,
+        &["--output", "json", "reap", "--orphan-grace", "0s"],
+    )))
+    .unwrap();
+    assert_eq!(
+        second["terminated"],
+        serde_json::json!([orphan]),
+        "{second}"
+    );
+    assert!(find(&second, &orphan)["action"]
+        .as_str()
+        .unwrap()
+        .starts_with("terminated"));
+    assert_eq!(find(&second, &kept)["finding"], "protected");
+
+    // A job launched by a pass, then cancelled: its instance is terminated.
+    let job = "cedar-plan:2029-01:eligibility";
+    ok(&mayfly(
+        &name,
+        &[
+            "submit",
+            "--job-id",
+            job,
+            "--payer",
+            "cedar-plan",
+            "--kind",
+            "eligibility",
+            "--batch",
+            "2029-01",
+        ],
+    ));
+    ok(&mayfly(&name, &["tick"]));
+    let retry = mayfly(&name, &["jobs", "retry", job]);
+    assert_eq!(retry.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&retry.stderr)
+            .contains("only dead or cancelled jobs can be retried"),
+        "{}",
+        String::from_utf8_lossy(&retry.stderr)
+    );
+    let cancel: serde_json::Value = serde_json::from_str(&ok(&mayfly(
+        &name,
+        &[
+            "--output",
+            "json",
+            "jobs",
+            "cancel",
+            job,
+            "--reason",
+            "wrong drop",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(cancel["from"], "running");
+    assert_eq!(cancel["to"], "cancelled");
+    assert_eq!(
+        cancel["terminated"].as_array().unwrap().len(),
+        1,
+        "{cancel}"
+    );
+    let retried = ok(&mayfly(&name, &["jobs", "retry", job]));
+    assert!(retried.contains("cancelled → queued"), "{retried}");
+    std::fs::remove_dir_all(&dir).ok();
+}
