@@ -155,7 +155,28 @@ pub(super) fn decide_failed(
     }
 }
 
-pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> EventsReport {
+pub(super) async fn run(
+    s: &Scheduler,
+    payers: &super::snapshot::LoadedPayers,
+    now: DateTime<Utc>,
+) -> EventsReport {
+    let mut report = apply_all(s, &payers.valid, now).await;
+    // A started instance ends a payer's run of boot failures.
+    for payer_id in std::mem::take(&mut report.breakers_reset) {
+        if !payers.boot_failures.contains_key(&payer_id) {
+            continue;
+        }
+        match s.deps.config.clear_boot_failures(&payer_id).await {
+            Ok(()) => report.breakers_reset.push(payer_id),
+            Err(e) => report
+                .errors
+                .push(format!("resetting {payer_id}'s boot-failure count: {e}")),
+        }
+    }
+    report
+}
+
+async fn apply_all(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> EventsReport {
     let mut report = EventsReport::default();
     let mut by_job: BTreeMap<String, Vec<(InstanceEvent, String)>> = BTreeMap::new();
     let mut done: Vec<String> = Vec::new();
@@ -239,6 +260,12 @@ pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> 
                 }
             }
             let failed = updated.state == JobState::Failed && job.state != JobState::Failed;
+            let started = job
+                .current_attempt()
+                .is_some_and(|a| a.started_at.is_none())
+                && updated
+                    .current_attempt()
+                    .is_some_and(|a| a.started_at.is_some());
             let succeeded =
                 updated.state == JobState::Succeeded && job.state != JobState::Succeeded;
             if applied > 0 {
@@ -274,6 +301,9 @@ pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> 
             report.duplicates += dupes;
             for why in ignored {
                 *report.ignored.entry(why.to_owned()).or_default() += 1;
+            }
+            if started && !report.breakers_reset.contains(&updated.payer_id) {
+                report.breakers_reset.push(updated.payer_id.clone());
             }
             report.succeeded += u32::from(succeeded);
             report.failed += u32::from(failed);

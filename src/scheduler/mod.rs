@@ -135,7 +135,7 @@ impl Scheduler {
         report.invalid_payers = payers.invalid.clone();
         if !opts.dry_run {
             report.ingest = ingest::run(self, &payers.valid, now).await;
-            report.events = events::run(self, &payers.valid, now).await;
+            report.events = events::run(self, &payers, now).await;
         }
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
         let mut budget = self.settings.max_launches;
@@ -189,7 +189,7 @@ impl Scheduler {
         let drained = if dry_run {
             false
         } else {
-            events::run(self, &payers.valid, now)
+            events::run(self, &payers, now)
                 .await
                 .drained(self.settings.max_ingest)
         };

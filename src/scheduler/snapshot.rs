@@ -12,6 +12,8 @@ use crate::profile::{GlobalCaps, Payer, ValidateContext};
 pub struct LoadedPayers {
     pub valid: Vec<Payer>,
     pub invalid: Vec<String>,
+    /// Each payer's circuit-breaker count, where it is not zero.
+    pub boot_failures: BTreeMap<String, u32>,
 }
 
 /// Reads every payer row and validates it; a broken row is reported, not fatal.
@@ -23,6 +25,10 @@ pub async fn load_payers(
     let ctx = ValidateContext { catalog, global };
     let mut out = LoadedPayers::default();
     for row in config.list().await? {
+        if row.boot_failures > 0 {
+            out.boot_failures
+                .insert(row.profile.payer_id.clone(), row.boot_failures);
+        }
         let source = format!("config row {}", row.profile.payer_id);
         match row.profile.validate(&source, &ctx) {
             Ok(mut payer) => {

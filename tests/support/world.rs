@@ -1075,6 +1075,28 @@ pub async fn circuit_breaker_pauses_after_consecutive_boot_failures(w: &World) {
         .unwrap();
     let row = w.config.get("cedar-plan").await.unwrap().unwrap();
     assert_eq!((row.paused.as_deref(), row.boot_failures), (None, 0));
+
+    // Two failures on the count, then an instance that starts: the count is back to zero.
+    w.config.add_boot_failure("cedar-plan").await.unwrap();
+    assert_eq!(w.config.add_boot_failure("cedar-plan").await.unwrap(), 2);
+    let (id, body) = eligibility("2028-19");
+    w.submit(&body).await;
+    let t = t + Duration::hours(2);
+    w.tick(t).await;
+    let (iid, _) = w.running_on(&id).await;
+    send_event(
+        w,
+        &InstanceEvent::started(&id, 1, &iid, t + Duration::seconds(30)),
+    )
+    .await;
+    let r = w.tick(t + Duration::minutes(1)).await;
+    assert_eq!(
+        r.events.breakers_reset,
+        vec!["cedar-plan".to_owned()],
+        "{r}"
+    );
+    let row = w.config.get("cedar-plan").await.unwrap().unwrap();
+    assert_eq!(row.boot_failures, 0);
 }
 
 /// A dead tier-0 job blocks its batch's higher tiers; `jobs retry` queues it with a fresh
