@@ -71,6 +71,14 @@ pub fn is_token(s: &str, max: usize) -> bool {
 impl JobRequest {
     /// Parses a message body. Errors name the field; unknown fields are refused.
     pub fn parse(body: &str) -> Result<Self, RequestError> {
+        // serde would also read a struct from a JSON array of its fields in order; a request
+        // is an object.
+        if body.trim_start().starts_with('[') {
+            return Err(RequestError::new(
+                "(body)",
+                "a job request is a JSON object, not an array",
+            ));
+        }
         let req: JobRequest = serde_json::from_str(body).map_err(|e| {
             let msg = e.to_string();
             let field = msg
