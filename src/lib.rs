@@ -36,6 +36,7 @@ pub mod cli;
 pub mod events;
 pub mod fakes;
 pub mod faultproxy;
+pub mod lease;
 pub mod fleet;
 pub mod names;
 pub mod ports;

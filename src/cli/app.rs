@@ -46,6 +46,10 @@ impl App {
         })
     }
 
+    pub fn dynamodb(&self) -> &aws_sdk_dynamodb::Client {
+        &self.clients.dynamodb
+    }
+
     pub fn calls(&self) -> &CallCounter {
         &self.clients.calls
     }

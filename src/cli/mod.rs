@@ -6,6 +6,7 @@ mod jobs;
 mod offline;
 mod pass;
 mod payers;
+mod run;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -105,6 +106,15 @@ pub enum Command {
     /// Look at jobs in the ledger.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Run the scheduler as a daemon: hold the leader lease and, while leader, run a pass
+    /// every --interval; standbys take over when the lease expires.
+    ///
+    /// Start several for failover; exactly one runs passes at a time (and every ledger write
+    /// is conditional anyway). SIGTERM or SIGINT finishes the current pass, releases the lease
+    /// and exits 0. Prints one line per event (started, leader, standby, pass, stopped).
+    ///
+    ///   mayfly run --interval 10s --lease-ttl 30s
+    Run(RunArgs),
     /// Reconcile the ledger with this deployment's instances, as every pass does, and report
     /// each instance that needs attention: why, and what was done.
     ///
@@ -284,6 +294,19 @@ pub struct ReapSettings {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Time between passes while leader.
+    #[arg(long, default_value = "10s", env = "MAYFLY_INTERVAL")]
+    pub interval: crate::duration::Duration,
+    /// The leader lease's time to live: a standby takes over this long after the leader's
+    /// last renewal (renewals come every third of it). At least 3s.
+    #[arg(long, default_value = "30s", env = "MAYFLY_LEASE_TTL")]
+    pub lease_ttl: crate::duration::Duration,
+    #[command(flatten)]
+    pub pass: PassArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ReapArgs {
     /// Judge and report only: nothing is tagged, written or terminated.
     #[arg(long)]
@@ -360,6 +383,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Plan(args) => pass::live_plan(&app, output, &args).await,
                 Command::Jobs(cmd) => jobs::run(&app, output, cmd).await,
                 Command::Reap(args) => pass::reap(&app, output, &args).await,
+                Command::Run(args) => run::run(&app, output, &args).await,
                 Command::Render(_) => unreachable!("render is offline"),
             }
         }
