@@ -11,10 +11,13 @@
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
 //! - [`plan_view`]: the text rendering of plans and reasons.
 //! - [`retry`]: the retry decision after a failed attempt (backoff with jitter, or dead).
+//! - [`cost`]: what an attempt's instance cost (per-second billing, 60 s minimum, volumes),
+//!   productive time vs overhead.
 //!
 //! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
 
 pub mod catalog;
+pub mod cost;
 pub mod duration;
 pub mod job;
 pub mod jobs_file;
