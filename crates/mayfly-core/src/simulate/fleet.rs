@@ -47,17 +47,16 @@ fn clock(at_ms: u64) -> DateTime<Utc> {
         .expect("the virtual clock stays within chrono's range")
 }
 
-/// The ledger snapshot, kept incrementally: jobs enter at ingest and leave once every job of
-/// their (payer, batch) has succeeded (the planner only needs succeeded jobs as tier gates).
+/// The ledger snapshot, kept incrementally: jobs enter at ingest and leave when they
+/// succeed. The production snapshot also carries a batch's succeeded jobs, but the planner's
+/// tier gates count only jobs that have not succeeded, so dropping them changes no launch
+/// and keeps each pass proportional to the live work, not to the trace.
 struct Ledger {
     live: Vec<JobSummary>,
     /// Trace index of each live entry.
     live_job: Vec<usize>,
     /// Live slot of each trace job, or `NO_SLOT`.
     slot: Vec<u32>,
-    /// Per (payer, batch): jobs ingested and not yet succeeded.
-    open: Vec<u32>,
-    terminal: usize,
     interner: Interner,
 }
 
@@ -65,7 +64,6 @@ impl Ledger {
     fn ingest(&mut self, i: usize, job: &TraceJob, info: &JobInfo) {
         self.slot[i] = self.live.len() as u32;
         self.live_job.push(i);
-        self.open[info.group as usize] += 1;
         self.live.push(JobSummary {
             job_id: job.job_id.as_str().into(),
             payer_id: self.interner.intern(&job.payer_id),
@@ -86,36 +84,13 @@ impl Ledger {
         &mut self.live[self.slot[i] as usize]
     }
 
-    fn succeed(&mut self, i: usize, info: &JobInfo) {
-        let job = self.entry(i);
-        job.state = JobState::Succeeded;
-        job.instance = None;
-        self.terminal += 1;
-        self.open[info.group as usize] -= 1;
-    }
-
-    /// Drops the jobs of finished (payer, batch) groups once they are half the snapshot.
-    fn compact(&mut self, infos: &[JobInfo]) {
-        if self.terminal < 256 || self.terminal * 2 < self.live.len() {
-            return;
-        }
-        let keep: Vec<bool> = self
-            .live_job
-            .iter()
-            .map(|&i| self.open[infos[i].group as usize] > 0)
-            .collect();
-        let mut k = keep.iter();
-        self.live.retain(|_| *k.next().expect("one flag per live job"));
-        let mut k = keep.iter();
-        self.live_job
-            .retain(|_| *k.next().expect("one flag per live job"));
-        self.slot.iter_mut().for_each(|s| *s = NO_SLOT);
-        self.terminal = 0;
-        for (n, &i) in self.live_job.iter().enumerate() {
-            self.slot[i] = n as u32;
-            if self.live[n].state == JobState::Succeeded {
-                self.terminal += 1;
-            }
+    fn succeed(&mut self, i: usize) {
+        let at = self.slot[i] as usize;
+        self.live.swap_remove(at);
+        self.live_job.swap_remove(at);
+        self.slot[i] = NO_SLOT;
+        if let Some(&moved) = self.live_job.get(at) {
+            self.slot[moved] = at as u32;
         }
     }
 }
@@ -131,7 +106,6 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
     let model = setup.model;
     let interval = ms(model.interval_s).max(1);
     let mut rng = SplitMix64::new(setup.seed);
-    let groups = infos.iter().map(|j| j.group as usize + 1).max().unwrap_or(0);
     let ids: FxHashMap<&str, usize> = trace
         .iter()
         .enumerate()
@@ -141,8 +115,6 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
         live: Vec::new(),
         live_job: Vec::new(),
         slot: vec![NO_SLOT; trace.len()],
-        open: vec![0; groups],
-        terminal: 0,
         interner: Interner::default(),
     };
     let mut out = FleetRun {
@@ -180,12 +152,11 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
 
         // Apply events and ingest, as a pass does before planning.
         for i in finished.drain(..) {
-            ledger.succeed(i, &infos[i]);
+            ledger.succeed(i);
         }
         for i in arrived.drain(..) {
             ledger.ingest(i, &trace[i], &infos[i]);
         }
-        ledger.compact(infos);
 
         let snapshot = Snapshot {
             jobs: &ledger.live,
