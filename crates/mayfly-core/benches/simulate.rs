@@ -20,7 +20,9 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn main() {
-    let jobs: usize = arg("--jobs").and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let jobs: usize = arg("--jobs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let seed: u64 = arg("--seed").and_then(|v| v.parse().ok()).unwrap_or(1);
     let baseline: BaselineSpec = arg("--baseline")
         .unwrap_or_else(|| "asg:6:m5.2xlarge".into())

@@ -26,7 +26,16 @@ struct Gen {
 
 impl Gen {
     #[allow(clippy::too_many_arguments)]
-    fn push(&mut self, at: f64, payer: &str, kind: &str, batch: &str, id: &str, gib: f64, run: f64) {
+    fn push(
+        &mut self,
+        at: f64,
+        payer: &str,
+        kind: &str,
+        batch: &str,
+        id: &str,
+        gib: f64,
+        run: f64,
+    ) {
         let bytes = (gib * GIB).round() as u64;
         self.jobs.push(TraceJob {
             at: (at * 1000.0).round() / 1000.0,
@@ -51,7 +60,15 @@ impl Gen {
     fn harbor(&mut self, day: u64, date: &str) {
         let mut at = day as f64 * DAY + self.minutes(60.0, 300.0);
         let run = self.minutes(3.0, 8.0);
-        self.push(at, "harbor-health", "members", date, "members.834", 0.7, run);
+        self.push(
+            at,
+            "harbor-health",
+            "members",
+            date,
+            "members.834",
+            0.7,
+            run,
+        );
         for n in 0..self.rng.int(150, 300) {
             at += self.rng.range(0.0, 6.0);
             let gib = self.rng.range(1.0, 24.0);
@@ -67,17 +84,41 @@ impl Gen {
             let batch = format!("{date}T{:02}", slot * 2);
             let gib = self.rng.range(0.001, 0.05);
             let run = self.minutes(60.0, 240.0);
-            self.push(at, "prairie-mutual", "remittance", &batch, "remit.835", gib, run);
+            self.push(
+                at,
+                "prairie-mutual",
+                "remittance",
+                &batch,
+                "remit.835",
+                gib,
+                run,
+            );
             at += self.minutes(0.0, 5.0);
             let run = self.minutes(30.0, 120.0);
-            self.push(at, "prairie-mutual", "encounters", &batch, "encounters.837", gib, run);
+            self.push(
+                at,
+                "prairie-mutual",
+                "encounters",
+                &batch,
+                "encounters.837",
+                gib,
+                run,
+            );
         }
     }
 
     fn cedar(&mut self, day: u64, date: &str) {
         let mut at = day as f64 * DAY + self.minutes(360.0, 600.0);
         let run = self.minutes(5.0, 15.0);
-        self.push(at, "cedar-plan", "eligibility", date, "eligibility.834", 0.25, run);
+        self.push(
+            at,
+            "cedar-plan",
+            "eligibility",
+            date,
+            "eligibility.834",
+            0.25,
+            run,
+        );
         at += self.minutes(0.0, 2.0);
         let (gib, run) = (self.rng.range(1.0, 4.0), self.minutes(10.0, 30.0));
         self.push(at, "cedar-plan", "members", date, "members.csv", gib, run);
@@ -100,7 +141,9 @@ pub fn generate(jobs: usize, seed: u64) -> Vec<TraceJob> {
     };
     let mut day = 0u64;
     while g.jobs.len() < jobs {
-        let date = (start + Duration::days(day as i64)).format("%Y-%m-%d").to_string();
+        let date = (start + Duration::days(day as i64))
+            .format("%Y-%m-%d")
+            .to_string();
         if day % 7 == 0 {
             g.harbor(day, &date);
         }

@@ -83,7 +83,11 @@ pub struct Report {
 
 /// Which jobs started before a lower-tier job of their (payer, batch) had finished.
 fn violations(infos: &[JobInfo], outcomes: &[Outcome]) -> Vec<bool> {
-    let groups = infos.iter().map(|j| j.group as usize + 1).max().unwrap_or(0);
+    let groups = infos
+        .iter()
+        .map(|j| j.group as usize + 1)
+        .max()
+        .unwrap_or(0);
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); groups];
     for (i, j) in infos.iter().enumerate() {
         members[j.group as usize].push(i);
@@ -96,17 +100,20 @@ fn violations(infos: &[JobInfo], outcomes: &[Outcome]) -> Vec<bool> {
         let mut at = 0;
         while at < group.len() {
             let tier = infos[group[at]].tier;
-            let end = at + group[at..]
-                .iter()
-                .take_while(|&&i| infos[i].tier == tier)
-                .count();
+            let end = at
+                + group[at..]
+                    .iter()
+                    .take_while(|&&i| infos[i].tier == tier)
+                    .count();
             for &i in &group[at..end] {
                 if let Some(started) = outcomes[i].started_ms {
                     violated[i] = done_below.is_none_or(|d| started < d);
                 }
             }
             for &i in &group[at..end] {
-                done_below = done_below.zip(outcomes[i].finished_ms).map(|(a, b)| a.max(b));
+                done_below = done_below
+                    .zip(outcomes[i].finished_ms)
+                    .map(|(a, b)| a.max(b));
             }
             at = end;
         }
@@ -135,7 +142,11 @@ fn stats(jobs: &[usize], infos: &[JobInfo], outcomes: &[Outcome], violated: &[bo
         s.violations += usize::from(violated[i]);
     }
     s.makespan_s = last.map_or(0.0, |l| l.saturating_sub(first) as f64 / 1000.0);
-    s.billed_per_job_s = if s.job_s > 0.0 { s.billed_s / s.job_s } else { 0.0 };
+    s.billed_per_job_s = if s.job_s > 0.0 {
+        s.billed_s / s.job_s
+    } else {
+        0.0
+    };
     s
 }
 
@@ -179,7 +190,11 @@ pub(crate) fn build(
         // The group bills every instance for the whole makespan, busy or not.
         b.billed_s = run.billed_s as f64;
         b.cost_usd = run.cost_usd;
-        b.billed_per_job_s = if b.job_s > 0.0 { b.billed_s / b.job_s } else { 0.0 };
+        b.billed_per_job_s = if b.job_s > 0.0 {
+            b.billed_s / b.job_s
+        } else {
+            0.0
+        };
         BaselineSummary {
             spec: setup.baseline.cloned().expect("a baseline run has a spec"),
             usd_per_hour: run.usd_per_hour,
@@ -228,7 +243,13 @@ fn cells(f: &mut fmt::Formatter<'_>, s: &Stats) -> fmt::Result {
     )
 }
 
-fn line(f: &mut fmt::Formatter<'_>, label: &str, tier: &str, m: &Stats, b: Option<&Stats>) -> fmt::Result {
+fn line(
+    f: &mut fmt::Formatter<'_>,
+    label: &str,
+    tier: &str,
+    m: &Stats,
+    b: Option<&Stats>,
+) -> fmt::Result {
     write!(f, "{label:<16} {tier:>4} {:>6}", m.jobs)?;
     cells(f, m)?;
     if let Some(b) = b {
@@ -256,7 +277,13 @@ impl fmt::Display for Report {
         }
         writeln!(f)?;
         for r in &self.rows {
-            line(f, &r.payer_id, &r.tier.to_string(), &r.mayfly, r.baseline.as_ref())?;
+            line(
+                f,
+                &r.payer_id,
+                &r.tier.to_string(),
+                &r.mayfly,
+                r.baseline.as_ref(),
+            )?;
         }
         if let Some(b) = &self.baseline {
             writeln!(
@@ -271,7 +298,13 @@ impl fmt::Display for Report {
                 ""
             )?;
         }
-        line(f, "total", "", &self.total.mayfly, self.total.baseline.as_ref())?;
+        line(
+            f,
+            "total",
+            "",
+            &self.total.mayfly,
+            self.total.baseline.as_ref(),
+        )?;
         writeln!(f)?;
         let m = &self.total.mayfly;
         write!(

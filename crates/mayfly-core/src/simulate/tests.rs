@@ -59,10 +59,20 @@ fn the_reference_workload_meets_the_ratio_target_and_the_baseline_breaks_tier_or
     assert_eq!(r.total.mayfly.violations, 0);
     assert_eq!(r.total.mayfly.unfinished, 0);
     let m = r.total.mayfly.billed_per_job_s;
-    assert!((1.0..=report::RATIO_TARGET).contains(&m), "mayfly ratio {m}");
+    assert!(
+        (1.0..=report::RATIO_TARGET).contains(&m),
+        "mayfly ratio {m}"
+    );
     let b = r.total.baseline.as_ref().unwrap();
-    assert!(b.billed_per_job_s > m, "baseline {} vs mayfly {m}", b.billed_per_job_s);
-    assert!(b.violations > 0, "FIFO without tiers starts claims before members");
+    assert!(
+        b.billed_per_job_s > m,
+        "baseline {} vs mayfly {m}",
+        b.billed_per_job_s
+    );
+    assert!(
+        b.violations > 0,
+        "FIFO without tiers starts claims before members"
+    );
     let payers: Vec<&str> = r.rows.iter().map(|r| r.payer_id.as_str()).collect();
     assert!(["cedar-plan", "harbor-health", "prairie-mutual"]
         .iter()
@@ -80,8 +90,14 @@ fn the_same_seed_gives_the_same_report_and_another_seed_another() {
     assert_eq!(a.rows, b.rows);
     assert_eq!(a.total, b.total);
     let c = sim(&trace, &model, Some(&base), 4);
-    assert_ne!(a.total.mayfly, c.total.mayfly, "boot times are drawn from the seed");
-    assert_eq!(a.total.baseline, c.total.baseline, "the baseline draws nothing");
+    assert_ne!(
+        a.total.mayfly, c.total.mayfly,
+        "boot times are drawn from the seed"
+    );
+    assert_eq!(
+        a.total.baseline, c.total.baseline,
+        "the baseline draws nothing"
+    );
 }
 
 #[test]
@@ -100,11 +116,19 @@ fn billing_totals_are_the_sum_over_jobs_and_the_baseline_bills_every_instance_th
         let max = (j.run_seconds + model.boot_s.1 + model.shutdown_s.1 + 1.0).max(60.0);
         (lo + min, hi + max)
     });
-    assert!((lo..=hi).contains(&m.billed_s), "{lo} ≤ {} ≤ {hi}", m.billed_s);
+    assert!(
+        (lo..=hi).contains(&m.billed_s),
+        "{lo} ≤ {} ≤ {hi}",
+        m.billed_s
+    );
     let b = r.total.baseline.as_ref().unwrap();
     assert_eq!(b.billed_s, 5.0 * billed_seconds(b.makespan_s) as f64);
     let idle = r.baseline.as_ref().unwrap().idle_billed_s;
-    let busy: f64 = r.rows.iter().map(|r| r.baseline.as_ref().unwrap().billed_s).sum();
+    let busy: f64 = r
+        .rows
+        .iter()
+        .map(|r| r.baseline.as_ref().unwrap().billed_s)
+        .sum();
     assert!((busy + idle - b.billed_s).abs() < 1e-3);
 }
 
@@ -159,12 +183,17 @@ fn unknown_payers_kinds_and_duplicates_are_refused_by_name() {
     ));
     let kind = [job(0.0, "cedar-plan", "dental", "b", 1.0, 10.0)];
     let err = simulate(&kind, &setup).unwrap_err();
-    assert!(err.to_string().contains("kind: payer `cedar-plan` has no job kind `dental`"));
+    assert!(err
+        .to_string()
+        .contains("kind: payer `cedar-plan` has no job kind `dental`"));
     let twice = [
         job(0.0, "cedar-plan", "claims", "b", 1.0, 10.0),
         job(0.0, "cedar-plan", "claims", "b", 1.0, 10.0),
     ];
-    assert!(matches!(simulate(&twice, &setup), Err(SimError::DuplicateJob { .. })));
+    assert!(matches!(
+        simulate(&twice, &setup),
+        Err(SimError::DuplicateJob { .. })
+    ));
     assert!(matches!(simulate(&[], &setup), Err(SimError::EmptyTrace)));
     let baseline = asg(2, "m99.huge");
     let setup = Setup {
