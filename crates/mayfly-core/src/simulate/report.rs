@@ -288,14 +288,13 @@ impl fmt::Display for Report {
         if let Some(b) = &self.baseline {
             writeln!(
                 f,
-                "{:<16} {:>4} {:>6}  {:>38}     {:>9} {:>10.2} {:>10}",
+                "{:<16} {:>4} {:>6}  {:>38}     {:>9} {:>10.2}",
                 "(baseline idle)",
                 "",
                 "",
                 "",
                 human_seconds(b.idle_billed_s / f64::from(b.spec.count)),
                 b.idle_cost_usd,
-                ""
             )?;
         }
         line(
