@@ -4,7 +4,9 @@
 //! ordering (so a claims job may start before its batch's eligibility load has finished:
 //! the report counts those violations). Instances are warm: no boot time, and every one is
 //! billed for the whole makespan. A job sized for more vCPUs than the generic type has
-//! still runs, slower by the ratio of vCPUs; one sized for fewer is not faster.
+//! still runs, slower by the ratio of vCPUs; one sized for fewer is not faster. A failed
+//! attempt is retried at once on the same instance, as a generic worker would, up to the
+//! attempts the job's retry policy allows.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -43,7 +45,7 @@ pub(crate) fn run(infos: &[JobInfo], spec: &BaselineSpec, t: &InstanceType) -> B
     for &i in &order {
         let Reverse((free_at, n)) = free.pop().expect("the group has at least one instance");
         let start = free_at.max(infos[i].arrive_ms);
-        let end = start + run_ms_on(&infos[i], t.vcpus);
+        let end = start + run_ms_on(&infos[i], t.vcpus) * u64::from(infos[i].attempts);
         busy[i] = (start, end);
         last = last.max(end);
         free.push(Reverse((end, n)));
@@ -63,9 +65,10 @@ pub(crate) fn run(infos: &[JobInfo], spec: &BaselineSpec, t: &InstanceType) -> B
     };
     let outcomes = busy
         .iter()
-        .map(|&(start, end)| Outcome {
+        .zip(infos)
+        .map(|(&(start, end), info)| Outcome {
             started_ms: Some(start),
-            finished_ms: Some(end),
+            finished_ms: info.succeeds.then_some(end),
             billed_s: (end - start) as f64 / 1000.0,
             cost_usd: (end - start) as f64 * usd_per_ms,
         })

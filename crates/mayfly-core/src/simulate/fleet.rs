@@ -6,7 +6,9 @@
 //! launch walking each ladder (a rung is refused for capacity at the model's rate; a launch
 //! whose every rung is refused stays queued for the next pass). A launched instance boots,
 //! runs its job, and terminates a few seconds after the job ends; it is billed per second
-//! from launch to termination with the 60 s minimum.
+//! from launch to termination with the 60 s minimum. An attempt that exits non-zero goes
+//! through the job kind's retry policy (`retry::decide`): back to queued after its backoff,
+//! or dead, which blocks the higher tiers of its batch.
 //!
 //! Ticks are only simulated when something can change the plan (an arrival, a finished job,
 //! a launch budget spent or a refused launch): the planner is pure, so a pass over an
@@ -18,11 +20,12 @@ use std::collections::BinaryHeap;
 use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap;
 
-use super::{ms, JobInfo, Outcome, Setup, SplitMix64, TraceJob};
+use super::{exit_of, ms, JobInfo, Outcome, Setup, SplitMix64, TraceJob};
 use crate::catalog::InstanceType;
 use crate::cost::{self, AttemptSpan};
 use crate::job::JobState;
 use crate::plan::{self, Reason, Snapshot};
+use crate::retry::{self, Decision, FailureCause};
 use crate::summary::{InstanceRef, Interner, JobSummary};
 
 /// The virtual clock's zero: 2026-11-01T00:00:00Z.
@@ -40,11 +43,25 @@ pub(crate) struct FleetRun {
     pub capacity_errors: u64,
     /// Launches whose every rung was refused: the job stayed queued for a later pass.
     pub refused_launches: u64,
+    /// Attempts that exited non-zero.
+    pub failed_attempts: u64,
+    /// Jobs whose retries ran out (or whose exit code is not retryable).
+    pub dead: u64,
 }
 
 fn clock(at_ms: u64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(EPOCH_S * 1000 + at_ms as i64)
         .expect("the virtual clock stays within chrono's range")
+}
+
+fn millis(at: DateTime<Utc>) -> u64 {
+    (at.timestamp_millis() - EPOCH_S * 1000).max(0) as u64
+}
+
+/// Asks for a pass at the first tick at or after `at`.
+fn want_pass(next: &mut Option<u64>, at: u64, interval: u64) {
+    let tick = at.div_ceil(interval) * interval;
+    *next = Some(next.map_or(tick, |n| n.min(tick)));
 }
 
 /// The ledger snapshot, kept incrementally: jobs enter at ingest and leave when they
@@ -129,7 +146,6 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
     let mut arrived: Vec<usize> = Vec::new();
     let mut finished: Vec<usize> = Vec::new();
     let mut next_tick: Option<u64> = None;
-    let tick_after = |t: u64| t.div_ceil(interval) * interval;
 
     loop {
         let event = events.peek().map(|Reverse(e)| *e);
@@ -140,8 +156,7 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
                     Event::Arrive => arrived.push(i),
                     Event::Finish => finished.push(i),
                 }
-                let want = tick_after(t);
-                next_tick = Some(next_tick.map_or(want, |nt| nt.min(want)));
+                want_pass(&mut next_tick, t, interval);
                 continue;
             }
             (_, Some(tick)) => tick,
@@ -152,7 +167,32 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
 
         // Apply events and ingest, as a pass does before planning.
         for i in finished.drain(..) {
-            ledger.succeed(i);
+            let attempt = ledger.entry(i).attempt;
+            let code = exit_of(&trace[i], attempt);
+            if code == 0 {
+                ledger.succeed(i);
+                continue;
+            }
+            out.failed_attempts += 1;
+            let kind = setup.payers[infos[i].payer]
+                .kind(&trace[i].kind)
+                .expect("trace jobs were resolved to a kind");
+            let cause = FailureCause::ExitCode { code };
+            let job = ledger.entry(i);
+            job.instance = None;
+            match retry::decide(&kind.retry, &trace[i].job_id, attempt, &cause, clock(now)) {
+                Decision::Retry { not_before, reason } => {
+                    job.state = JobState::Queued;
+                    job.not_before = Some(not_before);
+                    job.reason = Some(reason.into());
+                    want_pass(&mut next_tick, millis(not_before), interval);
+                }
+                Decision::Dead { reason } => {
+                    job.state = JobState::Dead;
+                    job.reason = Some(reason.into());
+                    out.dead += 1;
+                }
+            }
         }
         for i in arrived.drain(..) {
             ledger.ingest(i, &trace[i], &infos[i]);
@@ -192,6 +232,8 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
 
         for (i, t) in placed {
             let info = &infos[i];
+            let attempt = ledger.entry(i).attempt + 1;
+            let ok = exit_of(&trace[i], attempt) == 0;
             let boot = ms(rng.range(model.boot_s.0, model.boot_s.1));
             let shutdown = ms(rng.range(model.shutdown_s.0, model.shutdown_s.1));
             let started = now + boot;
@@ -201,20 +243,19 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
                 started: Some(clock(started)),
                 finished: Some(clock(done)),
                 ended: clock(done + shutdown),
-                succeeded: true,
+                succeeded: ok,
             };
             // The catalog holds on-demand prices; spot launches are priced the same.
             let c = cost::attempt_cost(t.on_demand_usd_per_hour, info.volume_gib, &span);
-            out.outcomes[i] = Outcome {
-                started_ms: Some(started),
-                finished_ms: Some(done),
-                billed_s: c.billed_seconds as f64,
-                cost_usd: c.total_usd(),
-            };
+            let o = &mut out.outcomes[i];
+            o.started_ms = o.started_ms.or(Some(started));
+            o.finished_ms = ok.then_some(done);
+            o.billed_s += c.billed_seconds as f64;
+            o.cost_usd += c.total_usd();
             out.launches += 1;
             let job = ledger.entry(i);
             job.state = JobState::Running;
-            job.attempt += 1;
+            job.attempt = attempt;
             job.instance = Some(Box::new(InstanceRef {
                 instance_type: Some(t.name.clone()),
                 instance_id: None,
@@ -222,8 +263,7 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
             events.push(Reverse((done, Event::Finish, i)));
         }
         if again {
-            let want = tick_after(now + 1);
-            next_tick = Some(next_tick.map_or(want, |nt| nt.min(want)));
+            want_pass(&mut next_tick, now + 1, interval);
         }
     }
     out

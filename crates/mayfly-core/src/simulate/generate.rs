@@ -8,8 +8,10 @@
 //! - `cedar-plan`: a daily three-tier chain: eligibility (5–15 min), members
 //!   (1–4 GiB, 10–30 min), then 2–4 claims files (8–40 GiB, 20–90 min).
 //!
-//! Within a batch lower tiers never arrive after higher ones (producers drop a batch's
-//! files in order). The same `jobs` and `seed` always give the same trace.
+//! Some attempts fail with a retryable exit code: 3 % of harbor-health's claims exit 75 once,
+//! 2 % of prairie-mutual's remittances exit 111 once. Within a batch lower tiers never
+//! arrive after higher ones (producers drop a batch's files in order). The same `jobs` and
+//! `seed` always give the same trace.
 
 use chrono::{Duration, NaiveDate};
 
@@ -50,7 +52,17 @@ impl Gen {
             params: Default::default(),
             priority: None,
             run_seconds: run.round(),
+            exits: Vec::new(),
         });
+    }
+
+    /// Makes the last job's first attempt exit `code` with probability `p`.
+    fn flaky(&mut self, p: f64, code: i32) {
+        if self.rng.chance(p) {
+            if let Some(j) = self.jobs.last_mut() {
+                j.exits = vec![code];
+            }
+        }
     }
 
     fn minutes(&mut self, lo: f64, hi: f64) -> f64 {
@@ -75,6 +87,7 @@ impl Gen {
             let run = self.minutes(2.0, 7.0);
             let id = format!("claims-{n:03}.837");
             self.push(at, "harbor-health", "claims", date, &id, gib, run);
+            self.flaky(0.03, 75);
         }
     }
 

@@ -28,7 +28,8 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::profile::{GlobalCaps, Payer};
+use crate::profile::{GlobalCaps, Payer, RetryPolicy};
+use crate::retry::{self, Decision, FailureCause};
 use crate::sizing::{self, Requirement};
 
 pub use report::Report;
@@ -133,6 +134,7 @@ pub enum SimError {
 /// A trace job resolved against its payer's profile.
 #[derive(Debug, Clone)]
 pub(crate) struct JobInfo {
+    pub payer: usize,
     pub tier: u8,
     /// Index of its (payer, batch).
     pub group: u32,
@@ -141,14 +143,19 @@ pub(crate) struct JobInfo {
     /// vCPUs of the job's first-choice instance type (what its run time is measured on).
     pub need_vcpus: u32,
     pub volume_gib: u32,
+    /// Attempts its retry policy lets it make, and whether the last of them succeeds.
+    pub attempts: u32,
+    pub succeeds: bool,
 }
 
 /// What happened to one job on one side of the comparison.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Outcome {
+    /// When its first attempt's command started.
     pub started_ms: Option<u64>,
+    /// When the attempt that succeeded ended; `None` if none did.
     pub finished_ms: Option<u64>,
-    /// Billed instance-seconds attributed to the job.
+    /// Billed instance-seconds attributed to the job, over all its attempts.
     pub billed_s: f64,
     pub cost_usd: f64,
 }
@@ -175,6 +182,31 @@ fn check_model(m: &Model) -> Result<(), SimError> {
         return bad("launch_budget", "must be at least 1".into());
     }
     Ok(())
+}
+
+/// The exit code of attempt `n` (1-based).
+pub(crate) fn exit_of(job: &TraceJob, n: u32) -> i32 {
+    job.exits
+        .get(n.saturating_sub(1) as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// How many attempts the retry policy allows the job, and whether the last one succeeds.
+fn attempts_under(policy: &RetryPolicy, job: &TraceJob) -> (u32, bool) {
+    let now = chrono::DateTime::UNIX_EPOCH;
+    let mut n = 1;
+    loop {
+        let code = exit_of(job, n);
+        if code == 0 {
+            return (n, true);
+        }
+        let cause = FailureCause::ExitCode { code };
+        if let Decision::Dead { .. } = retry::decide(policy, &job.job_id, n, &cause, now) {
+            return (n, false);
+        }
+        n += 1;
+    }
 }
 
 /// Resolves every job's payer, tier, group and sizing; refuses what the planner could
@@ -221,13 +253,17 @@ fn resolve(trace: &[TraceJob], setup: &Setup<'_>) -> Result<Vec<JobInfo>, SimErr
             || Requirement::for_spec(&kind.compute, job.input_bytes()).vcpus,
             |t| t.vcpus,
         );
+        let (attempts, succeeds) = attempts_under(&kind.retry, job);
         infos.push(JobInfo {
+            payer: p,
             tier: kind.tier,
             group,
             arrive_ms: ms(job.at),
             run_ms: ms(job.run_seconds).max(1),
             need_vcpus,
             volume_gib: payer.profile.launch.root_volume_gib,
+            attempts,
+            succeeds,
         });
     }
     Ok(infos)

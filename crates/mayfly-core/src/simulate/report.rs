@@ -16,7 +16,7 @@ pub const RATIO_TARGET: f64 = 1.15;
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
     pub jobs: usize,
-    /// Jobs that never ran (e.g. no instance type fits them, or their tier never opened).
+    /// Jobs that never succeeded: dead, blocked behind a dead lower tier, or never placed.
     pub unfinished: usize,
     /// First arrival to the last job's end.
     pub makespan_s: f64,
@@ -66,6 +66,8 @@ pub struct FleetSummary {
     pub launches: u64,
     pub capacity_errors: u64,
     pub refused_launches: u64,
+    pub failed_attempts: u64,
+    pub dead: u64,
 }
 
 /// The result of `mayfly simulate`.
@@ -211,6 +213,8 @@ pub(crate) fn build(
             launches: mayfly.launches,
             capacity_errors: mayfly.capacity_errors,
             refused_launches: mayfly.refused_launches,
+            failed_attempts: mayfly.failed_attempts,
+            dead: mayfly.dead,
         },
         baseline: summary,
         rows,
@@ -257,7 +261,7 @@ fn line(
         cells(f, b)?;
     }
     if m.unfinished > 0 {
-        write!(f, "  ({} never ran)", m.unfinished)?;
+        write!(f, "  ({} never succeeded)", m.unfinished)?;
     }
     writeln!(f)
 }
@@ -317,8 +321,13 @@ impl fmt::Display for Report {
         writeln!(f)?;
         writeln!(
             f,
-            "mayfly: {} passes, {} launches, {} capacity errors (next rung), {} launches refused on every rung (retried)",
-            self.fleet.passes, self.fleet.launches, self.fleet.capacity_errors, self.fleet.refused_launches
+            "mayfly: {} passes, {} launches, {} capacity errors (next rung), {} launches refused on every rung (retried), {} failed attempts, {} dead jobs",
+            self.fleet.passes,
+            self.fleet.launches,
+            self.fleet.capacity_errors,
+            self.fleet.refused_launches,
+            self.fleet.failed_attempts,
+            self.fleet.dead
         )?;
         writeln!(
             f,

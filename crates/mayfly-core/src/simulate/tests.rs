@@ -48,6 +48,7 @@ fn job(at: f64, payer: &str, kind: &str, batch: &str, gib: f64, run: f64) -> Tra
         params: Default::default(),
         priority: None,
         run_seconds: run,
+        exits: Vec::new(),
     }
 }
 
@@ -110,12 +111,19 @@ fn billing_totals_are_the_sum_over_jobs_and_the_baseline_bills_every_instance_th
     let rows_cost: f64 = r.rows.iter().map(|r| r.mayfly.cost_usd).sum();
     assert!((rows_billed - m.billed_s).abs() < 1e-6);
     assert!((rows_cost - m.cost_usd).abs() < 1e-9);
-    // Each job's instance boots, runs the job and shuts down, and bills at least a minute.
+    // Each attempt's instance boots, runs the job and shuts down, and bills at least a
+    // minute; the reference workload's failures are all retried, once each.
+    assert!(trace.iter().any(|j| !j.exits.is_empty()));
     let (lo, hi): (f64, f64) = trace.iter().fold((0.0, 0.0), |(lo, hi), j| {
+        let attempts = (j.exits.len() + 1) as f64;
         let min = (j.run_seconds + model.boot_s.0 + model.shutdown_s.0).max(60.0);
         let max = (j.run_seconds + model.boot_s.1 + model.shutdown_s.1 + 1.0).max(60.0);
-        (lo + min, hi + max)
+        (lo + attempts * min, hi + attempts * max)
     });
+    assert_eq!(
+        r.fleet.launches,
+        (trace.len() + r.fleet.failed_attempts as usize) as u64
+    );
     assert!(
         (lo..=hi).contains(&m.billed_s),
         "{lo} ≤ {} ≤ {hi}",
@@ -209,6 +217,48 @@ fn unknown_payers_kinds_and_duplicates_are_refused_by_name() {
     assert!("fleet:2:m5.large".parse::<BaselineSpec>().is_err());
 }
 
+#[test]
+fn a_retryable_exit_runs_again_after_its_backoff_and_bills_both_attempts() {
+    // harbor-health claims: exit 75 is retryable, backoff 1m.
+    let mut claims = job(0.0, "harbor-health", "claims", "w1", 2.0, 600.0);
+    claims.exits = vec![75];
+    let r = sim(
+        &[claims.clone()],
+        &Model::default(),
+        Some(&asg(1, "m5.2xlarge")),
+        1,
+    );
+    assert_eq!(r.fleet.launches, 2);
+    assert_eq!(r.fleet.failed_attempts, 1);
+    let m = &r.total.mayfly;
+    assert_eq!(m.unfinished, 0);
+    assert!(m.billed_s >= 2.0 * (600.0 + 30.0), "{}", m.billed_s);
+    assert!(m.billed_per_job_s > 2.0);
+    // Two runs, two boots, a pass to see the failure and a backoff of about a minute.
+    assert!(m.makespan_s >= 1260.0, "{}", m.makespan_s);
+    let b = r.total.baseline.as_ref().unwrap();
+    assert_eq!(b.makespan_s, 1200.0, "the generic worker retries in place");
+}
+
+#[test]
+fn a_dead_lower_tier_blocks_its_batch_under_mayfly_but_not_under_the_baseline() {
+    // cedar-plan eligibility retries only exit 75: exit 1 makes it dead at once.
+    let mut eligibility = job(0.0, "cedar-plan", "eligibility", "m1", 0.25, 300.0);
+    eligibility.exits = vec![1];
+    let trace = [
+        eligibility,
+        job(10.0, "cedar-plan", "members", "m1", 1.0, 600.0),
+        job(20.0, "cedar-plan", "claims", "m1", 8.0, 1200.0),
+    ];
+    let r = sim(&trace, &Model::default(), Some(&asg(3, "m5.2xlarge")), 1);
+    assert_eq!(r.fleet.dead, 1);
+    assert_eq!(r.fleet.launches, 1, "members and claims stay blocked");
+    assert_eq!(r.total.mayfly.unfinished, 3);
+    assert_eq!(r.total.mayfly.violations, 0);
+    let b = r.total.baseline.as_ref().unwrap();
+    assert_eq!(b.violations, 2, "the group runs members and claims anyway");
+}
+
 const KINDS: [(&str, &str); 7] = [
     ("cedar-plan", "eligibility"),
     ("cedar-plan", "members"),
@@ -223,11 +273,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     /// Batches of random sizes and shapes, whose files arrive in tier order (as KINDS lists
-    /// them per payer): mayfly never starts a job before its lower tiers have succeeded.
+    /// them per payer) and sometimes fail: mayfly never starts a job before its lower tiers
+    /// have succeeded, and every job that could succeed does.
     #[test]
     fn mayfly_never_breaks_tier_order(
         batches in prop::collection::vec(
-            (0usize..3, 0.0f64..20_000.0, prop::collection::vec((0usize..3, 0.1f64..40.0, 1.0f64..5000.0), 1..8)),
+            (0usize..3, 0.0f64..20_000.0, prop::collection::vec((0usize..3, 0.1f64..40.0, 1.0f64..5000.0, 0usize..6), 1..8)),
             1..12,
         ),
         seed in any::<u64>(),
@@ -237,10 +288,17 @@ proptest! {
             let kinds: Vec<&(&str, &str)> = KINDS.iter().filter(|k| k.0 == ["cedar-plan", "harbor-health", "prairie-mutual"][*payer]).collect();
             let mut files = files.clone();
             files.sort_by_key(|f| f.0 % kinds.len());
-            for (n, (k, gib, run)) in files.iter().enumerate() {
+            for (n, (k, gib, run, fail)) in files.iter().enumerate() {
                 let (p, kind) = kinds[k % kinds.len()];
                 let mut j = job(start + n as f64 * 7.0, p, kind, &format!("b{b}"), *gib, run.round());
                 j.job_id = format!("{p}:b{b}:{n}");
+                // Mostly clean; some retryable failures (75 is retryable for every kind
+                // that lists codes), a few not retryable (1).
+                j.exits = match fail {
+                    0 => vec![75],
+                    1 => vec![1],
+                    _ => Vec::new(),
+                };
                 trace.push(j);
             }
         }
@@ -248,7 +306,11 @@ proptest! {
         let model = Model { capacity_error_rate: 0.2, ..Model::default() };
         let r = sim(&trace, &model, Some(&asg(2, "m5.large")), seed);
         prop_assert_eq!(r.total.mayfly.violations, 0);
-        prop_assert_eq!(r.total.mayfly.unfinished, 0);
-        prop_assert!(r.total.mayfly.billed_per_job_s >= 1.0);
+        let dead = r.fleet.dead as usize;
+        if dead == 0 {
+            prop_assert_eq!(r.total.mayfly.unfinished, 0);
+        }
+        prop_assert!(r.total.mayfly.unfinished >= dead);
+        prop_assert!(r.total.mayfly.billed_per_job_s >= 1.0 || r.total.mayfly.job_s == 0.0);
     }
 }

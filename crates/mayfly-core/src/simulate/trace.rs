@@ -1,6 +1,7 @@
 //! Simulation traces: JSON lines of job arrivals. Each line is a job request (the fields of
 //! [`JobRequest`]) plus `at`, when it arrives (seconds after the trace's start), and
-//! `run_seconds`, how long its command truly runs on an instance sized for it.
+//! `run_seconds`, how long its command truly runs on an instance sized for it, and
+//! optionally `exits`, the non-zero exit codes of its first attempts.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,6 +28,10 @@ pub struct TraceJob {
     pub priority: Option<u8>,
     /// Seconds the job's command runs on an instance that meets its sizing.
     pub run_seconds: f64,
+    /// Exit codes of the job's first attempts, in order (each runs `run_seconds`, then
+    /// fails); the attempts after them exit 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exits: Vec<i32>,
 }
 
 impl TraceJob {
@@ -94,6 +99,9 @@ pub fn parse_trace(source_name: &str, text: &str) -> Result<Vec<TraceJob>, Vec<T
         } else if !(job.run_seconds.is_finite() && job.run_seconds > 0.0) {
             let reason = format!("{} is not a duration > 0 seconds", job.run_seconds);
             errors.push(err("run_seconds", reason));
+        } else if let Some(n) = job.exits.iter().position(|c| *c == 0) {
+            let reason = "list only failing attempts; the attempt after them exits 0";
+            errors.push(err(&format!("exits[{n}]"), reason.to_owned()));
         } else {
             jobs.push(job);
         }
@@ -126,12 +134,13 @@ mod tests {
             "# two arrivals, out of order\n",
             r#"{"at":90,"job_id":"b","payer_id":"p","kind":"k","batch":"1","run_seconds":30}"#,
             "\n\n",
-            r#"{"at":5.5,"job_id":"a","payer_id":"p","kind":"k","batch":"1","input":{"uri":"s3://x/y","bytes":10},"run_seconds":600}"#,
+            r#"{"at":5.5,"job_id":"a","payer_id":"p","kind":"k","batch":"1","input":{"uri":"s3://x/y","bytes":10},"run_seconds":600,"exits":[75]}"#,
             "\n",
         );
         let jobs = parse_trace("t.jsonl", text).unwrap();
         assert_eq!(jobs[0].job_id, "a");
         assert_eq!(jobs[0].input_bytes(), Some(10));
+        assert_eq!(jobs[0].exits, [75]);
         assert_eq!(parse_trace("again", &to_jsonl(&jobs)).unwrap(), jobs);
     }
 
@@ -147,6 +156,8 @@ mod tests {
             r#"{"at":1,"job_id":"e","payer_id":"p","kind":"k","batch":"1"}"#,
             "\n",
             r#"{"at":1,"job_id":"f","payer_id":"p","kind":"k","batch":"1","run_seconds":3,"exit":1}"#,
+            "\n",
+            r#"{"at":1,"job_id":"g","payer_id":"p","kind":"k","batch":"1","run_seconds":3,"exits":[75,0]}"#,
         );
         let errors = parse_trace("t.jsonl", text).unwrap_err();
         let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, &*e.field)).collect();
@@ -157,7 +168,8 @@ mod tests {
                 (2, "job_id"),
                 (3, "run_seconds"),
                 (4, "run_seconds"),
-                (5, "exit")
+                (5, "exit"),
+                (6, "exits[1]")
             ]
         );
         assert!(errors[0].to_string().starts_with("t.jsonl:1: at: "));
