@@ -11,6 +11,7 @@
 //! - [`sizing`]: right-sizing a job to instance types and its fallback ladder.
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
 //! - [`plan_view`]: the text rendering of plans and reasons.
+//! - [`simulate`]: capacity planning on a virtual clock, mayfly beside a generic ASG.
 //! - [`ports`]: the narrow interfaces to the config table, ledger, queues and EC2.
 //! - [`aws`]: the adapters implementing the ports on the AWS SDK, and call counting.
 //! - [`fakes`]: stateful in-memory implementations of every port, for tests.
@@ -27,8 +28,10 @@
 //!
 //! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
 
+pub use mayfly_core::simulate;
 pub use mayfly_core::{
-    catalog, cost, duration, job, jobs_file, plan, plan_view, profile, retry, secrets, sizing, summary,
+    catalog, cost, duration, job, jobs_file, plan, plan_view, profile, retry, secrets, sizing,
+    summary,
 };
 
 pub mod aws;

@@ -7,6 +7,7 @@ mod offline;
 mod pass;
 mod payers;
 mod run;
+mod simulate;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use crate::profile::GlobalCaps;
 
 pub use app::App;
 pub use offline::{ValidProfile, ValidateReport};
+pub use simulate::SimulateArgs;
 
 /// mayfly: one right-sized, self-terminating EC2 instance per payer data job.
 #[derive(Debug, Parser)]
@@ -128,6 +130,14 @@ pub enum Command {
     ///
     ///   mayfly render --payer cedar-plan --kind claims --batch 2026-11 --input-bytes 21474836480
     Render(RenderArgs),
+    /// Capacity planning, offline: simulate a trace of job arrivals under mayfly's planner
+    /// with a modelled fleet, beside a fixed-size generic autoscaling group; print makespan,
+    /// cost, billed/job-seconds and tier-order violations per payer and tier.
+    ///
+    ///   mayfly simulate --trace payer-profiles/examples/reference-trace.jsonl --baseline asg:6:m5.2xlarge
+    ///
+    ///   mayfly simulate --generate-trace --jobs 100000 --seed 7 > trace.jsonl
+    Simulate(SimulateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -374,6 +384,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Plan(args) if args.jobs.is_some() => offline::offline_plan(output, &args),
         Command::Render(args) => offline::render(output, &cli.global, &args),
+        Command::Simulate(args) => simulate::simulate(output, &args),
         command => {
             let app = app::App::connect(&cli.global).await?;
             match command {
@@ -385,6 +396,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Reap(args) => pass::reap(&app, output, &args).await,
                 Command::Run(args) => run::run(&app, output, &args).await,
                 Command::Render(_) => unreachable!("render is offline"),
+                Command::Simulate(_) => unreachable!("simulate is offline"),
             }
         }
     }

@@ -69,6 +69,8 @@ pub struct Catalog {
     region: String,
     types: Vec<InstanceType>,
     by_name: HashMap<String, usize>,
+    /// Type indexes per family, so sizing with allowed families skips the rest.
+    by_family: HashMap<String, Vec<usize>>,
 }
 
 const SHIPPED: &str = include_str!("../data/ec2-catalog-us-east-1.json");
@@ -95,6 +97,7 @@ impl Catalog {
 
     pub fn from_types(region: String, types: Vec<InstanceType>) -> Result<Self, CatalogError> {
         let mut by_name = HashMap::with_capacity(types.len());
+        let mut by_family: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, t) in types.iter().enumerate() {
             let bad = |reason: &str| CatalogError::Entry {
                 name: t.name.clone(),
@@ -112,11 +115,13 @@ impl Catalog {
             if by_name.insert(t.name.clone(), i).is_some() {
                 return Err(bad("listed twice"));
             }
+            by_family.entry(t.family().to_owned()).or_default().push(i);
         }
         Ok(Self {
             region,
             types,
             by_name,
+            by_family,
         })
     }
 
@@ -142,7 +147,13 @@ impl Catalog {
 
     /// Whether any type belongs to `family` (used to validate allowed-family lists).
     pub fn has_family(&self, family: &str) -> bool {
-        self.types.iter().any(|t| t.family() == family)
+        self.by_family.contains_key(family)
+    }
+
+    /// The types of one family, in catalog order.
+    pub fn in_family<'c>(&'c self, family: &str) -> impl Iterator<Item = &'c InstanceType> {
+        let indexes = self.by_family.get(family).map_or(&[][..], Vec::as_slice);
+        indexes.iter().map(|&i| &self.types[i])
     }
 }
 
@@ -159,6 +170,9 @@ mod tests {
         assert_eq!((m5.vcpus, m5.memory_mib), (2, 8192));
         assert!((m5.on_demand_usd_per_hour - 0.096).abs() < 1e-9);
         assert_eq!(m5.family(), "m5");
+        assert!(c.in_family("m5").any(|t| t.name == "m5.large"));
+        assert!(c.in_family("m5").all(|t| t.family() == "m5"));
+        assert_eq!(c.in_family("m99").count(), 0);
         assert!(c.get("c7g.large").unwrap().supports(Arch::Arm64));
         assert_eq!(c.get("g5.xlarge").unwrap().gpus, 1);
     }

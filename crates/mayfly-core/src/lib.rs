@@ -13,6 +13,8 @@
 //! - [`retry`]: the retry decision after a failed attempt (backoff with jitter, or dead).
 //! - [`cost`]: what an attempt's instance cost (per-second billing, 60 s minimum, volumes),
 //!   productive time vs overhead.
+//! - [`simulate`]: capacity planning: the planner on a virtual clock with a modelled fleet,
+//!   beside a fixed-size autoscaling group, from a trace of arrivals.
 //!
 //! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
 
@@ -26,5 +28,6 @@ pub mod plan_view;
 pub mod profile;
 pub mod retry;
 pub mod secrets;
+pub mod simulate;
 pub mod sizing;
 pub mod summary;

@@ -84,12 +84,23 @@ pub fn candidates<'c>(
     req: &Requirement,
     max_vcpus: u32,
 ) -> Vec<&'c InstanceType> {
-    let mut fit: Vec<&InstanceType> = catalog
-        .types()
-        .iter()
-        .filter(|t| req.fits(t, &spec.families, max_vcpus))
-        .collect();
+    let mut fit: Vec<&InstanceType> = if spec.families.is_empty() {
+        catalog
+            .types()
+            .iter()
+            .filter(|t| req.fits(t, &spec.families, max_vcpus))
+            .collect()
+    } else {
+        // Only the allowed families' types can fit: look those up instead of scanning all.
+        spec.families
+            .iter()
+            .flat_map(|f| catalog.in_family(f))
+            .filter(|t| req.fits(t, &spec.families, max_vcpus))
+            .collect()
+    };
     fit.sort_by(|a, b| cheaper(a, b));
+    // A family listed twice would list its types twice; equal types sort side by side.
+    fit.dedup_by(|a, b| a.name == b.name);
     fit
 }
 
