@@ -235,7 +235,7 @@ async fn an_arrival_wakes_the_daemon_which_launches_serves_metrics_and_stops_cle
         .instance_id
         .clone()
         .expect("an instance");
-    support::assert_launch_shape(&clients.ec2, &instance, &names.cluster()).await;
+    support::assert_launch_shape(&clients.ec2, &instance, names.cluster()).await;
     println!(
         "arrival → launched in {:.2}s (pass interval 10m)",
         submitted.elapsed().as_secs_f64()
