@@ -18,6 +18,8 @@
 //! - [`userdata`]: rendering the per-job user-data script from templates.
 //! - [`events`]: the versioned instance → scheduler events the script sends, and their parsing.
 //! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
+//! - [`cost_report`]: what each attempt cost, from the ledger's recorded facts; `cost report`.
+//! - [`explain`]: why one job is (not) running, from the planner's reasons; `explain`.
 //! - [`cli`]: the command-line surface shared by the binaries.
 //! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
 //! - [`faultproxy`]: test tooling (`mayfly-faultproxy`): an HTTP proxy in front of the
@@ -33,7 +35,9 @@ pub use mayfly_core::{
 
 pub mod aws;
 pub mod cli;
+pub mod cost_report;
 pub mod events;
+pub mod explain;
 pub mod fakes;
 pub mod faultproxy;
 pub mod fleet;

@@ -1,6 +1,7 @@
 //! The whole mayfly life on one machine: the demo workload through `mayfly tick` and the local
 //! fleet against the emulator. Every job ends, tiers run in order, each job gets exactly one
-//! instance, every instance terminates itself, and nothing is left running.
+//! instance, every instance terminates itself, and nothing is left running; then `cost
+//! report` accounts for every attempt.
 
 mod support;
 
@@ -205,6 +206,9 @@ async fn demo_workload_runs_end_to_end() {
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("exit code     3"), "{text}");
     assert!(text.contains("output tail:"), "{text}");
+
+    // What it cost: `cost report` totals equal the sum over attempts; CSV, JSON, HTML.
+    support::cost_check::check_cost_report(&name, &jobs, &dir);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&work).ok();
 }

@@ -487,9 +487,16 @@ impl Reconciler<'_> {
         let never_started = updated
             .current_attempt()
             .is_some_and(crate::job::Attempt::never_started);
+        let now = self.now;
         if let Some(a) = updated.current_attempt_mut() {
             a.reason = Some(cause.to_string());
             a.cause = Some(cause.clone());
+            // The end of the attempt's bill: now for an instance terminated below, or when it
+            // was first seen gone.
+            a.ended_at = Some(match live {
+                Some(_) => now,
+                None => a.gone_at.unwrap_or(now),
+            });
         }
         let expected = updated.version;
         if updated

@@ -113,6 +113,10 @@ impl Compute for FaultyCompute {
     ) -> Result<(), ComputeError> {
         self.inner.set_tag(instance_id, key, value).await
     }
+
+    async fn spot_price(&self, instance_type: &str, az: &str) -> Result<f64, ComputeError> {
+        self.inner.spot_price(instance_type, az).await
+    }
 }
 
 /// A minimal user-data script; the template renderer has its own tests.
