@@ -247,7 +247,8 @@ fn in_flight(job: &Job, out: &mut Explanation, now: DateTime<Utc>) {
                 None => "the instance has not reported `started` yet (booting)".to_owned(),
             });
             if let Some(hb) = a.and_then(|a| a.last_heartbeat_at) {
-                out.details.push(format!("last heartbeat {} ago", ago(hb, now)));
+                out.details
+                    .push(format!("last heartbeat {} ago", ago(hb, now)));
             }
             out.details.push(format!("price: {}", l.price_source));
         }
@@ -276,7 +277,13 @@ fn blockers(jobs: &[Job], ids: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn waiting(job: &Job, jobs: &[Job], reason: &Reason<'_>, out: &mut Explanation, now: DateTime<Utc>) {
+fn waiting(
+    job: &Job,
+    jobs: &[Job],
+    reason: &Reason<'_>,
+    out: &mut Explanation,
+    now: DateTime<Utc>,
+) {
     out.summary = format!("Not launching: {reason}.");
     out.situation = match reason {
         Reason::WaitingOnTier { blocking, .. } => {

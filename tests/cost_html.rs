@@ -48,12 +48,47 @@ fn job(payer: &str, day: u32, hours: i64, itype: &str, price: f64, state: JobSta
 #[test]
 fn the_html_report_renders_its_chart_in_chromium() {
     let jobs = vec![
-        job("cedar-plan", 20, 3, "r7i.2xlarge", 0.5292, JobState::Succeeded),
-        job("harbor-health", 20, 1, "m7i.large", 0.1008, JobState::Succeeded),
+        job(
+            "cedar-plan",
+            20,
+            3,
+            "r7i.2xlarge",
+            0.5292,
+            JobState::Succeeded,
+        ),
+        job(
+            "harbor-health",
+            20,
+            1,
+            "m7i.large",
+            0.1008,
+            JobState::Succeeded,
+        ),
         job("cedar-plan", 21, 2, "r7i.2xlarge", 0.5292, JobState::Dead),
-        job("prairie-mutual", 21, 5, "t4g.small", 0.0168, JobState::Succeeded),
-        job("harbor-health", 22, 4, "c6i.4xlarge", 0.68, JobState::Succeeded),
-        job("prairie-mutual", 22, 1, "t4g.small", 0.0168, JobState::Succeeded),
+        job(
+            "prairie-mutual",
+            21,
+            5,
+            "t4g.small",
+            0.0168,
+            JobState::Succeeded,
+        ),
+        job(
+            "harbor-health",
+            22,
+            4,
+            "c6i.4xlarge",
+            0.68,
+            JobState::Succeeded,
+        ),
+        job(
+            "prairie-mutual",
+            22,
+            1,
+            "t4g.small",
+            0.0168,
+            JobState::Succeeded,
+        ),
     ];
     let at = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
     let report = cost_report::build(&jobs, Catalog::shipped(), &Query::default(), at);

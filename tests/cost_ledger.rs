@@ -49,11 +49,18 @@ async fn spot_launches_record_the_spot_price_read_once_per_type_and_az() {
     // remittance (on demand).
     for b in ["2027-01", "2027-02"] {
         let id = format!("cedar-plan:{b}:eligibility");
-        w.submit(&request(&id, "cedar-plan", "eligibility", b, 1)).await;
+        w.submit(&request(&id, "cedar-plan", "eligibility", b, 1))
+            .await;
     }
     let prairie = "prairie-mutual:2027-01:remittance";
-    w.submit(&request(prairie, "prairie-mutual", "remittance", "2027-01", 1))
-        .await;
+    w.submit(&request(
+        prairie,
+        "prairie-mutual",
+        "remittance",
+        "2027-01",
+        1,
+    ))
+    .await;
     let report = w.tick(t0()).await;
     assert_eq!(report.launch.instances.len(), 3, "{report}");
     assert_eq!(ec2.spot_price_calls(), 1);
@@ -84,9 +91,17 @@ async fn spot_launches_record_the_spot_price_read_once_per_type_and_az() {
     let at = launched + Duration::seconds(20);
     send_event(&w, &InstanceEvent::started(prairie, 1, &iid, at)).await;
     let done_at = at + Duration::seconds(600);
-    send_event(&w, &InstanceEvent::finished(prairie, 1, &iid, done_at, 0, 600, "ok\n")).await;
+    send_event(
+        &w,
+        &InstanceEvent::finished(prairie, 1, &iid, done_at, 0, 600, "ok\n"),
+    )
+    .await;
     w.tick(t0() + Duration::minutes(11)).await;
-    assert!(ledger.writes_for(prairie) <= 4, "{}", ledger.writes_for(prairie));
+    assert!(
+        ledger.writes_for(prairie) <= 4,
+        "{}",
+        ledger.writes_for(prairie)
+    );
     let job = w.job(prairie).await;
     assert_eq!(job.state, JobState::Succeeded);
     let r = cost_report::build(&[job], Catalog::shipped(), &Query::default(), t0());
@@ -112,7 +127,9 @@ async fn without_a_spot_price_the_launch_goes_ahead_at_the_on_demand_price() {
     assert_eq!(job.state, JobState::Running);
     let a = job.current_attempt().unwrap();
     match &a.price_source {
-        Some(PriceSource::OnDemandFallback { why }) => assert!(why.contains("NoSpotPrice"), "{why}"),
+        Some(PriceSource::OnDemandFallback { why }) => {
+            assert!(why.contains("NoSpotPrice"), "{why}")
+        }
         other => panic!("expected the on-demand fallback, got {other:?}"),
     }
     assert_eq!(a.usd_per_hour, Some(on_demand("c7i.large")));
@@ -131,7 +148,10 @@ async fn a_timed_out_instance_is_billed_until_mayfly_terminates_it() {
     // Never reports `started`: past the boot timeout a pass terminates it.
     let later = launched + Duration::hours(1);
     w.tick(later).await;
-    assert_eq!(w.instance("fake", &iid).await.state, InstanceState::Terminated);
+    assert_eq!(
+        w.instance("fake", &iid).await.state,
+        InstanceState::Terminated
+    );
     let job = w.job(id).await;
     let a = job.attempts.iter().find(|a| a.number == 1).unwrap();
     assert_eq!(a.ended_at, Some(later));

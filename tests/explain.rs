@@ -82,7 +82,9 @@ fn ctx() -> ExplainContext<'static> {
 }
 
 async fn answer(t: &Tables, ctx: &ExplainContext<'_>, id: &str) -> Explanation {
-    let e = explain(&t.config, &t.ledger, ctx, id).await.expect("explained");
+    let e = explain(&t.config, &t.ledger, ctx, id)
+        .await
+        .expect("explained");
     // The text form is what an operator reads; it always leads with the summary.
     assert!(e.to_string().contains(&e.summary));
     e
@@ -91,7 +93,12 @@ async fn answer(t: &Tables, ctx: &ExplainContext<'_>, id: &str) -> Explanation {
 #[tokio::test]
 async fn waiting_on_lower_tier_jobs_names_them_and_their_state() {
     let t = tables().await;
-    let mut elig = job("cedar:11:eligibility", "eligibility", "2026-11", JobState::Running);
+    let mut elig = job(
+        "cedar:11:eligibility",
+        "eligibility",
+        "2026-11",
+        JobState::Running,
+    );
     launched(&mut elig, 1, Duration::minutes(5));
     t.ledger.create(&elig).await.unwrap();
     let claims = job("cedar:11:claims", "claims", "2026-11", JobState::Queued);
@@ -99,22 +106,41 @@ async fn waiting_on_lower_tier_jobs_names_them_and_their_state() {
     let e = answer(&t, &ctx(), "cedar:11:claims").await;
     assert_eq!(e.situation, Situation::WaitingOnTiers);
     assert!(e.summary.contains("cedar:11:eligibility"), "{}", e.summary);
-    assert!(e.details.iter().any(|d| d == "cedar:11:eligibility is running"), "{:?}", e.details);
+    assert!(
+        e.details
+            .iter()
+            .any(|d| d == "cedar:11:eligibility is running"),
+        "{:?}",
+        e.details
+    );
 }
 
 #[tokio::test]
 async fn blocked_by_a_dead_lower_tier_says_how_to_release_it() {
     let t = tables().await;
-    let mut elig = job("cedar:11:eligibility", "eligibility", "2026-11", JobState::Dead);
+    let mut elig = job(
+        "cedar:11:eligibility",
+        "eligibility",
+        "2026-11",
+        JobState::Dead,
+    );
     elig.reason = Some("exit code 3 is not retryable".into());
     t.ledger.create(&elig).await.unwrap();
     t.ledger
-        .create(&job("cedar:11:members", "members", "2026-11", JobState::Blocked))
+        .create(&job(
+            "cedar:11:members",
+            "members",
+            "2026-11",
+            JobState::Blocked,
+        ))
         .await
         .unwrap();
     let e = answer(&t, &ctx(), "cedar:11:members").await;
     assert_eq!(e.situation, Situation::BlockedByDead);
-    assert!(e.details.iter().any(|d| d.contains("mayfly jobs retry cedar:11:eligibility")));
+    assert!(e
+        .details
+        .iter()
+        .any(|d| d.contains("mayfly jobs retry cedar:11:eligibility")));
 }
 
 #[tokio::test]
@@ -122,25 +148,43 @@ async fn a_payer_at_its_instance_cap_is_the_reason() {
     let t = tables().await;
     // cedar-plan allows 6 instances: six batches' eligibility jobs hold them.
     for b in 0..6 {
-        let mut j = job(&format!("cedar:{b}:eligibility"), "eligibility", &format!("b{b}"), JobState::Running);
+        let mut j = job(
+            &format!("cedar:{b}:eligibility"),
+            "eligibility",
+            &format!("b{b}"),
+            JobState::Running,
+        );
         launched(&mut j, 1, Duration::minutes(1));
         t.ledger.create(&j).await.unwrap();
     }
     t.ledger
-        .create(&job("cedar:7:eligibility", "eligibility", "b7", JobState::Queued))
+        .create(&job(
+            "cedar:7:eligibility",
+            "eligibility",
+            "b7",
+            JobState::Queued,
+        ))
         .await
         .unwrap();
     let e = answer(&t, &ctx(), "cedar:7:eligibility").await;
     assert_eq!(e.situation, Situation::Cap);
     assert!(e.summary.contains("instance cap (6)"), "{}", e.summary);
-    assert_eq!(e.plan_reason.as_ref().unwrap()["code"], "payer_instance_cap");
+    assert_eq!(
+        e.plan_reason.as_ref().unwrap()["code"],
+        "payer_instance_cap"
+    );
 }
 
 #[tokio::test]
 async fn the_account_vcpu_quota_is_the_reason() {
     let t = tables().await;
     t.ledger
-        .create(&job("cedar:1:eligibility", "eligibility", "b1", JobState::Queued))
+        .create(&job(
+            "cedar:1:eligibility",
+            "eligibility",
+            "b1",
+            JobState::Queued,
+        ))
         .await
         .unwrap();
     let mut c = ctx();
@@ -166,11 +210,23 @@ async fn backoff_says_until_when_and_why_the_last_attempt_ended() {
     t.ledger.create(&j).await.unwrap();
     let e = answer(&t, &ctx(), "cedar:1:eligibility").await;
     assert_eq!(e.situation, Situation::Backoff);
-    assert!(e.summary.contains("until 2026-11-22T12:03:00Z"), "{}", e.summary);
+    assert!(
+        e.summary.contains("until 2026-11-22T12:03:00Z"),
+        "{}",
+        e.summary
+    );
     assert!(e.summary.contains("attempt 2"), "{}", e.summary);
-    assert!(e.details.iter().any(|d| d.contains("exit code 75")), "{:?}", e.details);
+    assert!(
+        e.details.iter().any(|d| d.contains("exit code 75")),
+        "{:?}",
+        e.details
+    );
     // The failed attempt's 8 minutes of m5.large are its cost so far.
-    assert!((e.cost_usd - 0.096 * 480.0 / 3600.0).abs() < 1e-9, "{}", e.cost_usd);
+    assert!(
+        (e.cost_usd - 0.096 * 480.0 / 3600.0).abs() < 1e-9,
+        "{}",
+        e.cost_usd
+    );
 }
 
 #[tokio::test]
@@ -182,13 +238,21 @@ async fn a_paused_payer_gives_the_pause_reason() {
         .await
         .unwrap();
     t.ledger
-        .create(&job("cedar:1:eligibility", "eligibility", "b1", JobState::Queued))
+        .create(&job(
+            "cedar:1:eligibility",
+            "eligibility",
+            "b1",
+            JobState::Queued,
+        ))
         .await
         .unwrap();
     let e = answer(&t, &ctx(), "cedar:1:eligibility").await;
     assert_eq!(e.situation, Situation::PayerPaused);
     assert!(e.summary.contains("invoice dispute"), "{}", e.summary);
-    assert!(e.details.iter().any(|d| d.contains("mayfly payers resume cedar-plan")));
+    assert!(e
+        .details
+        .iter()
+        .any(|d| d.contains("mayfly payers resume cedar-plan")));
 }
 
 #[tokio::test]
@@ -204,7 +268,11 @@ async fn a_dead_job_shows_its_last_exit_code_and_output_tail() {
     let e = answer(&t, &ctx(), "cedar:1:eligibility").await;
     assert_eq!(e.situation, Situation::Dead);
     assert!(e.summary.contains("last exit code 3"), "{}", e.summary);
-    assert!(e.summary.contains("exit code 3 is not retryable"), "{}", e.summary);
+    assert!(
+        e.summary.contains("exit code 3 is not retryable"),
+        "{}",
+        e.summary
+    );
     assert_eq!(e.last_exit_code, Some(3));
     let text = e.to_string();
     assert!(text.contains("error: segment ISA malformed"), "{text}");
@@ -215,7 +283,12 @@ async fn a_dead_job_shows_its_last_exit_code_and_output_tail() {
 #[tokio::test]
 async fn a_running_job_names_its_instance_since_when_and_its_cost_so_far() {
     let t = tables().await;
-    let mut j = job("cedar:1:eligibility", "eligibility", "b1", JobState::Running);
+    let mut j = job(
+        "cedar:1:eligibility",
+        "eligibility",
+        "b1",
+        JobState::Running,
+    );
     launched(&mut j, 1, Duration::minutes(30));
     j.attempts[0].started_at = Some(now() - Duration::minutes(29));
     t.ledger.create(&j).await.unwrap();
@@ -236,6 +309,8 @@ async fn a_running_job_names_its_instance_since_when_and_its_cost_so_far() {
 #[tokio::test]
 async fn an_unknown_job_is_not_found() {
     let t = tables().await;
-    let err = explain(&t.config, &t.ledger, &ctx(), "nope").await.unwrap_err();
+    let err = explain(&t.config, &t.ledger, &ctx(), "nope")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("no job `nope`"));
 }

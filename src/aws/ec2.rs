@@ -306,7 +306,9 @@ impl Compute for Ec2Compute {
             .instance_types(InstanceType::from(instance_type))
             .availability_zone(availability_zone)
             .product_descriptions("Linux/UNIX")
-            .start_time(aws_smithy_types::DateTime::from_secs(Utc::now().timestamp()))
+            .start_time(aws_smithy_types::DateTime::from_secs(
+                Utc::now().timestamp(),
+            ))
             .max_results(MIN_PAGE_SIZE)
             .send()
             .await
@@ -315,18 +317,29 @@ impl Compute for Ec2Compute {
         let latest = out
             .spot_price_history()
             .iter()
-            .filter(|p| p.availability_zone().is_none_or(|az| az == availability_zone))
+            .filter(|p| {
+                p.availability_zone()
+                    .is_none_or(|az| az == availability_zone)
+            })
             .max_by_key(|p| p.timestamp().map(|t| (t.secs(), t.subsec_nanos())));
-        let price = latest.and_then(|p| p.spot_price()).ok_or_else(|| ComputeError::Configuration {
-            code: "NoSpotPrice".into(),
-            message: format!("no spot price history for {instance_type} in {availability_zone}"),
-        })?;
-        price.trim().parse::<f64>().ok().filter(|p| p.is_finite() && *p >= 0.0).ok_or_else(|| {
-            ComputeError::Transient {
+        let price =
+            latest
+                .and_then(|p| p.spot_price())
+                .ok_or_else(|| ComputeError::Configuration {
+                    code: "NoSpotPrice".into(),
+                    message: format!(
+                        "no spot price history for {instance_type} in {availability_zone}"
+                    ),
+                })?;
+        price
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|p| p.is_finite() && *p >= 0.0)
+            .ok_or_else(|| ComputeError::Transient {
                 code: "response".into(),
                 message: format!("spot price `{price}` is not a number"),
-            }
-        })
+            })
     }
 }
 

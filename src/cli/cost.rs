@@ -91,7 +91,12 @@ pub(super) async fn run(app: &App, output: Output, cmd: CostCommand) -> Result<(
         payer: args.payer.clone(),
         by: args.by,
     };
-    let report = cost_report::build(&jobs, crate::catalog::Catalog::shipped(), &query, Utc::now());
+    let report = cost_report::build(
+        &jobs,
+        crate::catalog::Catalog::shipped(),
+        &query,
+        Utc::now(),
+    );
     let format = args.format.unwrap_or(match output {
         Output::Json => ReportFormat::Json,
         Output::Text => ReportFormat::Table,

@@ -62,6 +62,7 @@ window.onerror = function (msg, src, line) {
   function uniq(xs) { return xs.filter(function (x, i) { return xs.indexOf(x) === i; }).sort(); }
   function usd(v) {
     var a = Math.abs(v);
+    if (a < 1e-12) { return '$0'; }
     return '$' + (a >= 1 ? v.toFixed(2) : a >= 0.01 ? v.toFixed(4) : v.toFixed(6));
   }
   function el(name, attrs, text) {
@@ -180,8 +181,14 @@ pub(super) fn page(r: &CostReport) -> String {
         (None, None) => "all launches".to_owned(),
         (from, to) => format!(
             "launches from {} to {}",
-            from.map_or_else(|| "the start".into(), |d| d.format("%Y-%m-%d %H:%M UTC").to_string()),
-            to.map_or_else(|| "now".into(), |d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+            from.map_or_else(
+                || "the start".into(),
+                |d| d.format("%Y-%m-%d %H:%M UTC").to_string()
+            ),
+            to.map_or_else(
+                || "now".into(),
+                |d| d.format("%Y-%m-%d %H:%M UTC").to_string()
+            )
         ),
     };
     let payer = r
@@ -196,10 +203,17 @@ pub(super) fn page(r: &CostReport) -> String {
         card("Total cost", usd(t.total_usd)),
         card(
             "Productive",
-            format!("{} ({:.0}%)", usd(t.productive_usd), t.productive_share() * 100.0),
+            format!(
+                "{} ({:.0}%)",
+                usd(t.productive_usd),
+                t.productive_share() * 100.0
+            ),
         ),
         card("Overhead", usd(t.overhead_usd)),
-        card("Instance-hours", format!("{:.2}", t.billed_seconds as f64 / 3600.0)),
+        card(
+            "Instance-hours",
+            format!("{:.2}", t.billed_seconds as f64 / 3600.0),
+        ),
         card("Attempts", t.attempts.to_string()),
     ]
     .concat();

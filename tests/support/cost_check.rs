@@ -81,7 +81,9 @@ pub fn check_cost_report(name: &str, jobs: &[Job], work: &Path) {
         .as_array()
         .expect("attempts")
         .iter()
-        .map(|a| a["cost"]["compute_usd"].as_f64().unwrap() + a["cost"]["volume_usd"].as_f64().unwrap())
+        .map(|a| {
+            a["cost"]["compute_usd"].as_f64().unwrap() + a["cost"]["volume_usd"].as_f64().unwrap()
+        })
         .sum();
     assert!((listed - total).abs() < 1e-9);
 
@@ -99,11 +101,17 @@ pub fn check_cost_report(name: &str, jobs: &[Job], work: &Path) {
         rows += 1;
     }
     assert_eq!(rows, jobs.len());
-    assert!((csv_total - total).abs() < 1e-6 * rows as f64, "{csv_total} vs {total}");
+    assert!(
+        (csv_total - total).abs() < 1e-6 * rows as f64,
+        "{csv_total} vs {total}"
+    );
 
     let html = work.join("cost.html");
     let html_arg = html.display().to_string();
-    run(name, &["cost", "report", "--format", "html", "--out", &html_arg]);
+    run(
+        name,
+        &["cost", "report", "--format", "html", "--out", &html_arg],
+    );
     let bars = doc["payer_days"].as_array().expect("payer days").len();
     check_html_renders(&html, bars, work);
 }
@@ -134,11 +142,18 @@ pub fn check_html_renders(html: &Path, bars: usize, work: &Path) {
             .arg(&url)
             .output()
             .expect("chromium runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     };
     let dom = String::from_utf8(chromium(&["--dump-dom".into()]).stdout).expect("UTF-8 DOM");
-    assert!(dom.contains("data-rendered=\"true\""), "chart not rendered:\n{dom}");
+    assert!(
+        dom.contains("data-rendered=\"true\""),
+        "chart not rendered:\n{dom}"
+    );
     assert!(dom.contains(&format!("data-bars=\"{bars}\"")), "{dom}");
     assert_eq!(dom.matches("class=\"seg\"").count(), 2 * bars, "{dom}");
     assert_eq!(dom.matches("data-part=\"overhead\"").count(), bars);
@@ -153,7 +168,10 @@ pub fn check_html_renders(html: &Path, bars: usize, work: &Path) {
         "--window-size=1200,900".into(),
     ]);
     let bytes = std::fs::read(&png).expect("a screenshot");
-    assert!(!super::screenshot::is_blank(&bytes), "the screenshot is blank");
+    assert!(
+        !super::screenshot::is_blank(&bytes),
+        "the screenshot is blank"
+    );
 }
 
 fn tempdir(work: &Path, name: &str) -> std::path::PathBuf {

@@ -50,7 +50,10 @@ pub fn check(root: &Value, schema: &Value, value: &Value, path: &str, errors: &m
             errors.push(format!("{path}: {value} is not one of {options:?}"));
         }
     }
-    if let (Some(min), Some(n)) = (schema.get("minimum").and_then(Value::as_f64), value.as_f64()) {
+    if let (Some(min), Some(n)) = (
+        schema.get("minimum").and_then(Value::as_f64),
+        value.as_f64(),
+    ) {
         if n < min {
             errors.push(format!("{path}: {n} is below the minimum {min}"));
         }

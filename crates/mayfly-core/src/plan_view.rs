@@ -143,10 +143,11 @@ impl fmt::Display for Plan<'_> {
         writeln!(f)?;
         // Spot prices are read at launch, for the type and the AZ EC2 picks; until then a spot
         // rung is estimated at its on-demand price, which is its ceiling.
-        let spot = self
-            .launches
-            .iter()
-            .any(|l| l.ladder.first().is_some_and(|r| r.capacity == CapacityType::Spot));
+        let spot = self.launches.iter().any(|l| {
+            l.ladder
+                .first()
+                .is_some_and(|r| r.capacity == CapacityType::Spot)
+        });
         let note = if spot {
             " (spot rungs at their on-demand ceiling; the spot price is recorded at launch)"
         } else {
