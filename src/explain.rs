@@ -147,7 +147,7 @@ pub async fn explain(
             l.ladder.len(),
             l.vcpus
         ));
-    } else if let Some(w) = plan.waiting.iter().find(|w| &*w.job.job_id == job.job_id) {
+    } else if let Some(w) = plan.waiting.iter().find(|w| *w.job.job_id == job.job_id) {
         out.plan_reason = serde_json::to_value(&w.reason).ok();
         waiting(&job, &jobs, &w.reason, &mut out, ctx.now);
     }

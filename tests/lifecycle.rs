@@ -206,6 +206,14 @@ async fn demo_workload_runs_end_to_end() {
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("exit code     3"), "{text}");
     assert!(text.contains("output tail:"), "{text}");
+    // `explain` says the same in one answer.
+    let explained = mayfly(&name, &["--output", "json", "explain", failing]);
+    let answer: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(answer["situation"], "dead", "{answer}");
+    assert_eq!(answer["last_exit_code"], 3, "{answer}");
+    let explained = mayfly(&name, &["explain", failing]);
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(text.contains("last exit code 3"), "{text}");
 
     // What it cost: `cost report` totals equal the sum over attempts; CSV, JSON, HTML.
     support::cost_check::check_cost_report(&name, &jobs, &dir);
