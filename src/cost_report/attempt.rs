@@ -2,7 +2,8 @@
 //! hour at launch, the root volume, and the times that bound its bill.
 //!
 //! The end of an attempt's bill, as best mayfly knows it, in this order:
-//! 1. `ended_at`: mayfly terminated the instance (a timeout, a cancel) or judged it gone;
+//! 1. `ended_at`: mayfly terminated the instance (a timeout, a cancel, an orphan) or judged
+//!    it gone;
 //! 2. `finished_at`: the job's `finished` event (the instance shuts itself down right after);
 //! 3. `gone_at`: the reconciler first saw the instance gone without a `finished` event;
 //! 4. now, for the current attempt of a job still launching or running (cost so far);
