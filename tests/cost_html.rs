@@ -98,8 +98,5 @@ fn the_html_report_renders_its_chart_in_chromium() {
     let html = work.join("cost.html");
     std::fs::write(&html, report.to_html()).unwrap();
     support::cost_check::check_html_renders(&html, report.payer_days.len(), &work);
-    if let Some(keep) = std::env::var_os("MAYFLY_KEEP_SCREENSHOT") {
-        std::fs::copy(work.join("cost.png"), keep).unwrap();
-    }
     std::fs::remove_dir_all(&work).ok();
 }

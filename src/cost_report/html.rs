@@ -84,10 +84,13 @@ window.onerror = function (msg, src, line) {
   var mag = Math.pow(10, Math.floor(Math.log10(step)));
   step = [1, 2, 2.5, 5, 10].map(function (m) { return m * mag; }).filter(function (s) { return s >= step; })[0];
   var top = step * Math.ceil(max / step);
+  // One precision for every axis label, enough to tell the steps apart.
+  var digits = Math.min(6, Math.max(2, Math.ceil(-Math.log10(step)) + 1));
   function y(v) { return T + ph - (v / top) * ph; }
   for (var v = 0; v <= top + step / 2; v += step) {
     el('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: '#e3e8ee' });
-    el('text', { x: L - 8, y: y(v) + 4, 'text-anchor': 'end', 'font-size': 12, fill: '#5b6775' }, usd(v));
+    el('text', { x: L - 8, y: y(v) + 4, 'text-anchor': 'end', 'font-size': 12, fill: '#5b6775' },
+      v === 0 ? '$0' : '$' + v.toFixed(digits));
   }
   el('line', { x1: L, x2: W - R, y1: y(0), y2: y(0), stroke: '#8795a1' });
   var gw = pw / Math.max(days.length, 1);

@@ -172,6 +172,10 @@ pub fn check_html_renders(html: &Path, bars: usize, work: &Path) {
         !super::screenshot::is_blank(&bytes),
         "the screenshot is blank"
     );
+    // To look at it: MAYFLY_KEEP_SCREENSHOT=/tmp/cost.png cargo test --test lifecycle
+    if let Some(keep) = std::env::var_os("MAYFLY_KEEP_SCREENSHOT") {
+        std::fs::copy(&png, keep).expect("keep the screenshot");
+    }
 }
 
 fn tempdir(work: &Path, name: &str) -> std::path::PathBuf {
