@@ -87,9 +87,9 @@ fn row(key: &str, jobs: Option<u32>, t: &Totals) -> Vec<String> {
 
 impl fmt::Display for CostReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let stamp = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        let stamp = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
             t.map_or_else(
-                || "…".to_owned(),
+                || none.to_owned(),
                 |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             )
         };
@@ -97,8 +97,8 @@ impl fmt::Display for CostReport {
             f,
             "Cost report at {}: launches from {} to {}",
             self.generated_at.format("%Y-%m-%dT%H:%M:%SZ"),
-            stamp(self.from),
-            stamp(self.to)
+            stamp(self.from, "the start"),
+            stamp(self.to, "now")
         )?;
         if let Some(p) = &self.payer {
             write!(f, ", payer {p}")?;
