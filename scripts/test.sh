@@ -13,6 +13,12 @@ step "Installing test tools (moto, awscli, cfn-lint, shellcheck) into .venv"
 bash scripts/emulator.sh install
 export PATH="$repo/.venv/bin:$PATH"
 
+if [[ ! -x /usr/bin/chromium && "$(id -u)" == 0 ]]; then
+  step "Installing chromium (the cost report's HTML is checked in a headless browser)"
+  apt-get update
+  apt-get install -y --no-install-recommends chromium
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -21,6 +21,8 @@
 //! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
 //! - [`metrics`]: the scheduler's metrics snapshot and its Prometheus text rendering.
 //! - [`daemon`]: `mayfly run`'s wake-up on arrivals and its metrics endpoint.
+//! - [`cost_report`]: what each attempt cost, from the ledger's recorded facts; `cost report`.
+//! - [`explain`]: why one job is (not) running, from the planner's reasons; `explain`.
 //! - [`cli`]: the command-line surface shared by the binaries.
 //! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
 //! - [`faultproxy`]: test tooling (`mayfly-faultproxy`): an HTTP proxy in front of the
@@ -38,8 +40,10 @@ pub use mayfly_core::{
 
 pub mod aws;
 pub mod cli;
+pub mod cost_report;
 pub mod daemon;
 pub mod events;
+pub mod explain;
 pub mod fakes;
 pub mod faultproxy;
 pub mod fleet;

@@ -232,4 +232,10 @@ pub trait Compute: Send + Sync {
         key: &str,
         value: Option<&str>,
     ) -> Result<(), ComputeError>;
+    /// The latest spot price (USD per hour, Linux/UNIX) of `instance_type` in `availability_zone`.
+    async fn spot_price(
+        &self,
+        instance_type: &str,
+        availability_zone: &str,
+    ) -> Result<f64, ComputeError>;
 }

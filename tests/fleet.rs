@@ -195,7 +195,11 @@ async fn runs_user_data_with_its_identity_and_shutdown_terminates_it() {
         "{etl}"
     );
     assert!(etl.contains("finished"), "{etl}");
-    assert_eq!(state(&ec2, &id).await, InstanceStateName::Terminated, "{log}");
+    assert_eq!(
+        state(&ec2, &id).await,
+        InstanceStateName::Terminated,
+        "{log}"
+    );
     assert!(log.contains("Instance ended."), "{log}");
     std::fs::remove_dir_all(&work).ok();
 }

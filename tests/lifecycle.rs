@@ -1,6 +1,7 @@
 //! The whole mayfly life on one machine: the demo workload through `mayfly tick` and the local
 //! fleet against the emulator. Every job ends, tiers run in order, each job gets exactly one
-//! instance, every instance terminates itself, and nothing is left running.
+//! instance, every instance terminates itself, and nothing is left running; then `cost
+//! report` accounts for every attempt.
 
 mod support;
 
@@ -205,6 +206,17 @@ async fn demo_workload_runs_end_to_end() {
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("exit code     3"), "{text}");
     assert!(text.contains("output tail:"), "{text}");
+    // `explain` says the same in one answer.
+    let explained = mayfly(&name, &["--output", "json", "explain", failing]);
+    let answer: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(answer["situation"], "dead", "{answer}");
+    assert_eq!(answer["last_exit_code"], 3, "{answer}");
+    let explained = mayfly(&name, &["explain", failing]);
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(text.contains("last exit code 3"), "{text}");
+
+    // What it cost: `cost report` totals equal the sum over attempts; CSV, JSON, HTML.
+    support::cost_check::check_cost_report(&name, &jobs, &dir);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&work).ok();
 }

@@ -292,6 +292,55 @@ impl Compute for Ec2Compute {
                 .map_err(sdk_error),
         }
     }
+
+    #[instrument(skip(self))]
+    async fn spot_price(
+        &self,
+        instance_type: &str,
+        availability_zone: &str,
+    ) -> Result<f64, ComputeError> {
+        self.limits.describe.acquire().await;
+        let out = self
+            .client
+            .describe_spot_price_history()
+            .instance_types(InstanceType::from(instance_type))
+            .availability_zone(availability_zone)
+            .product_descriptions("Linux/UNIX")
+            .start_time(aws_smithy_types::DateTime::from_secs(
+                Utc::now().timestamp(),
+            ))
+            .max_results(MIN_PAGE_SIZE)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        // With StartTime now, EC2 answers the price in effect now; take the most recent.
+        let latest = out
+            .spot_price_history()
+            .iter()
+            .filter(|p| {
+                p.availability_zone()
+                    .is_none_or(|az| az == availability_zone)
+            })
+            .max_by_key(|p| p.timestamp().map(|t| (t.secs(), t.subsec_nanos())));
+        let price =
+            latest
+                .and_then(|p| p.spot_price())
+                .ok_or_else(|| ComputeError::Configuration {
+                    code: "NoSpotPrice".into(),
+                    message: format!(
+                        "no spot price history for {instance_type} in {availability_zone}"
+                    ),
+                })?;
+        price
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|p| p.is_finite() && *p >= 0.0)
+            .ok_or_else(|| ComputeError::Transient {
+                code: "response".into(),
+                message: format!("spot price `{price}` is not a number"),
+            })
+    }
 }
 
 fn tag_filter(key: &str, value: &str) -> Filter {

@@ -2,6 +2,8 @@
 //! The `mayfly` binary parses [`Cli`] and calls [`run`]; results print as text or JSON.
 
 mod app;
+mod cost;
+mod explain;
 mod jobs;
 mod offline;
 mod pass;
@@ -20,6 +22,8 @@ use serde::Serialize;
 use crate::profile::GlobalCaps;
 
 pub use app::App;
+pub use cost::{CostCommand, CostReportArgs, ReportFormat};
+pub use explain::ExplainArgs;
 pub use offline::{ValidProfile, ValidateReport};
 pub use simulate::SimulateArgs;
 
@@ -148,6 +152,17 @@ pub enum Command {
     ///
     ///   mayfly simulate --generate-trace --jobs 100000 --seed 7 > trace.jsonl
     Simulate(SimulateArgs),
+    /// What the instances cost: totals and breakdowns, productive vs overhead.
+    #[command(subcommand)]
+    Cost(CostCommand),
+    /// Why a job is (not) running: what it waits on, or where it runs and at what cost.
+    ///
+    /// Waiting on which lower-tier jobs, blocked by which dead one, which cap or quota,
+    /// backoff until when, payer paused and why; dead with the last exit code and output
+    /// tail; or running on which instance since when, at what cost so far.
+    ///
+    ///   mayfly explain cedar:2026-11:claims
+    Explain(ExplainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -417,6 +432,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Reap(args) => pass::reap(&app, output, &args).await,
                 Command::Run(args) => run::run(&app, output, &args).await,
                 Command::Status => status::status(&app, output).await,
+                Command::Cost(cmd) => cost::run(&app, output, cmd).await,
+                Command::Explain(args) => explain::run(&app, output, &args).await,
                 Command::Render(_) => unreachable!("render is offline"),
                 Command::Simulate(_) => unreachable!("simulate is offline"),
             }

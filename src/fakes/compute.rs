@@ -30,6 +30,9 @@ struct State {
     next_faults: VecDeque<LaunchFault>,
     type_faults: HashMap<String, ComputeError>,
     next_id: u64,
+    /// Spot prices by instance type; a type without one has no spot price.
+    spot_prices: HashMap<String, f64>,
+    spot_price_calls: u64,
     run_instances: u64,
     describes: u64,
     terminates: u64,
@@ -110,6 +113,20 @@ impl FakeCompute {
         if let Some(i) = self.lock().instances.get_mut(instance_id) {
             i.state = state;
         }
+    }
+
+    /// Sets (`Some`) or removes (`None`) the spot price of `instance_type`, in every AZ.
+    pub fn set_spot_price(&self, instance_type: &str, usd_per_hour: Option<f64>) {
+        let mut s = self.lock();
+        match usd_per_hour {
+            Some(p) => s.spot_prices.insert(instance_type.to_owned(), p),
+            None => s.spot_prices.remove(instance_type),
+        };
+    }
+
+    /// DescribeSpotPriceHistory calls so far.
+    pub fn spot_price_calls(&self) -> u64 {
+        self.lock().spot_price_calls
     }
 
     /// (RunInstances, DescribeInstances, TerminateInstances) calls so far.
@@ -236,5 +253,21 @@ impl Compute for FakeCompute {
             None => i.tags.remove(key),
         };
         Ok(())
+    }
+
+    async fn spot_price(
+        &self,
+        instance_type: &str,
+        availability_zone: &str,
+    ) -> Result<f64, ComputeError> {
+        let mut s = self.lock();
+        s.spot_price_calls += 1;
+        s.spot_prices
+            .get(instance_type)
+            .copied()
+            .ok_or_else(|| ComputeError::Configuration {
+                code: "NoSpotPrice".into(),
+                message: format!("no spot price for {instance_type} in {availability_zone}"),
+            })
     }
 }

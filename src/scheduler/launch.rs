@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::report::LaunchReport;
 use super::Scheduler;
-use crate::job::{Attempt, Job, JobState};
+use crate::job::{Attempt, Job, JobState, PriceSource};
 use crate::names::tags;
 use crate::plan::Plan;
 use crate::ports::{ComputeError, InstanceState, LaunchRequest, Launched, StoreError};
@@ -101,14 +101,57 @@ fn transition(
     job.transition(to, reason, now).ok().map(|()| expected)
 }
 
-fn price(s: &Scheduler, rung: &Rung) -> Option<f64> {
-    // Spot prices are looked up at launch by the cost ledger; the on-demand price is known here.
+/// The price known before launch: on demand, from the catalog. A spot rung's price is read
+/// after launch, for its type and AZ ([`spot_price`]).
+fn price(s: &Scheduler, rung: &Rung) -> (Option<f64>, Option<PriceSource>) {
     match rung.capacity {
-        CapacityType::OnDemand => s
-            .catalog
-            .get(&rung.instance_type)
-            .map(|t| t.on_demand_usd_per_hour),
-        CapacityType::Spot => None,
+        CapacityType::OnDemand => (
+            s.catalog
+                .get(&rung.instance_type)
+                .map(|t| t.on_demand_usd_per_hour),
+            Some(PriceSource::OnDemand),
+        ),
+        CapacityType::Spot => (None, None),
+    }
+}
+
+/// The spot price of a launched spot instance, read once per (type, AZ) per pass. A failure
+/// never fails the launch: the on-demand price stands in, and the attempt says so.
+async fn spot_price(
+    s: &Scheduler,
+    instance_type: &str,
+    az: Option<&str>,
+    report: &mut LaunchReport,
+) -> (Option<f64>, PriceSource) {
+    let read = match az {
+        None => Err("the launch named no availability zone".to_owned()),
+        Some(az) => {
+            let key = (instance_type.to_owned(), az.to_owned());
+            match report.spot_prices.get(&key) {
+                Some(known) => known.clone(),
+                None => {
+                    let got = s
+                        .deps
+                        .compute
+                        .spot_price(instance_type, az)
+                        .await
+                        .map_err(|e| e.to_string());
+                    report.spot_prices.insert(key, got.clone());
+                    got
+                }
+            }
+        }
+    };
+    match read {
+        Ok(p) => (Some(p), PriceSource::Spot),
+        Err(why) => {
+            tracing::warn!(%instance_type, reason = %why, "No spot price; recording the on-demand price.");
+            let on_demand = s
+                .catalog
+                .get(instance_type)
+                .map(|t| t.on_demand_usd_per_hour);
+            (on_demand, PriceSource::OnDemandFallback { why })
+        }
     }
 }
 
@@ -119,7 +162,20 @@ async fn mark_running(
     now: DateTime<Utc>,
     report: &mut LaunchReport,
 ) {
+    let spot_type = job
+        .current_attempt()
+        .and_then(|a| a.rung.as_ref())
+        .filter(|r| r.capacity == CapacityType::Spot)
+        .map(|r| r.instance_type.clone());
+    let spot = match spot_type {
+        Some(t) => Some(spot_price(s, &t, launched.availability_zone.as_deref(), report).await),
+        None => None,
+    };
     if let Some(a) = job.current_attempt_mut() {
+        if let Some((usd, source)) = spot {
+            a.usd_per_hour = usd;
+            a.price_source = Some(source);
+        }
         a.instance_id = Some(launched.instance_id.clone());
         a.availability_zone.clone_from(&launched.availability_zone);
         a.launched_at = Some(launched.launched_at.unwrap_or(now));
@@ -182,7 +238,7 @@ async fn launch_ladder(
             if let Some(a) = job.current_attempt_mut() {
                 a.rung = Some(rung.clone());
                 a.client_token = Some(token.clone());
-                a.usd_per_hour = price(s, rung);
+                (a.usd_per_hour, a.price_source) = price(s, rung);
             }
             let expected = job.version;
             job.version += 1;
@@ -294,11 +350,14 @@ pub(super) async fn execute(
         let token = client_token(&job.job_id, launch.attempt, rung);
         job.attempt = launch.attempt;
         job.not_before = None;
+        let (usd_per_hour, price_source) = price(s, rung);
         job.attempts.push(Attempt {
             number: launch.attempt,
             rung: Some(rung.clone()),
             client_token: Some(token),
-            usd_per_hour: price(s, rung),
+            usd_per_hour,
+            price_source,
+            root_volume_gib: Some(payer.profile.launch.root_volume_gib),
             ..Attempt::default()
         });
         let Some(expected) = transition(&mut job, JobState::Launching, None, now) else {
@@ -367,13 +426,20 @@ pub(super) async fn repair(
             mark_running(s, job, &launched, now, &mut report).await;
             continue;
         }
-        if found.iter().any(|i| {
+        if let Some(ended) = found.iter().find(|i| {
             matches!(
                 i.state,
                 InstanceState::Terminated | InstanceState::ShuttingDown
             )
         }) {
-            // It launched and is already gone without a word: the attempt is lost.
+            // It launched and is already gone without a word: the attempt is lost. Its bill
+            // ended some time before now; now is the best bound mayfly has.
+            if let Some(a) = job.current_attempt_mut() {
+                a.instance_id = Some(ended.instance_id.clone());
+                a.availability_zone.clone_from(&ended.availability_zone);
+                a.launched_at = ended.launched_at.or(Some(now));
+                a.ended_at = Some(now);
+            }
             if let Some(expected) = transition(
                 job,
                 JobState::Queued,

@@ -135,6 +135,15 @@ impl Scheduler {
                         hint: "it is already finished",
                     });
                 }
+                if job.state.is_in_flight() {
+                    // Its instance is terminated right after this write: its bill ends now.
+                    if let Some(a) = job
+                        .current_attempt_mut()
+                        .filter(|a| a.instance_id.is_some() && a.ended_at.is_none())
+                    {
+                        a.ended_at = Some(now);
+                    }
+                }
                 job.transition(JobState::Cancelled, Some(reason.clone()), now)
                     .map_err(|_| OpError::WrongState {
                         job_id: job.job_id.clone(),

@@ -487,9 +487,16 @@ impl Reconciler<'_> {
         let never_started = updated
             .current_attempt()
             .is_some_and(crate::job::Attempt::never_started);
+        let now = self.now;
         if let Some(a) = updated.current_attempt_mut() {
             a.reason = Some(cause.to_string());
             a.cause = Some(cause.clone());
+            // The end of the attempt's bill: now for an instance terminated below, or when it
+            // was first seen gone.
+            a.ended_at = Some(match live {
+                Some(_) => now,
+                None => a.gone_at.unwrap_or(now),
+            });
         }
         let expected = updated.version;
         if updated
@@ -706,6 +713,7 @@ impl Reconciler<'_> {
                 let a = self.terminate(inst).await;
                 if a.starts_with("terminated") {
                     self.report.orphans_terminated += 1;
+                    self.record_orphan_end(inst).await;
                 }
                 format!("{a} (marked {} ago)", secs(self.now - at))
             }
@@ -742,6 +750,27 @@ impl Reconciler<'_> {
         self.report
             .findings
             .push(finding(Some(inst), job_ref, Finding::Orphan, why, action));
+    }
+
+    /// Ends the bill of the attempt an orphan belonged to at its termination, so its orphan
+    /// time counts as that attempt's overhead. One conditional write, on the orphan path only;
+    /// an instance no recorded attempt names is not attributed.
+    async fn record_orphan_end(&mut self, inst: &ManagedInstance) {
+        let Some(job_id) = inst.tag(tags::JOB_ID) else {
+            return;
+        };
+        let Ok(Some(job)) = self.s.deps.ledger.get(job_id).await else {
+            return;
+        };
+        let mut updated = job.clone();
+        let Some(a) = updated.attempts.iter_mut().find(|a| {
+            a.instance_id.as_deref() == Some(inst.instance_id.as_str()) && a.ended_at.is_none()
+        }) else {
+            return;
+        };
+        a.ended_at = Some(self.now);
+        // A lost condition leaves the attempt billed to its last recorded end.
+        let _ = self.save(&mut updated, job.version).await;
     }
 
     /// Why no job owns this instance (after a consistent read of its job), or `None` if one

@@ -34,6 +34,9 @@ pub struct LaunchReport {
     pub conflicts: u32,
     pub marks: u32,
     pub errors: Vec<String>,
+    /// Spot prices read this pass, by (instance type, AZ): one DescribeSpotPriceHistory each.
+    #[serde(skip)]
+    pub(super) spot_prices: BTreeMap<(String, String), Result<f64, String>>,
 }
 
 impl LaunchReport {
@@ -49,6 +52,7 @@ impl LaunchReport {
         self.conflicts += other.conflicts;
         self.marks += other.marks;
         self.errors.extend(other.errors);
+        self.spot_prices.extend(other.spot_prices);
     }
 }
 

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::Credentials;
 
+pub mod cost_check;
+pub mod schema;
+pub mod screenshot;
 pub mod world;
 
 pub const REGION: &str = "us-east-1";

@@ -113,6 +113,10 @@ impl Compute for FaultyCompute {
     ) -> Result<(), ComputeError> {
         self.inner.set_tag(instance_id, key, value).await
     }
+
+    async fn spot_price(&self, instance_type: &str, az: &str) -> Result<f64, ComputeError> {
+        self.inner.spot_price(instance_type, az).await
+    }
 }
 
 /// A minimal user-data script; the template renderer has its own tests.
@@ -1017,6 +1021,9 @@ pub async fn an_instance_outliving_its_job_is_reaped(w: &World) {
     let grace = w.scheduler(0).settings.orphan_grace;
     let r = w.tick(t + grace).await;
     assert_eq!(r.reconcile.terminated, vec![iid.clone()], "{r}");
+    // Its orphan time is the attempt's overhead: the bill now ends at the termination.
+    let job = w.job(&id).await;
+    assert_eq!(job.current_attempt().unwrap().ended_at, Some(t + grace));
 }
 
 /// Three consecutive boot failures pause the payer with the reason; resuming clears the

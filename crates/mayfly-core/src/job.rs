@@ -282,8 +282,16 @@ pub struct Attempt {
     pub instance_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
+    /// The instance's price per hour at launch (on-demand from the catalog, or the spot
+    /// price for its type and AZ).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usd_per_hour: Option<f64>,
+    /// Where `usd_per_hour` came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_source: Option<PriceSource>,
+    /// The root volume's size (gp3), from the payer's launch settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume_gib: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launched_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -305,6 +313,34 @@ pub struct Attempt {
     /// a second look after a grace period declares the attempt lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gone_at: Option<DateTime<Utc>>,
+    /// When mayfly ended the attempt's instance (terminated it, or judged it gone), recorded
+    /// in the write that ends the attempt; the end of its bill when there is no `finished`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// Where an attempt's price per hour came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum PriceSource {
+    /// The catalog's on-demand price.
+    OnDemand,
+    /// DescribeSpotPriceHistory's latest price for the type and AZ at launch.
+    Spot,
+    /// A spot instance priced at on-demand because its spot price could not be read.
+    OnDemandFallback { why: String },
+}
+
+impl fmt::Display for PriceSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PriceSource::OnDemand => f.write_str("on-demand"),
+            PriceSource::Spot => f.write_str("spot price at launch"),
+            PriceSource::OnDemandFallback { why } => {
+                write!(f, "on-demand (spot price unavailable: {why})")
+            }
+        }
+    }
 }
 
 impl Attempt {

@@ -3,6 +3,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::plan::{Plan, Reason};
+use crate::profile::CapacityType;
 
 impl fmt::Display for Reason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,9 +141,21 @@ impl fmt::Display for Plan<'_> {
             self.launch_budget,
         )?;
         writeln!(f)?;
+        // Spot prices are read at launch, for the type and the AZ EC2 picks; until then a spot
+        // rung is estimated at its on-demand price, which is its ceiling.
+        let spot = self.launches.iter().any(|l| {
+            l.ladder
+                .first()
+                .is_some_and(|r| r.capacity == CapacityType::Spot)
+        });
+        let note = if spot {
+            " (spot rungs at their on-demand ceiling; the spot price is recorded at launch)"
+        } else {
+            ""
+        };
         writeln!(
             f,
-            "Launch {} job(s), est. ${:.4}/h on demand:",
+            "Launch {} job(s), est. ${:.4}/h on demand{note}:",
             self.launches.len(),
             self.est_usd_per_hour
         )?;
