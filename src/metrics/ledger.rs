@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::catalog::Catalog;
 use crate::cost::{attempt_cost, AttemptSpan};
+use crate::cost_report::job_lines;
 use crate::job::{Job, JobState};
 use crate::ports::{ConfigStore, Ledger, StoreError, StoredPayer};
 
@@ -86,8 +88,7 @@ impl LedgerGauges {
                 e.0 += 1;
                 e.1 = e.1.min(job.submitted_at);
             }
-            let gib = payer.map_or(0, |p| p.profile.launch.root_volume_gib);
-            g.cost_today_usd += job_cost_since(job, gib, midnight, now);
+            g.cost_today_usd += job_cost_since(job, midnight, now);
             for a in &job.attempts {
                 let when = a.finished_at.or(a.gone_at).or(job.updated_at);
                 if let (Some(cause), Some(at)) = (&a.cause, when) {
@@ -118,44 +119,28 @@ fn cause_label(cause: &crate::retry::FailureCause) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// What a job's attempts cost between `since` and `now`. An attempt without a recorded price
-/// or launch time costs nothing here; one with no end yet runs until `now` if the job is in
-/// flight (a terminal job's open attempt ends at the job's last update).
-fn job_cost_since(job: &Job, gib: u32, since: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
-    let mut usd = 0.0;
-    for a in &job.attempts {
-        let (Some(rate), Some(launched)) = (a.usd_per_hour, a.launched_at) else {
-            continue;
-        };
-        let open_end = if job.state.is_in_flight() && job.attempt == a.number {
-            Some(now)
-        } else {
-            job.updated_at
-        };
-        let Some(ended) = a.finished_at.or(a.gone_at).or(open_end) else {
-            continue;
-        };
-        if ended < since {
-            continue;
-        }
-        let cost = |to: DateTime<Utc>| {
-            let span = AttemptSpan {
-                launched,
+/// What a job's attempts cost between `since` and `now`, billed as `cost report` bills them
+/// ([`crate::cost_report::job_lines`]): attempts that ended before `since` count nothing, and
+/// one that began before it counts only its share after.
+fn job_cost_since(job: &Job, since: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    job_lines(job, Catalog::shipped(), now)
+        .iter()
+        .filter(|l| l.billed_until >= since)
+        .map(|l| {
+            if l.launched_at >= since {
+                return l.cost.total_usd();
+            }
+            let before = AttemptSpan {
+                launched: l.launched_at,
                 started: None,
                 finished: None,
-                ended: to,
+                ended: since,
                 succeeded: false,
             };
-            attempt_cost(rate, gib, &span).total_usd()
-        };
-        // Billing that began before midnight: today's share is the total minus yesterday's.
-        usd += if launched < since {
-            (cost(ended) - cost(since)).max(0.0)
-        } else {
-            cost(ended)
-        };
-    }
-    usd
+            let yesterday = attempt_cost(l.usd_per_hour, l.root_volume_gib, &before).total_usd();
+            (l.cost.total_usd() - yesterday).max(0.0)
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -239,6 +224,7 @@ mod tests {
             // Ran 23:00–23:30 yesterday, failed: not today.
             Attempt {
                 number: 1,
+                instance_id: Some("i-0a1b2c3d4e5f60001".into()),
                 usd_per_hour: Some(3.6),
                 launched_at: Some(at("2026-11-28T23:00:00Z")),
                 finished_at: Some(at("2026-11-28T23:30:00Z")),
@@ -248,6 +234,7 @@ mod tests {
             // 23:50 → 00:20: twenty minutes today at $3.60/h = $1.20 (+ the volume).
             Attempt {
                 number: 2,
+                instance_id: Some("i-0a1b2c3d4e5f60002".into()),
                 usd_per_hour: Some(3.6),
                 launched_at: Some(at("2026-11-28T23:50:00Z")),
                 finished_at: Some(at("2026-11-29T00:20:00Z")),
@@ -263,13 +250,14 @@ mod tests {
         running.attempt = 1;
         running.attempts = vec![Attempt {
             number: 1,
+            instance_id: Some("i-0a1b2c3d4e5f60003".into()),
             usd_per_hour: Some(0.36),
             launched_at: Some(at("2026-11-29T00:30:00Z")),
             cause: None,
             ..Attempt::default()
         }];
         let g = LedgerGauges::from_jobs(&[j, running], &[], now);
-        // No payer row: no volume. 1.20 + 30 min at $0.36/h = 0.18.
+        // No root volume recorded. 1.20 + 30 min at $0.36/h = 0.18.
         assert!(
             (g.cost_today_usd - 1.38).abs() < 1e-9,
             "{}",
