@@ -18,6 +18,7 @@
 //! - [`userdata`]: rendering the per-job user-data script from templates.
 //! - [`events`]: the versioned instance → scheduler events the script sends, and their parsing.
 //! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
+//! - [`metrics`]: the scheduler's metrics snapshot and its Prometheus text rendering.
 //! - [`cli`]: the command-line surface shared by the binaries.
 //! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
 //! - [`faultproxy`]: test tooling (`mayfly-faultproxy`): an HTTP proxy in front of the
@@ -38,6 +39,7 @@ pub mod fakes;
 pub mod faultproxy;
 pub mod fleet;
 pub mod lease;
+pub mod metrics;
 pub mod names;
 pub mod ports;
 pub mod ratelimit;
