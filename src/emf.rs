@@ -72,17 +72,30 @@ impl Emf {
         }
     }
 
-    /// A new document with these dimensions (name, value); add its metrics to it.
+    /// The document with exactly these dimensions (name, value), made if there is none yet;
+    /// add metrics to it.
     pub fn document(&mut self, dimensions: &[(&str, &str)]) -> &mut Document {
-        self.documents.push(Document {
-            dimensions: dimensions
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            metrics: Vec::new(),
-        });
-        let last = self.documents.len() - 1;
-        &mut self.documents[last]
+        let same = |d: &Document| {
+            d.dimensions.len() == dimensions.len()
+                && d.dimensions
+                    .iter()
+                    .zip(dimensions)
+                    .all(|((k, v), (k2, v2))| k == k2 && v == v2)
+        };
+        let index = match self.documents.iter().position(same) {
+            Some(i) => i,
+            None => {
+                self.documents.push(Document {
+                    dimensions: dimensions
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    metrics: Vec::new(),
+                });
+                self.documents.len() - 1
+            }
+        };
+        &mut self.documents[index]
     }
 
     /// One JSON line per document that has metrics.
@@ -134,27 +147,21 @@ impl Metrics {
     /// labels as dimensions), then one per labelled series with its deployment-wide figure.
     pub fn to_emf(&self, deployment: &str) -> Vec<String> {
         let mut emf = Emf::new(NAMESPACE, self.at.timestamp_millis());
-        let mut totals = Document {
-            dimensions: vec![(DEPLOYMENT.to_owned(), deployment.to_owned())],
-            metrics: Vec::new(),
-        };
+        let totals = [(DEPLOYMENT, deployment)];
+        emf.document(&totals);
         for fam in &self.families() {
             let unit = unit_of(fam.name);
             let labelled = fam.samples.iter().any(|s| !s.labels.is_empty());
             for s in &fam.samples {
-                if s.labels.is_empty() {
-                    totals.metric(fam.name, unit, s.value);
-                    continue;
-                }
                 let mut dims: Vec<(&str, &str)> = vec![(DEPLOYMENT, deployment)];
                 dims.extend(s.labels.iter().map(|(k, v)| (*k, v.as_str())));
                 emf.document(&dims).metric(fam.name, unit, s.value);
             }
             if labelled || fam.samples.is_empty() {
-                totals.metric(fam.name, unit, deployment_wide(fam));
+                emf.document(&totals)
+                    .metric(fam.name, unit, deployment_wide(fam));
             }
         }
-        emf.documents.insert(0, totals);
         emf.lines()
     }
 }
@@ -190,11 +197,25 @@ mod tests {
         emf.document(&[("Deployment", "prod")])
             .metric("Launches", Unit::Count, 3.0)
             .metric("PassDuration", Unit::Milliseconds, 812.0);
-        emf.document(&[("Deployment", "prod"), ("Payer", "cedar-plan"), ("Tier", "0")])
-            .metric("QueuedJobs", Unit::Count, 2.0);
+        emf.document(&[
+            ("Deployment", "prod"),
+            ("Payer", "cedar-plan"),
+            ("Tier", "0"),
+        ])
+        .metric("QueuedJobs", Unit::Count, 2.0);
         emf.document(&[("Deployment", "prod"), ("Reason", "orphan")]);
+        emf.document(&[
+            ("Deployment", "prod"),
+            ("Payer", "cedar-plan"),
+            ("Tier", "0"),
+        ])
+        .metric("OldestAge", Unit::Seconds, 60.0);
         let lines = emf.lines();
-        assert_eq!(lines.len(), 2, "a document without metrics is not written");
+        assert_eq!(
+            lines.len(),
+            2,
+            "one document per dimension set; none without metrics"
+        );
         for line in &lines {
             assert!(!line.contains('\n'));
             let v: Value = serde_json::from_str(line).unwrap();
@@ -220,12 +241,14 @@ mod tests {
             serde_json::json!([["Deployment", "Payer", "Tier"]])
         );
         assert_eq!(second["Payer"], "cedar-plan");
+        assert_eq!(second["OldestAge"], 60.0);
     }
 
     #[test]
     fn a_value_cloudwatch_refuses_is_written_as_zero() {
         let mut emf = Emf::new("mayfly", 0);
-        emf.document(&[]).metric("CostTodayUsd", Unit::None, f64::NAN);
+        emf.document(&[])
+            .metric("CostTodayUsd", Unit::None, f64::NAN);
         let v: Value = serde_json::from_str(&emf.lines()[0]).unwrap();
         assert_eq!(v["CostTodayUsd"], 0.0);
         assert_eq!(
@@ -254,7 +277,10 @@ mod tests {
             oldest_age_seconds: age,
         };
         let ledger = LedgerGauges {
-            queued: vec![gauge("cedar-plan", 0, 2, 600.0), gauge("cedar-plan", 1, 3, 30.0)],
+            queued: vec![
+                gauge("cedar-plan", 0, 2, 600.0),
+                gauge("cedar-plan", 1, 3, 30.0),
+            ],
             cost_today_usd: 1.25,
             ..LedgerGauges::default()
         };
@@ -275,8 +301,14 @@ mod tests {
         );
         assert_eq!(totals["mayfly_launches_total"], 1.0);
         assert_eq!(totals["mayfly_pass_duration_seconds"], 1.5);
-        assert_eq!(totals["mayfly_queued_jobs"], 5.0, "the sum over payers and tiers");
-        assert_eq!(totals["mayfly_queued_oldest_age_seconds"], 600.0, "the oldest");
+        assert_eq!(
+            totals["mayfly_queued_jobs"], 5.0,
+            "the sum over payers and tiers"
+        );
+        assert_eq!(
+            totals["mayfly_queued_oldest_age_seconds"], 600.0,
+            "the oldest"
+        );
         assert_eq!(totals["mayfly_cost_today_usd"], 1.25);
         assert_eq!(totals["mayfly_paused_payers"], 0.0);
         let units: Vec<(&str, &str)> = totals["_aws"]["CloudWatchMetrics"][0]["Metrics"]
@@ -304,12 +336,16 @@ mod tests {
             .iter()
             .find(|d| d["payer"] == "cedar-plan" && d["tier"] == "0")
             .expect("a payer and tier document");
+        assert_eq!(tier0["mayfly_queued_jobs"], 2.0);
         assert_eq!(tier0["mayfly_queued_oldest_age_seconds"], 600.0);
         assert_eq!(
             tier0["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
             serde_json::json!([["deployment", "payer", "tier"]])
         );
-        let orphans = find(serde_json::json!(["deployment", "reason"]), "mayfly_reaps_total");
+        let orphans = find(
+            serde_json::json!(["deployment", "reason"]),
+            "mayfly_reaps_total",
+        );
         assert!(docs
             .iter()
             .any(|d| d["reason"] == "orphan" && d["mayfly_reaps_total"] == 2.0));

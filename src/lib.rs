@@ -32,7 +32,8 @@
 //! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
 
 pub use mayfly_core::{
-    catalog, cost, duration, job, jobs_file, plan, plan_view, profile, retry, secrets, sizing, summary,
+    catalog, cost, duration, job, jobs_file, plan, plan_view, profile, retry, secrets, sizing,
+    summary,
 };
 
 pub mod aws;

@@ -11,7 +11,6 @@ use mayfly::events::{EventKind, InstanceEvent, VERSION};
 use mayfly::fakes::{FakeCompute, FakeConfigStore, FakeLedger, FakeQueue};
 use mayfly::job::JobState;
 use mayfly::lambda::{handle, ItemFailure, Trigger};
-use mayfly::ports::Queue;
 use serde_json::{json, Value};
 use support::world::{request, t0, EchoUserData, Fault, FaultyCompute, World};
 
@@ -95,8 +94,14 @@ async fn an_sqs_event_applies_its_events_and_returns_only_the_failed_records() {
     w.tick(t0()).await;
     let (instance, _) = w.running_on(running).await;
     // A second job whose launch response was lost: it stays `launching`, instance unknown.
-    w.submit(&request(launching, "harbor-health", "members", "2027-04", 1))
-        .await;
+    w.submit(&request(
+        launching,
+        "harbor-health",
+        "members",
+        "2027-04",
+        1,
+    ))
+    .await;
     w.compute.script(Fault::LoseResponse);
     w.tick(t0() + Duration::seconds(5)).await;
     assert_eq!(w.job(launching).await.state, JobState::Launching);
@@ -132,7 +137,10 @@ async fn an_sqs_event_applies_its_events_and_returns_only_the_failed_records() {
         json!({"batchItemFailures": [{"itemIdentifier": "m-malformed"}, {"itemIdentifier": "m-too-early"}]})
     );
     let events = handled.events.as_ref().unwrap();
-    assert_eq!((events.received, events.applied, events.malformed), (4, 1, 1));
+    assert_eq!(
+        (events.received, events.applied, events.malformed),
+        (4, 1, 1)
+    );
     assert_eq!(events.ignored.values().sum::<u32>(), 1);
     let job = w.job(running).await;
     assert_eq!(

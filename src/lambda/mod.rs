@@ -85,7 +85,11 @@ impl Function {
     /// calls by operation. A scheduled pass also reads the ledger for the gauges (queued
     /// jobs and the oldest one's age per payer and tier, paused payers, cost today): the
     /// schedule's minute is their resolution, and a burst of SQS batches adds no reads.
-    pub async fn invoke(&self, payload: &Value, now: DateTime<Utc>) -> Result<Invoked, LambdaError> {
+    pub async fn invoke(
+        &self,
+        payload: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Invoked, LambdaError> {
         let trigger = Trigger::from_payload(payload)?;
         let scheduled = matches!(trigger, Trigger::Scheduled);
         let calls = self.app.calls();

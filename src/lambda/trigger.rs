@@ -216,7 +216,10 @@ mod tests {
             panic!("an SQS event");
         };
         assert_eq!(records.len(), 2);
-        assert_eq!(records[0].message_id, "0c4a4e1e-6f4d-4b7a-9a55-3f1f3d3c0001");
+        assert_eq!(
+            records[0].message_id,
+            "0c4a4e1e-6f4d-4b7a-9a55-3f1f3d3c0001"
+        );
         let m = records[1].message();
         assert_eq!(m.receive_count, 3);
         assert_eq!(m.body, "not an event");
@@ -231,7 +234,8 @@ mod tests {
         let err = Trigger::from_payload(&other).unwrap_err();
         assert_eq!(err.error_type(), "mayfly.UnsupportedEvent");
         assert!(err.to_string().contains("aws.ec2"), "{err}");
-        let no_body = serde_json::json!({"Records": [{"eventSource": "aws:sqs", "messageId": "m"}]});
+        let no_body =
+            serde_json::json!({"Records": [{"eventSource": "aws:sqs", "messageId": "m"}]});
         let err = Trigger::from_payload(&no_body).unwrap_err().to_string();
         assert!(err.contains("body"), "{err}");
     }
