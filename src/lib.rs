@@ -20,12 +20,12 @@
 //! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
 //! - [`metrics`]: the scheduler's metrics snapshot and its Prometheus text rendering.
 //! - [`cli`]: the command-line surface shared by the binaries.
-//! - [`lambda`]: the `mayfly-lambda` function: a scheduled event runs a pass, an SQS event
-//!   applies its instance events and runs a pass (partial batch failures), EMF metrics.
-//! - [`emf`]: CloudWatch Embedded Metric Format lines, the Lambda function's metrics.
 //! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
 //! - [`faultproxy`]: test tooling (`mayfly-faultproxy`): an HTTP proxy in front of the
 //!   emulator that injects throttling, 5xx, timeouts and lost responses.
+//! - [`lambda`]: the `mayfly-lambda` function: a scheduled event runs a pass, an SQS event
+//!   applies its instance events and runs a pass (partial batch failures), EMF metrics.
+//! - [`emf`]: CloudWatch Embedded Metric Format lines, the Lambda function's metrics.
 //!
 //! [`names`] derives table, queue and tag names from the deployment name.
 //!
