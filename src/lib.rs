@@ -19,6 +19,7 @@
 //! - [`events`]: the versioned instance → scheduler events the script sends, and their parsing.
 //! - [`scheduler`]: one scheduling pass: ingest, repair, plan, launch, report.
 //! - [`metrics`]: the scheduler's metrics snapshot and its Prometheus text rendering.
+//! - [`daemon`]: `mayfly run`'s wake-up on arrivals and its metrics endpoint.
 //! - [`cli`]: the command-line surface shared by the binaries.
 //! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
 //! - [`faultproxy`]: test tooling (`mayfly-faultproxy`): an HTTP proxy in front of the
@@ -38,6 +39,7 @@ pub use mayfly_core::{
 
 pub mod aws;
 pub mod cli;
+pub mod daemon;
 pub mod emf;
 pub mod events;
 pub mod fakes;

@@ -249,3 +249,28 @@ async fn circuit_breaker_pauses_after_consecutive_boot_failures() {
 async fn retry_releases_blocked_tiers_and_cancel_terminates() {
     world::retry_releases_blocked_tiers_and_cancel_terminates(&world()).await;
 }
+
+#[tokio::test]
+async fn a_pass_that_skips_reconcile_still_launches_but_describes_no_instances() {
+    use mayfly::scheduler::TickOptions;
+    let ec2 = Arc::new(FakeCompute::new());
+    let w = World {
+        compute: Arc::new(FaultyCompute::new(ec2.clone())),
+        ..world()
+    };
+    w.apply_examples().await;
+    w.submit(r#"{"job_id":"cedar-plan:2029-07:eligibility","payer_id":"cedar-plan","kind":"eligibility","batch":"2029-07"}"#)
+        .await;
+    let (_, describes, _) = ec2.calls();
+    let opts = TickOptions {
+        skip_reconcile: true,
+        ..TickOptions::default()
+    };
+    let quick = w.scheduler(60).tick(opts, world::t0()).await.unwrap();
+    assert_eq!(quick.launch.instances.len(), 1, "{quick}");
+    assert_eq!(quick.reconcile.instances_seen, 0);
+    assert_eq!(ec2.calls().1, describes, "no DescribeInstances");
+    let full = w.tick(world::t0() + chrono::Duration::seconds(10)).await;
+    assert_eq!(full.reconcile.instances_seen, 1, "{full}");
+    assert!(ec2.calls().1 > describes);
+}

@@ -7,6 +7,7 @@ mod offline;
 mod pass;
 mod payers;
 mod run;
+mod status;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -107,13 +108,16 @@ pub enum Command {
     #[command(subcommand)]
     Jobs(JobsCommand),
     /// Run the scheduler as a daemon: hold the leader lease and, while leader, run a pass
-    /// every --interval; standbys take over when the lease expires.
+    /// every --interval, and soon after work arrives; standbys take over when the lease
+    /// expires.
     ///
+    /// The leader long-polls the intake and events queues and runs a pass --batch-window-ms
+    /// after a message arrives; a full reconcile with EC2 runs every --reconcile-interval.
     /// Start several for failover; exactly one runs passes at a time (and every ledger write
     /// is conditional anyway). SIGTERM or SIGINT finishes the current pass, releases the lease
     /// and exits 0. Prints one line per event (started, leader, standby, pass, stopped).
     ///
-    ///   mayfly run --interval 10s --lease-ttl 30s
+    ///   mayfly run --interval 10s --lease-ttl 30s --metrics-addr 127.0.0.1:9464
     Run(RunArgs),
     /// Reconcile the ledger with this deployment's instances, as every pass does, and report
     /// each instance that needs attention: why, and what was done.
@@ -124,6 +128,12 @@ pub enum Command {
     ///
     ///   mayfly reap --dry-run
     Reap(ReapArgs),
+    /// One screen about the deployment: queue depths, jobs by state, live instances, paused
+    /// payers, the oldest waiting job and why it waits, and instance cost since midnight UTC.
+    ///
+    ///   mayfly status
+    ///   mayfly status --output json
+    Status,
     /// Print the user-data script a job would get (offline; no AWS needed).
     ///
     ///   mayfly render --payer cedar-plan --kind claims --batch 2026-11 --input-bytes 21474836480
@@ -302,6 +312,17 @@ pub struct RunArgs {
     /// last renewal (renewals come every third of it). At least 3s.
     #[arg(long, default_value = "30s", env = "MAYFLY_LEASE_TTL")]
     pub lease_ttl: crate::duration::Duration,
+    /// After a job request or instance event arrives, wait this many milliseconds for more
+    /// before running a pass, so a burst is planned together.
+    #[arg(long, default_value_t = 300, env = "MAYFLY_BATCH_WINDOW_MS")]
+    pub batch_window_ms: u64,
+    /// Time between full reconciles with EC2 (one DescribeInstances each); passes in
+    /// between skip it.
+    #[arg(long, default_value = "30s", env = "MAYFLY_RECONCILE_INTERVAL")]
+    pub reconcile_interval: crate::duration::Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "MAYFLY_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub pass: PassArgs,
 }
@@ -384,6 +405,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Jobs(cmd) => jobs::run(&app, output, cmd).await,
                 Command::Reap(args) => pass::reap(&app, output, &args).await,
                 Command::Run(args) => run::run(&app, output, &args).await,
+                Command::Status => status::status(&app, output).await,
                 Command::Render(_) => unreachable!("render is offline"),
             }
         }

@@ -14,6 +14,7 @@ pub(super) async fn tick(app: &App, output: Output, args: &TickArgs) -> Result<(
         .tick(
             TickOptions {
                 dry_run: args.dry_run,
+                ..TickOptions::default()
             },
             Utc::now(),
         )

@@ -1,15 +1,23 @@
 //! `mayfly run`: the scheduler as a daemon. It holds the leader lease and, while leader, runs
-//! a pass every interval; on SIGTERM or SIGINT it finishes the current pass, releases the
-//! lease and exits 0. Standbys observe the lease and take over when it expires.
+//! a pass every interval and one soon after work arrives (watchers long-poll the intake and
+//! events queues, see [`crate::daemon::wake`]); passes reconcile with EC2 once per reconcile
+//! interval. On SIGTERM or SIGINT it finishes the current pass, releases the lease and exits
+//! 0. Standbys observe the lease and take over when it expires. With `--metrics-addr`, it
+//! serves Prometheus metrics.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use tokio::sync::Notify;
 
 use super::{App, CliError, Output, RunArgs};
+use crate::daemon::wake::{self, Prefetched};
+use crate::daemon::{serve, MetricsSource};
 use crate::lease::{DynamoLeaseStore, Lease, LeaseStatus};
-use crate::scheduler::TickOptions;
+use crate::scheduler::{Scheduler, TickOptions};
 
 /// One line on stdout per event, flushed (text, or one JSON object per line).
 fn say(output: Output, event: &str, fields: serde_json::Value) {
@@ -31,27 +39,82 @@ fn say(output: Output, event: &str, fields: serde_json::Value) {
     let _ = out.flush();
 }
 
+/// Wraps the scheduler's intake and events queues so watchers can long-poll them, and
+/// starts one watcher per queue.
+fn start_watchers(
+    scheduler: &mut Scheduler,
+    leader: &Arc<AtomicBool>,
+    wake: &Arc<Notify>,
+) -> Vec<Arc<Prefetched>> {
+    let intake = Arc::new(Prefetched::new(scheduler.deps.intake.clone()));
+    let events = Arc::new(Prefetched::new(scheduler.deps.events.clone()));
+    scheduler.deps.intake = intake.clone();
+    scheduler.deps.events = events.clone();
+    for q in [&intake, &events] {
+        tokio::spawn(wake::watch(q.clone(), leader.clone(), wake.clone()));
+    }
+    vec![intake, events]
+}
+
+/// Binds the metrics listener and serves it in the background.
+async fn start_metrics(
+    addr: std::net::SocketAddr,
+    source: &MetricsSource,
+) -> Result<std::net::SocketAddr, CliError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::Invalid(format!("--metrics-addr {addr}: cannot listen: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| CliError::Runtime(format!("--metrics-addr {addr}: {e}")))?;
+    let source = source.clone();
+    tokio::spawn(serve::serve(listener, move || {
+        let source = source.clone();
+        async move { source.snapshot().await.to_prometheus() }
+    }));
+    Ok(bound)
+}
+
 pub(super) async fn run(app: &App, output: Output, args: &RunArgs) -> Result<(), CliError> {
-    let scheduler = app.scheduler(&args.pass).await?;
+    let mut scheduler = app.scheduler(&args.pass).await?;
     let ttl = Duration::from_secs(args.lease_ttl.as_secs().max(3));
     let interval = Duration::from_secs(args.interval.as_secs().max(1));
+    let reconcile_every = Duration::from_secs(args.reconcile_interval.as_secs());
+    let batch_window = Duration::from_millis(args.batch_window_ms);
     let holder = format!(
         "{}:{}:{:08x}",
         std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
         std::process::id(),
         Utc::now().timestamp_subsec_nanos()
     );
+    let metrics = MetricsSource::new(app.calls().clone(), app.ledger(), app.config());
+    let metrics_addr = match args.metrics_addr {
+        Some(addr) => Some(start_metrics(addr, &metrics).await?),
+        None => None,
+    };
     let store = DynamoLeaseStore::new(app.dynamodb().clone(), app.names.jobs_table());
     let mut lease = Lease::new(store, "scheduler", holder.clone(), ttl);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::Runtime(format!("cannot watch SIGTERM: {e}")))?;
+    let leading = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(Notify::new());
+    let watched = start_watchers(&mut scheduler, &leading, &wake);
     say(
         output,
         "started",
-        serde_json::json!({"holder": holder, "lease_ttl_s": ttl.as_secs(), "interval_s": interval.as_secs()}),
+        serde_json::json!({
+            "holder": holder,
+            "lease_ttl_s": ttl.as_secs(),
+            "interval_s": interval.as_secs(),
+            "reconcile_interval_s": reconcile_every.as_secs(),
+            "batch_window_ms": batch_window.as_millis() as u64,
+            "metrics": metrics_addr.map(|a| format!("http://{a}/metrics")),
+        }),
     );
     let mut was_leader: Option<bool> = None;
     let mut next_pass = Instant::now();
+    let mut next_reconcile = Instant::now();
+    let mut woken = false;
     loop {
         match lease.tick(Instant::now()).await {
             Ok(LeaseStatus::Leader) => {
@@ -68,27 +131,21 @@ pub(super) async fn run(app: &App, output: Output, args: &RunArgs) -> Result<(),
             }
             Err(e) => tracing::warn!(error = %e, "Cannot reach the leader lease; retrying."),
         }
-        if lease.is_leader(Instant::now()) && Instant::now() >= next_pass {
-            next_pass = Instant::now() + interval;
-            say(output, "pass-start", serde_json::json!({}));
-            match scheduler.tick(TickOptions::default(), Utc::now()).await {
-                Ok(r) => say(
-                    output,
-                    "pass",
-                    serde_json::json!({
-                        "launched": r.launch.instances.len(),
-                        "ingested": r.ingest.accepted,
-                        "events": r.events.applied,
-                        "reaped": r.reconcile.terminated.len(),
-                        "duration_ms": r.duration_ms,
-                    }),
-                ),
-                Err(e) => say(
-                    output,
-                    "pass-error",
-                    serde_json::json!({"error": e.to_string()}),
-                ),
+        let leader = lease.is_leader(Instant::now());
+        leading.store(leader, Ordering::Release);
+        if !leader {
+            for q in &watched {
+                q.forget();
             }
+        }
+        if leader && (woken || Instant::now() >= next_pass) {
+            let reconcile = Instant::now() >= next_reconcile;
+            if reconcile {
+                next_reconcile = Instant::now() + reconcile_every;
+            }
+            next_pass = Instant::now() + interval;
+            woken = false;
+            pass(&scheduler, output, &metrics, reconcile).await;
         }
         let nap = (ttl / 3).min(interval).min(
             next_pass
@@ -97,13 +154,57 @@ pub(super) async fn run(app: &App, output: Output, args: &RunArgs) -> Result<(),
         );
         tokio::select! {
             () = tokio::time::sleep(nap) => {}
+            () = wake.notified(), if leader => {
+                // Let a burst gather, then plan it in one pass.
+                tokio::time::sleep(batch_window).await;
+                woken = true;
+            }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    leading.store(false, Ordering::Release);
     if let Err(e) = lease.release().await {
         tracing::warn!(error = %e, "Cannot release the leader lease; it expires by itself.");
     }
     say(output, "stopped", serde_json::json!({"holder": holder}));
     Ok(())
+}
+
+/// Runs one pass, records it in the metrics and prints its line.
+async fn pass(scheduler: &Scheduler, output: Output, metrics: &MetricsSource, reconcile: bool) {
+    say(
+        output,
+        "pass-start",
+        serde_json::json!({"reconcile": reconcile}),
+    );
+    let opts = TickOptions {
+        skip_reconcile: !reconcile,
+        ..TickOptions::default()
+    };
+    match scheduler.tick(opts, Utc::now()).await {
+        Ok(r) => {
+            metrics.record_pass(&r);
+            say(
+                output,
+                "pass",
+                serde_json::json!({
+                    "launched": r.launch.instances.len(),
+                    "ingested": r.ingest.accepted,
+                    "events": r.events.applied,
+                    "reconciled": reconcile,
+                    "reaped": r.reconcile.terminated.len(),
+                    "duration_ms": r.duration_ms,
+                }),
+            )
+        }
+        Err(e) => {
+            metrics.record_pass_failure();
+            say(
+                output,
+                "pass-error",
+                serde_json::json!({"error": e.to_string()}),
+            )
+        }
+    }
 }

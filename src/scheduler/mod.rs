@@ -95,6 +95,10 @@ impl Settings {
 pub struct TickOptions {
     /// Read and plan only: no message is deleted, no job written, nothing launched.
     pub dry_run: bool,
+    /// Skip step 3, reconciling with EC2 (its DescribeInstances): the daemon's passes woken
+    /// by arrivals do, and a full reconcile runs on its own period. Events are still applied
+    /// and half-done launches still repaired.
+    pub skip_reconcile: bool,
 }
 
 /// Why a pass could not run at all (per-job problems are in the report instead).
@@ -139,7 +143,7 @@ impl Scheduler {
         }
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
         let mut budget = self.settings.max_launches;
-        if !opts.dry_run {
+        if !opts.dry_run && !opts.skip_reconcile {
             let drained = report.events.drained(self.settings.max_ingest);
             report.reconcile = reconcile::run(
                 self,
@@ -153,6 +157,8 @@ impl Scheduler {
                 },
             )
             .await;
+        }
+        if !opts.dry_run {
             let repaired = launch::repair(self, &payers.valid, &mut jobs, now, &mut budget).await;
             report.launch.merge(repaired);
         }

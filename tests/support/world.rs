@@ -623,7 +623,13 @@ pub async fn dry_run_changes_nothing(w: &World) {
     let before_depth = w.intake.depth().await.unwrap();
     let report = w
         .scheduler(60)
-        .tick(TickOptions { dry_run: true }, t0())
+        .tick(
+            TickOptions {
+                dry_run: true,
+                ..TickOptions::default()
+            },
+            t0(),
+        )
         .await
         .unwrap();
     assert!(report.dry_run);

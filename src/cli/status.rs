@@ -1,0 +1,215 @@
+//! `mayfly status`: one screen about a deployment: queue depths, jobs by state, running
+//! instances, paused payers, the oldest waiting job and why it waits, and cost today.
+//! Reads only. The ledger is read whole (one query per state), once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{emit, App, CliError, Output, PassArgs};
+use crate::job::JobState;
+use crate::metrics::{LedgerGauges, QueueGauge};
+use crate::plan::{self, Snapshot};
+use crate::ports::InstanceState;
+use crate::scheduler::load_payers;
+use crate::summary::JobSummary;
+
+/// The oldest job not running yet, and what holds it.
+#[derive(Debug, Serialize)]
+pub struct OldestWaiting {
+    pub job_id: String,
+    pub payer_id: String,
+    pub kind: String,
+    pub state: JobState,
+    pub waiting_seconds: i64,
+    /// The planner's reason code (`payer_paused`, `tier_gate`…), or `launch_next_pass`.
+    pub code: String,
+    /// The reason in words.
+    pub why: String,
+}
+
+/// The deployment at one instant.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub deployment: String,
+    pub at: DateTime<Utc>,
+    /// Approximate visible messages per queue: intake, intake DLQ, events, events DLQ.
+    pub queues: Vec<(String, u64)>,
+    pub jobs_by_state: BTreeMap<String, u64>,
+    /// Live instances (pending, running, stopping, stopped) of this deployment, by type.
+    pub instances: BTreeMap<String, u64>,
+    pub paused_payers: BTreeMap<String, String>,
+    pub queued: Vec<QueueGauge>,
+    pub oldest_waiting: Option<OldestWaiting>,
+    pub cost_today_usd: f64,
+}
+
+fn age(secs: i64) -> String {
+    crate::duration::Duration::from_secs(secs.max(0) as u64).to_string()
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Deployment {} at {}",
+            self.deployment,
+            self.at.format("%Y-%m-%dT%H:%M:%SZ")
+        )?;
+        let queues: Vec<String> = self
+            .queues
+            .iter()
+            .map(|(q, n)| format!("{q} {n}"))
+            .collect();
+        writeln!(f, "Queues:    {}", queues.join(", "))?;
+        let jobs: Vec<String> = JobState::ALL
+            .iter()
+            .map(|s| format!("{s} {}", self.jobs_by_state.get(s.as_str()).unwrap_or(&0)))
+            .collect();
+        writeln!(f, "Jobs:      {}", jobs.join(", "))?;
+        let live: u64 = self.instances.values().sum();
+        let types: Vec<String> = self
+            .instances
+            .iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
+        if types.is_empty() {
+            writeln!(f, "Instances: 0 live")?;
+        } else {
+            writeln!(f, "Instances: {live} live ({})", types.join(", "))?;
+        }
+        for q in &self.queued {
+            let tier = q.tier.map_or_else(|| "?".to_owned(), |t| t.to_string());
+            writeln!(
+                f,
+                "Queued:    {} tier {tier}: {}, oldest {}",
+                q.payer,
+                q.queued,
+                age(q.oldest_age_seconds as i64)
+            )?;
+        }
+        if self.paused_payers.is_empty() {
+            writeln!(f, "Paused:    none")?;
+        }
+        for (payer, why) in &self.paused_payers {
+            writeln!(f, "Paused:    {payer}: {why}")?;
+        }
+        match &self.oldest_waiting {
+            None => writeln!(f, "Oldest:    no job waiting")?,
+            Some(w) => writeln!(
+                f,
+                "Oldest:    {} ({}, {}) waiting {}: {}",
+                w.job_id,
+                w.payer_id,
+                w.state,
+                age(w.waiting_seconds),
+                w.why
+            )?,
+        }
+        writeln!(
+            f,
+            "Cost today: ${:.4} (since 00:00 UTC)",
+            self.cost_today_usd
+        )
+    }
+}
+
+pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
+    let runtime = |e: &dyn fmt::Display| CliError::Runtime(e.to_string());
+    let pass = PassArgs::defaults();
+    let scheduler = app.scheduler(&pass).await?;
+    let d = &scheduler.deps;
+    let now = Utc::now();
+    let mut queues = Vec::new();
+    for (label, q) in [
+        ("intake", &d.intake),
+        ("intake-dlq", &d.intake_dlq),
+        ("events", &d.events),
+        ("events-dlq", &d.events_dlq),
+    ] {
+        let n = q
+            .depth()
+            .await
+            .map_err(|e| CliError::Runtime(format!("{label} queue depth: {e}")))?;
+        queues.push((label.to_owned(), n));
+    }
+    let rows = d.config.list().await.map_err(|e| runtime(&e))?;
+    let payers = load_payers(d.config.as_ref(), scheduler.catalog, pass.caps.caps())
+        .await
+        .map_err(|e| runtime(&e))?;
+    let mut jobs = Vec::new();
+    for state in JobState::ALL {
+        jobs.extend(d.ledger.by_state(state).await.map_err(|e| runtime(&e))?);
+    }
+    let gauges = LedgerGauges::from_jobs(&jobs, &rows, now);
+    let mut instances = BTreeMap::new();
+    for i in d
+        .compute
+        .list_managed(&scheduler.settings.cluster)
+        .await
+        .map_err(|e| runtime(&e))?
+    {
+        if i.state.is_live() && i.state != InstanceState::ShuttingDown {
+            *instances.entry(i.instance_type).or_default() += 1;
+        }
+    }
+    let summaries = JobSummary::of_all(&jobs);
+    let snapshot = Snapshot {
+        jobs: &summaries,
+        payers: &payers.valid,
+        catalog: scheduler.catalog,
+        caps: pass.caps.caps(),
+        vcpu_quota: pass.vcpu_quota,
+        launch_budget: pass.max_launches,
+        now,
+    };
+    let plan = plan::plan(&snapshot);
+    // The planner explains every job it does not launch, running and finished ones too.
+    let not_started =
+        |s: JobState| matches!(s, JobState::Queued | JobState::Blocked | JobState::Failed);
+    let waiting = plan
+        .waiting
+        .iter()
+        .filter(|w| not_started(w.job.state))
+        .map(|w| {
+            let code = serde_json::to_value(&w.reason)
+                .ok()
+                .and_then(|v| v.get("code").and_then(|c| c.as_str().map(str::to_owned)))
+                .unwrap_or_default();
+            (w.job, code, w.reason.to_string())
+        });
+    let next = plan.launches.iter().filter_map(|l| {
+        let job = summaries.iter().find(|s| &*s.job_id == l.job_id)?;
+        Some((
+            job,
+            "launch_next_pass".to_owned(),
+            "launches on the next pass".to_owned(),
+        ))
+    });
+    let oldest_waiting = waiting
+        .chain(next)
+        .min_by_key(|(j, _, _)| j.submitted_at)
+        .map(|(j, code, why)| OldestWaiting {
+            job_id: j.job_id.to_string(),
+            payer_id: j.payer_id.to_string(),
+            kind: j.kind.to_string(),
+            state: j.state,
+            waiting_seconds: (now - j.submitted_at).num_seconds(),
+            code,
+            why,
+        });
+    let status = Status {
+        deployment: app.names.deployment.clone(),
+        at: now,
+        queues,
+        jobs_by_state: gauges.jobs_by_state,
+        instances,
+        paused_payers: gauges.paused_payers,
+        queued: gauges.queued,
+        oldest_waiting,
+        cost_today_usd: gauges.cost_today_usd,
+    };
+    emit(output, &status)
+}
