@@ -27,6 +27,9 @@
 //! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
 //! - [`faultproxy`]: test tooling (`mayfly-faultproxy`): an HTTP proxy in front of the
 //!   emulator that injects throttling, 5xx, timeouts and lost responses.
+//! - [`lambda`]: the `mayfly-lambda` function: a scheduled event runs a pass, an SQS event
+//!   applies its instance events and runs a pass (partial batch failures), EMF metrics.
+//! - [`emf`]: CloudWatch Embedded Metric Format lines, the Lambda function's metrics.
 //!
 //! [`names`] derives table, queue and tag names from the deployment name.
 //!
@@ -42,11 +45,13 @@ pub mod aws;
 pub mod cli;
 pub mod cost_report;
 pub mod daemon;
+pub mod emf;
 pub mod events;
 pub mod explain;
 pub mod fakes;
 pub mod faultproxy;
 pub mod fleet;
+pub mod lambda;
 pub mod lease;
 pub mod metrics;
 pub mod names;

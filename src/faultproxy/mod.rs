@@ -41,7 +41,7 @@
 
 mod detect;
 mod faults;
-mod wire;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
 //! Step 2 of a pass: apply instance events (started / heartbeat / finished / interrupted) to
 //! the ledger. Idempotent: an event changes a job only if its job, attempt and instance match
 //! the ledger and it adds something new; all of one job's events in a pass are one write.
+//! One applier, [`apply_messages`], takes messages from either source: the events queue
+//! (read by the pass) or an SQS event handed to the Lambda function.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use serde::Serialize;
 use super::Scheduler;
 use crate::events::{EventKind, InstanceEvent};
 use crate::job::{Job, JobState};
-use crate::ports::StoreError;
+use crate::ports::{Message, StoreError};
 use crate::profile::Payer;
 use crate::retry::{self, Decision, FailureCause};
 
@@ -24,7 +26,8 @@ pub struct EventsReport {
     pub duplicates: u32,
     /// Events that did not match the ledger, by reason.
     pub ignored: BTreeMap<String, u32>,
-    /// Unparseable events, moved to the events DLQ.
+    /// Unparseable events: a pass moves them to the events DLQ with the reason; the Lambda
+    /// function reports them as batch item failures, so the queue's redrive moves them.
     pub malformed: u32,
     pub succeeded: u32,
     pub failed: u32,
@@ -155,12 +158,96 @@ pub(super) fn decide_failed(
     }
 }
 
+/// What became of one message after [`apply_messages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Applied, a duplicate, or ignored (it does not match the ledger): done with it.
+    Done,
+    /// Not an instance event; the reason names the field.
+    Malformed(String),
+    /// Not applied yet (the launch is still being recorded, or the ledger could not be read
+    /// or written): it must be delivered again.
+    Again,
+}
+
+/// Reads the events queue to the end (up to `max_ingest` messages) and applies what it
+/// read: done messages are deleted, malformed ones moved to the events DLQ with the reason.
 pub(super) async fn run(
     s: &Scheduler,
     payers: &super::snapshot::LoadedPayers,
     now: DateTime<Utc>,
 ) -> EventsReport {
-    let mut report = apply_all(s, &payers.valid, now).await;
+    let mut report = EventsReport::default();
+    let mut messages: Vec<Message> = Vec::new();
+    while report.received < s.settings.max_ingest {
+        match s.deps.events.receive(10, Duration::ZERO).await {
+            Ok(batch) if batch.is_empty() => break,
+            Ok(batch) => {
+                report.received += batch.len() as u32;
+                messages.extend(batch);
+            }
+            Err(e) => {
+                report.errors.push(format!("receiving events: {e}"));
+                break;
+            }
+        }
+    }
+    let fates = apply_messages(s, payers, &messages, now, &mut report).await;
+    let mut done = Vec::new();
+    for (m, fate) in messages.iter().zip(fates) {
+        match fate {
+            Fate::Done => done.push(m.receipt.clone()),
+            Fate::Again => {}
+            Fate::Malformed(reason) => match s
+                .deps
+                .events_dlq
+                .send(&m.body, &[(super::ingest::ERROR_ATTRIBUTE, &reason)])
+                .await
+            {
+                Ok(_) => done.push(m.receipt.clone()),
+                Err(e) => report
+                    .errors
+                    .push(format!("moving event {} to the DLQ: {e}", m.message_id)),
+            },
+        }
+    }
+    match s.deps.events.delete(&done).await {
+        Ok(failed) if failed.is_empty() => {}
+        Ok(failed) => report.errors.push(format!(
+            "{} event message(s) not deleted; they will be seen again (and change nothing)",
+            failed.len()
+        )),
+        Err(e) => report.errors.push(format!("deleting events: {e}")),
+    }
+    report
+}
+
+/// Applies event messages however they arrived (read from the events queue by a pass, or
+/// handed over by an SQS-triggered Lambda invocation) and says what became of each, in
+/// order. Counts go to `report`; the caller acknowledges the messages.
+pub(super) async fn apply_messages(
+    s: &Scheduler,
+    payers: &super::snapshot::LoadedPayers,
+    messages: &[Message],
+    now: DateTime<Utc>,
+    report: &mut EventsReport,
+) -> Vec<Fate> {
+    let mut fates = vec![Fate::Again; messages.len()];
+    let mut by_job: BTreeMap<String, Vec<(InstanceEvent, usize)>> = BTreeMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        match InstanceEvent::parse(&m.body) {
+            Ok(e) => by_job.entry(e.job_id.clone()).or_default().push((e, i)),
+            Err(err) => {
+                let reason = err.to_string();
+                tracing::warn!(message_id = %m.message_id, reason = %reason, "Malformed instance event.");
+                report.malformed += 1;
+                fates[i] = Fate::Malformed(reason);
+            }
+        }
+    }
+    for (job_id, events) in by_job {
+        apply_to_job(s, &payers.valid, &job_id, events, now, report, &mut fates).await;
+    }
     // A started instance ends a payer's run of boot failures.
     for payer_id in std::mem::take(&mut report.breakers_reset) {
         if !payers.boot_failures.contains_key(&payer_id) {
@@ -173,151 +260,110 @@ pub(super) async fn run(
                 .push(format!("resetting {payer_id}'s boot-failure count: {e}")),
         }
     }
-    report
+    fates
 }
 
-async fn apply_all(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> EventsReport {
-    let mut report = EventsReport::default();
-    let mut by_job: BTreeMap<String, Vec<(InstanceEvent, String)>> = BTreeMap::new();
-    let mut done: Vec<String> = Vec::new();
-    while report.received < s.settings.max_ingest {
-        let messages = match s.deps.events.receive(10, Duration::ZERO).await {
-            Ok(m) => m,
+/// Applies one job's events (message indexes alongside) in one conditional write.
+async fn apply_to_job(
+    s: &Scheduler,
+    payers: &[Payer],
+    job_id: &str,
+    mut events: Vec<(InstanceEvent, usize)>,
+    now: DateTime<Utc>,
+    report: &mut EventsReport,
+    fates: &mut [Fate],
+) {
+    events.sort_by_key(|(e, _)| (e.at, e.event as u8));
+    // A lost condition means another pass wrote first: re-read and re-apply (idempotent).
+    for _try in 0..3 {
+        let job = match s.deps.ledger.get(job_id).await {
+            Ok(Some(j)) => j,
+            Ok(None) => {
+                *report.ignored.entry("unknown job".into()).or_default() += events.len() as u32;
+                for (_, i) in &events {
+                    fates[*i] = Fate::Done;
+                }
+                return;
+            }
             Err(e) => {
-                report.errors.push(format!("receiving events: {e}"));
-                break;
+                report.errors.push(format!("reading job {job_id}: {e}"));
+                return;
             }
         };
-        if messages.is_empty() {
-            break;
-        }
-        report.received += messages.len() as u32;
-        for m in messages {
-            match InstanceEvent::parse(&m.body) {
-                Ok(e) => by_job
-                    .entry(e.job_id.clone())
-                    .or_default()
-                    .push((e, m.receipt)),
-                Err(err) => {
-                    let reason = err.to_string();
-                    tracing::warn!(message_id = %m.message_id, reason = %reason, "Malformed instance event.");
-                    match s
-                        .deps
-                        .events_dlq
-                        .send(&m.body, &[(super::ingest::ERROR_ATTRIBUTE, &reason)])
-                        .await
-                    {
-                        Ok(_) => {
-                            report.malformed += 1;
-                            done.push(m.receipt);
-                        }
-                        Err(e) => report
-                            .errors
-                            .push(format!("moving event {} to the DLQ: {e}", m.message_id)),
-                    }
+        let payer = payers.iter().find(|p| p.id() == job.payer_id);
+        let expected = job.version;
+        let mut updated = job.clone();
+        let (mut applied, mut dupes) = (0, 0);
+        let mut ignored: Vec<&'static str> = Vec::new();
+        let mut acked = Vec::new();
+        for (e, i) in &events {
+            match apply(&mut updated, e, payer, now) {
+                Outcome::Changed => {
+                    applied += 1;
+                    acked.push(*i);
                 }
+                Outcome::Unchanged => {
+                    dupes += 1;
+                    acked.push(*i);
+                }
+                Outcome::Ignored(why) => {
+                    tracing::warn!(job_id = %job_id, instance_id = %e.instance_id, attempt = e.attempt, reason = why, "Ignored an instance event.");
+                    ignored.push(why);
+                    acked.push(*i);
+                }
+                Outcome::Later => {}
             }
         }
-    }
-    for (job_id, mut events) in by_job {
-        events.sort_by_key(|(e, _)| (e.at, e.event as u8));
-        // A lost condition means another pass wrote first: re-read and re-apply (idempotent).
-        for _try in 0..3 {
-            let job = match s.deps.ledger.get(&job_id).await {
-                Ok(Some(j)) => j,
-                Ok(None) => {
-                    *report.ignored.entry("unknown job".into()).or_default() += events.len() as u32;
-                    done.extend(events.iter().map(|(_, r)| r.clone()));
-                    break;
-                }
-                Err(e) => {
-                    report.errors.push(format!("reading job {job_id}: {e}"));
-                    break;
-                }
-            };
-            let payer = payers.iter().find(|p| p.id() == job.payer_id);
-            let expected = job.version;
-            let mut updated = job.clone();
-            let (mut applied, mut dupes, mut later) = (0, 0, Vec::new());
-            let mut ignored: Vec<&'static str> = Vec::new();
-            let mut acked = Vec::new();
-            for (e, receipt) in &events {
-                match apply(&mut updated, e, payer, now) {
-                    Outcome::Changed => {
-                        applied += 1;
-                        acked.push(receipt.clone());
-                    }
-                    Outcome::Unchanged => {
-                        dupes += 1;
-                        acked.push(receipt.clone());
-                    }
-                    Outcome::Ignored(why) => {
-                        tracing::warn!(job_id = %job_id, instance_id = %e.instance_id, attempt = e.attempt, reason = why, "Ignored an instance event.");
-                        ignored.push(why);
-                        acked.push(receipt.clone());
-                    }
-                    Outcome::Later => later.push(receipt.clone()),
-                }
-            }
-            let failed = updated.state == JobState::Failed && job.state != JobState::Failed;
-            let started = job
+        let failed = updated.state == JobState::Failed && job.state != JobState::Failed;
+        let started = job
+            .current_attempt()
+            .is_some_and(|a| a.started_at.is_none())
+            && updated
                 .current_attempt()
-                .is_some_and(|a| a.started_at.is_none())
-                && updated
-                    .current_attempt()
-                    .is_some_and(|a| a.started_at.is_some());
-            let succeeded =
-                updated.state == JobState::Succeeded && job.state != JobState::Succeeded;
-            if applied > 0 {
-                // The version moved once per in-memory transition; the write is one, conditional
-                // on what we read.
+                .is_some_and(|a| a.started_at.is_some());
+        let succeeded = updated.state == JobState::Succeeded && job.state != JobState::Succeeded;
+        if applied > 0 {
+            // The version moved once per in-memory transition; the write is one, conditional
+            // on what we read.
+            updated.version = expected + 1;
+            updated.updated_at = Some(now);
+            match s.deps.ledger.update(&updated, expected).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => {
+                    report.errors.push(format!("writing job {job_id}: {e}"));
+                    return;
+                }
+            }
+            if failed {
+                // The failure is on record; now the retry policy moves it on.
+                let cause = FailureCause::ExitCode {
+                    code: updated
+                        .current_attempt()
+                        .and_then(|a| a.exit_code)
+                        .unwrap_or(-1),
+                };
+                let expected = updated.version;
+                decide_failed(&mut updated, payer, &cause, now);
                 updated.version = expected + 1;
-                updated.updated_at = Some(now);
-                match s.deps.ledger.update(&updated, expected).await {
-                    Ok(()) => {}
-                    Err(StoreError::Conflict(_)) => continue,
-                    Err(e) => {
-                        report.errors.push(format!("writing job {job_id}: {e}"));
-                        break;
-                    }
-                }
-                if failed {
-                    // The failure is on record; now the retry policy moves it on.
-                    let cause = FailureCause::ExitCode {
-                        code: updated
-                            .current_attempt()
-                            .and_then(|a| a.exit_code)
-                            .unwrap_or(-1),
-                    };
-                    let expected = updated.version;
-                    decide_failed(&mut updated, payer, &cause, now);
-                    updated.version = expected + 1;
-                    if let Err(e) = s.deps.ledger.update(&updated, expected).await {
-                        report.errors.push(format!("requeueing job {job_id}: {e}"));
-                    }
+                if let Err(e) = s.deps.ledger.update(&updated, expected).await {
+                    report.errors.push(format!("requeueing job {job_id}: {e}"));
                 }
             }
-            report.applied += applied;
-            report.duplicates += dupes;
-            for why in ignored {
-                *report.ignored.entry(why.to_owned()).or_default() += 1;
-            }
-            if started && !report.breakers_reset.contains(&updated.payer_id) {
-                report.breakers_reset.push(updated.payer_id.clone());
-            }
-            report.succeeded += u32::from(succeeded);
-            report.failed += u32::from(failed);
-            done.extend(acked);
-            break;
         }
+        report.applied += applied;
+        report.duplicates += dupes;
+        for why in ignored {
+            *report.ignored.entry(why.to_owned()).or_default() += 1;
+        }
+        if started && !report.breakers_reset.contains(&updated.payer_id) {
+            report.breakers_reset.push(updated.payer_id.clone());
+        }
+        report.succeeded += u32::from(succeeded);
+        report.failed += u32::from(failed);
+        for i in acked {
+            fates[i] = Fate::Done;
+        }
+        return;
     }
-    match s.deps.events.delete(&done).await {
-        Ok(failed) if failed.is_empty() => {}
-        Ok(failed) => report.errors.push(format!(
-            "{} event message(s) not deleted; they will be seen again (and change nothing)",
-            failed.len()
-        )),
-        Err(e) => report.errors.push(format!("deleting events: {e}")),
-    }
-    report
 }

@@ -20,7 +20,7 @@ use crate::job::Job;
 use crate::ports::{Compute, ConfigStore, Ledger, Queue, StoreError};
 use crate::profile::{GlobalCaps, Payer};
 
-pub use events::EventsReport;
+pub use events::{EventsReport, Fate};
 pub use ingest::{validate as validate_request, ERROR_ATTRIBUTE};
 pub use launch::client_token;
 pub use ops::{JobAction, OpError};
@@ -181,6 +181,24 @@ impl Scheduler {
         report.count_states(&jobs);
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// Applies instance events that arrived outside the events queue's reading (an SQS event
+    /// handed to the Lambda function), and says what became of each message, in order.
+    /// Nothing is deleted or moved: the caller acknowledges the messages.
+    pub async fn apply_events(
+        &self,
+        messages: &[crate::ports::Message],
+        now: DateTime<Utc>,
+    ) -> Result<(EventsReport, Vec<Fate>), TickError> {
+        let payers =
+            load_payers(self.deps.config.as_ref(), self.catalog, self.settings.caps).await?;
+        let mut report = EventsReport {
+            received: messages.len() as u32,
+            ..EventsReport::default()
+        };
+        let fates = events::apply_messages(self, &payers, messages, now, &mut report).await;
+        Ok((report, fates))
     }
 
     /// Reconciles only (`mayfly reap`): applies pending instance events (unless a dry run),
