@@ -51,6 +51,9 @@ pub struct PassCounters {
     /// declared dead.
     pub requeued: u64,
     pub dead: u64,
+    /// Jobs queued again for another attempt, by the failed attempt's cause
+    /// (`exit_code`, `spot_interruption`, `boot_timeout`, `heartbeat_lost`, `instance_lost`).
+    pub retries: BTreeMap<String, u64>,
     /// Instance events applied to the ledger.
     pub events_applied: u64,
 }
@@ -89,6 +92,9 @@ impl PassCounters {
         self.lost_jobs += u64::from(c.lost);
         self.requeued += u64::from(c.requeued);
         self.dead += u64::from(c.dead);
+        for (cause, n) in r.reconcile.retries.iter().chain(&r.events.retries) {
+            *self.retries.entry(cause.clone()).or_default() += u64::from(*n);
+        }
     }
 }
 
@@ -235,6 +241,12 @@ impl Metrics {
                 "Jobs queued again by the retry policy after a reconciler finding.",
                 Counter,
                 plain(p.requeued as f64),
+            ),
+            f(
+                "mayfly_retries_total",
+                "Jobs queued for another attempt, by the failed attempt's cause.",
+                Counter,
+                by("cause", &p.retries),
             ),
             f(
                 "mayfly_dead_total",
@@ -408,6 +420,32 @@ mod tests {
         assert_eq!(c.throttled_passes, 2);
         assert_eq!(c.reaps.get("lost"), Some(&2));
         assert!((c.pass_seconds_total - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn retries_are_counted_by_cause_from_reconcile_and_events() {
+        let mut r = PassReport::new(at("2026-11-29T01:00:00Z"), false);
+        r.reconcile.retries.insert("boot_timeout".into(), 1);
+        r.reconcile.retries.insert("exit_code".into(), 1);
+        r.events.retries.insert("exit_code".into(), 2);
+        let mut c = PassCounters::default();
+        c.record(&r);
+        c.record(&r);
+        assert_eq!(c.retries.get("boot_timeout"), Some(&2));
+        assert_eq!(c.retries.get("exit_code"), Some(&6));
+        let text = Metrics {
+            passes: c,
+            ..Metrics::from_pass(&r, None)
+        }
+        .to_prometheus();
+        assert!(
+            text.contains("mayfly_retries_total{cause=\"boot_timeout\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mayfly_retries_total{cause=\"exit_code\"} 6\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -93,7 +93,9 @@ impl LedgerGauges {
                 let when = a.finished_at.or(a.gone_at).or(job.updated_at);
                 if let (Some(cause), Some(at)) = (&a.cause, when) {
                     if at >= midnight {
-                        *g.failures_today.entry(cause_label(cause)).or_default() += 1;
+                        *g.failures_today
+                            .entry(cause.label().to_owned())
+                            .or_default() += 1;
                     }
                 }
             }
@@ -109,14 +111,6 @@ impl LedgerGauges {
             .collect();
         g
     }
-}
-
-/// The serde tag of a failure cause (`exit_code`, `boot_timeout`…).
-fn cause_label(cause: &crate::retry::FailureCause) -> String {
-    serde_json::to_value(cause)
-        .ok()
-        .and_then(|v| v.get("cause").and_then(|c| c.as_str().map(str::to_owned)))
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// What a job's attempts cost between `since` and `now`, billed as `cost report` bills them

@@ -31,6 +31,9 @@ pub struct EventsReport {
     pub malformed: u32,
     pub succeeded: u32,
     pub failed: u32,
+    /// Failed jobs the retry policy queued again, by cause (`exit_code` here).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub retries: BTreeMap<String, u32>,
     pub errors: Vec<String>,
     /// Payers whose circuit-breaker count a `started` event reset.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -346,8 +349,12 @@ async fn apply_to_job(
                 let expected = updated.version;
                 decide_failed(&mut updated, payer, &cause, now);
                 updated.version = expected + 1;
-                if let Err(e) = s.deps.ledger.update(&updated, expected).await {
-                    report.errors.push(format!("requeueing job {job_id}: {e}"));
+                match s.deps.ledger.update(&updated, expected).await {
+                    Ok(()) if updated.state == JobState::Queued => {
+                        *report.retries.entry(cause.label().to_owned()).or_default() += 1;
+                    }
+                    Ok(()) => {}
+                    Err(e) => report.errors.push(format!("requeueing job {job_id}: {e}")),
                 }
             }
         }

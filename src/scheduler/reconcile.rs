@@ -24,7 +24,7 @@
 //! Every ledger change is a write conditional on the version just read, so a pass acting on a
 //! stale view (or a paused old leader) loses the condition and changes nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -91,6 +91,9 @@ pub struct ReconcileReport {
     /// Jobs the retry policy queued again, and those it declared dead.
     pub requeued: u32,
     pub dead: u32,
+    /// The jobs queued again, by the cause of their failed attempt.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub retries: BTreeMap<String, u32>,
     /// Instances terminated by this pass.
     pub terminated: Vec<String>,
     /// Payers the circuit breaker paused.
@@ -542,6 +545,11 @@ impl Reconciler<'_> {
             Ok(()) => match job.state {
                 JobState::Queued => {
                     self.report.requeued += 1;
+                    *self
+                        .report
+                        .retries
+                        .entry(cause.label().to_owned())
+                        .or_default() += 1;
                     let after = job
                         .not_before
                         .map(|t| format!(" not before {}", t.format("%H:%M:%S")))

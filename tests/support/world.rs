@@ -771,6 +771,12 @@ pub async fn non_zero_exit_fails_with_code_and_tail(w: &World) {
     }
     let report = w.tick(t0() + Duration::minutes(1)).await;
     assert_eq!(report.events.failed, 2, "{report}");
+    // Only exit 75 is retried; exit 3 is dead, not a retry.
+    assert_eq!(
+        report.events.retries,
+        [("exit_code".to_owned(), 1)].into(),
+        "{report}"
+    );
     let dead = w.job("cedar-plan:2027-08:eligibility").await;
     assert_eq!(dead.state, JobState::Dead);
     let a = dead.current_attempt().unwrap();
@@ -813,6 +819,11 @@ pub async fn boot_timeout_terminates_and_retries(w: &World) {
 
     let late = w.tick(launched + Duration::minutes(9)).await;
     assert_eq!(late.reconcile.boot_timeouts, 1, "{late}");
+    assert_eq!(
+        late.reconcile.retries,
+        [("boot_timeout".to_owned(), 1)].into(),
+        "{late}"
+    );
     assert_eq!(late.reconcile.terminated, vec![iid.clone()], "{late}");
     let f = &late.reconcile.findings[0];
     assert_eq!(f.finding, Finding::BootTimeout);

@@ -37,6 +37,21 @@ impl std::fmt::Display for FailureCause {
     }
 }
 
+impl FailureCause {
+    /// The cause's stable name (its serde tag): `exit_code`, `spot_interruption`,
+    /// `boot_timeout`, `heartbeat_lost`, `instance_lost`, `max_runtime`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FailureCause::ExitCode { .. } => "exit_code",
+            FailureCause::SpotInterruption => "spot_interruption",
+            FailureCause::BootTimeout => "boot_timeout",
+            FailureCause::HeartbeatLost => "heartbeat_lost",
+            FailureCause::InstanceLost => "instance_lost",
+            FailureCause::MaxRuntime => "max_runtime",
+        }
+    }
+}
+
 /// The retry decision for a failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
