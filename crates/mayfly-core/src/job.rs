@@ -61,6 +61,15 @@ impl RequestError {
     }
 }
 
+/// The field a serde_json error message names (`missing field \`batch\``, `unknown field
+/// \`colour\``), or `default` when it names none (a syntax error).
+pub fn serde_field<'a>(msg: &'a str, default: &'a str) -> &'a str {
+    msg.split('`')
+        .nth(1)
+        .filter(|_| msg.contains("field"))
+        .unwrap_or(default)
+}
+
 /// `[A-Za-z0-9._:-]{1,max}`: the alphabet of job ids and batches.
 pub fn is_token(s: &str, max: usize) -> bool {
     (1..=max).contains(&s.len())
@@ -81,13 +90,7 @@ impl JobRequest {
         }
         let req: JobRequest = serde_json::from_str(body).map_err(|e| {
             let msg = e.to_string();
-            let field = msg
-                .split('`')
-                .nth(1)
-                .filter(|_| msg.contains("field"))
-                .unwrap_or("(body)")
-                .to_owned();
-            RequestError::new(field, msg)
+            RequestError::new(serde_field(&msg, "(body)"), msg.clone())
         })?;
         req.validate()?;
         Ok(req)

@@ -101,12 +101,7 @@ pub fn parse_snapshot(
             Ok(p) => p,
             Err(e) => {
                 let msg = e.to_string();
-                let field = msg
-                    .split('`')
-                    .nth(1)
-                    .filter(|_| msg.contains("field"))
-                    .unwrap_or("(line)");
-                errors.push(err(field, msg.clone()));
+                errors.push(err(crate::job::serde_field(&msg, "(line)"), msg.clone()));
                 continue;
             }
         };

@@ -83,12 +83,7 @@ pub fn parse_trace(source_name: &str, text: &str) -> Result<Vec<TraceJob>, Vec<T
             Ok(j) => j,
             Err(e) => {
                 let msg = e.to_string();
-                let field = msg
-                    .split('`')
-                    .nth(1)
-                    .filter(|_| msg.contains("field"))
-                    .unwrap_or("(line)");
-                errors.push(err(field, msg.clone()));
+                errors.push(err(crate::job::serde_field(&msg, "(line)"), msg.clone()));
                 continue;
             }
         };
