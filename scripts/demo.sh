@@ -63,6 +63,16 @@ for state in succeeded dead; do
   "${mayfly[@]}" jobs list --state "$state"
 done
 
+step "What it cost (mayfly cost report; the HTML chart is in .mayfly/cost.html)"
+"${mayfly[@]}" cost report --by payer
+"${mayfly[@]}" cost report --format html --out .mayfly/cost.html
+
+step "Why a job ran as it did (mayfly explain)"
+"${mayfly[@]}" explain cedar-plan:2026-11:claims
+
+step "The deployment at a glance (mayfly status)"
+"${mayfly[@]}" status
+
 step "Instances"
 running=$("${aws[@]}" ec2 describe-instances \
   --filters "Name=tag:mayfly:cluster,Values=$name" Name=instance-state-name,Values=pending,running \
