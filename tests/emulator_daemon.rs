@@ -170,18 +170,10 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_arrival_wakes_the_daemon_which_launches_serves_metrics_and_stops_cleanly() {
     let name = support::unique_name("daemon");
-    support::deploy(&name);
+    let dir = support::deploy_with_example_payers(&name).await;
     let sdk = support::sdk_config().await;
     let clients = Clients::new(&sdk);
     let names = Names::new(&name);
-    let (subnets, sgs) = support::emulator_network(&clients.ec2).await;
-    let dir = std::env::temp_dir().join(format!("mayfly-daemon-{name}"));
-    support::write_profiles_for(&name, &subnets, &sgs, &dir);
-    assert!(
-        mayfly(&name, &["payers", "apply", &dir.display().to_string()])
-            .status
-            .success()
-    );
 
     // A pass interval far beyond this test: only an arrival can trigger the launch.
     let mut daemon = Daemon::start(

@@ -88,18 +88,10 @@ impl Daemon {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_takes_over_from_a_killed_leader_and_sigterm_exits_cleanly() {
     let name = support::unique_name("run");
-    support::deploy(&name);
+    let dir = support::deploy_with_example_payers(&name).await;
     let sdk = support::sdk_config().await;
     let clients = Clients::new(&sdk);
     let names = Names::new(&name);
-    let (subnets, sgs) = support::emulator_network(&clients.ec2).await;
-    let dir = std::env::temp_dir().join(format!("mayfly-run-{name}"));
-    support::write_profiles_for(&name, &subnets, &sgs, &dir);
-    assert!(
-        mayfly(&name, &["payers", "apply", &dir.display().to_string()])
-            .status
-            .success()
-    );
 
     let mut first = Daemon::start(&name);
     first.wait_for("leader", Duration::from_secs(30));

@@ -4,7 +4,6 @@
 
 mod support;
 
-use mayfly::aws::Clients;
 use support::mayfly;
 
 fn ok(out: std::process::Output) -> String {
@@ -29,16 +28,7 @@ fn submit(name: &str, job: &str, payer: &str, kind: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_queues_jobs_instances_pauses_and_the_oldest_waiting_job() {
     let name = support::unique_name("status");
-    support::deploy(&name);
-    let sdk = support::sdk_config().await;
-    let clients = Clients::new(&sdk);
-    let (subnets, sgs) = support::emulator_network(&clients.ec2).await;
-    let dir = std::env::temp_dir().join(format!("mayfly-status-{name}"));
-    support::write_profiles_for(&name, &subnets, &sgs, &dir);
-    ok(mayfly(
-        &name,
-        &["payers", "apply", &dir.display().to_string()],
-    ));
+    let dir = support::deploy_with_example_payers(&name).await;
     ok(mayfly(
         &name,
         &[

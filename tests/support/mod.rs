@@ -330,6 +330,24 @@ pub fn write_profiles_for(name: &str, subnets: &[String], sgs: &[String], dir: &
     }
 }
 
+/// Deploys `name` into the emulator and applies the example payer profiles to it (written,
+/// pointed at the emulator's network, into a fresh directory that is returned).
+pub async fn deploy_with_example_payers(name: &str) -> PathBuf {
+    deploy(name);
+    let sdk = sdk_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let (subnets, sgs) = emulator_network(&ec2).await;
+    let dir = std::env::temp_dir().join(format!("mayfly-payers-{name}"));
+    write_profiles_for(name, &subnets, &sgs, &dir);
+    let out = mayfly(name, &["payers", "apply", &dir.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "payers apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 /// Runs the `mayfly` binary for deployment `name` against the emulator.
 pub fn mayfly(name: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mayfly"))
