@@ -9,7 +9,8 @@
 //! caps raised so N jobs can run at once), starts the `mayfly` binary (`--mayfly`, default the
 //! debug build) as `mayfly run` (intervals as given, defaults as the daemon's), and sends N
 //! job requests to the intake queue at `--rate` per second. Nothing finishes: in-flight jobs
-//! grow to N, and with them each pass's ledger reads and each reconcile's DescribeInstances.
+//! grow to N, and with them each reconcile's ledger reads and DescribeInstances (which run
+//! beside the passes that launch).
 //!
 //! Method: a job's time runs from the wall clock just before its SendMessage is issued to
 //! the timestamp of the daemon's `Launched instance.` log line for it (`MAYFLY_LOG` selects
@@ -60,8 +61,9 @@ struct Args {
     /// The daemon's pass interval (passes besides those woken by arrivals).
     #[arg(long, default_value = "10s")]
     interval: String,
-    /// The daemon's reconcile interval (its default: 30s). In the emulator a reconcile of
-    /// hundreds of instances takes tens of seconds and holds up the passes behind it.
+    /// The daemon's reconcile interval (its default: 30s). A reconcile runs beside the
+    /// passes; in the emulator (one Python process) its DescribeInstances of hundreds of
+    /// instances still slows the calls made meanwhile.
     #[arg(long, default_value = "30s")]
     reconcile_interval: String,
     /// The daemon's batch window.

@@ -5,10 +5,13 @@ mod support;
 
 use std::sync::Arc;
 
+use mayfly::daemon::cache::CachedLedger;
 use mayfly::fakes::{FakeCompute, FakeConfigStore, FakeLedger, FakeQueue};
-use mayfly::ports::{Compute, ComputeError, LaunchRequest};
+use mayfly::job::{Job, JobRequest, JobState};
+use mayfly::ports::{Compute, ComputeError, LaunchRequest, Ledger};
 use mayfly::profile::CapacityType;
 use mayfly::scheduler::client_token;
+use mayfly::scheduler::TickOptions;
 use mayfly::sizing::Rung;
 use support::world::{self, EchoUserData, FaultyCompute, World};
 
@@ -252,7 +255,6 @@ async fn retry_releases_blocked_tiers_and_cancel_terminates() {
 
 #[tokio::test]
 async fn a_pass_that_skips_reconcile_still_launches_but_describes_no_instances() {
-    use mayfly::scheduler::TickOptions;
     let ec2 = Arc::new(FakeCompute::new());
     let w = World {
         compute: Arc::new(FaultyCompute::new(ec2.clone())),
@@ -273,4 +275,103 @@ async fn a_pass_that_skips_reconcile_still_launches_but_describes_no_instances()
     let full = w.tick(world::t0() + chrono::Duration::seconds(10)).await;
     assert_eq!(full.reconcile.instances_seen, 1, "{full}");
     assert!(ec2.calls().1 > describes);
+}
+
+// ---- The daemon's ledger copy -----------------------------------------------------------
+
+/// A world whose passes read and write through the daemon's ledger copy, and the ledger
+/// behind it (where other processes write).
+fn world_with_copy() -> (World, Arc<CachedLedger>, Arc<FakeLedger>) {
+    let behind = Arc::new(FakeLedger::new());
+    let copy = Arc::new(CachedLedger::new(behind.clone()));
+    let w = World {
+        ledger: copy.clone(),
+        ..world()
+    };
+    (w, copy, behind)
+}
+
+#[tokio::test]
+async fn with_the_daemon_copy_tiers_unlock_on_events() {
+    world::events_complete_jobs_and_unlock_the_next_tier(&world_with_copy().0).await;
+}
+
+#[tokio::test]
+async fn with_the_daemon_copy_lost_instances_are_retried() {
+    world::lost_instances_are_retried_after_a_second_look(&world_with_copy().0).await;
+}
+
+#[tokio::test]
+async fn with_the_daemon_copy_retry_and_cancel_work() {
+    world::retry_releases_blocked_tiers_and_cancel_terminates(&world_with_copy().0).await;
+}
+
+fn quick() -> TickOptions {
+    TickOptions {
+        skip_reconcile: true,
+        ..TickOptions::default()
+    }
+}
+
+/// A job in backoff, written straight to the ledger behind the copy.
+async fn waiting_job(behind: &FakeLedger, id: &str, until: chrono::DateTime<chrono::Utc>) {
+    let req = JobRequest::parse(&format!(
+        r#"{{"job_id":"{id}","payer_id":"cedar-plan","kind":"eligibility","batch":"2030-01"}}"#
+    ))
+    .unwrap();
+    let mut job = Job::from_request(req, world::t0());
+    job.not_before = Some(until);
+    assert!(behind.create(&job).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_job_cancelled_elsewhere_is_never_launched_from_a_stale_copy() {
+    let (w, _, behind) = world_with_copy();
+    w.apply_examples().await;
+    let id = "cedar-plan:2030-01:eligibility";
+    let t0 = world::t0();
+    waiting_job(&behind, id, t0 + chrono::Duration::minutes(10)).await;
+    let s = w.scheduler(60);
+    let first = s.tick(quick(), t0).await.unwrap();
+    assert!(first.launch.instances.is_empty(), "in backoff: {first}");
+
+    // `mayfly jobs cancel`, from another process: the daemon's copy still has it queued.
+    let before = behind.get(id).await.unwrap().unwrap();
+    let mut after = before.clone();
+    after
+        .transition(JobState::Cancelled, Some("wrong file".into()), t0)
+        .unwrap();
+    after.version = before.version + 1;
+    behind.update(&after, before.version).await.unwrap();
+
+    let later = t0 + chrono::Duration::minutes(11);
+    let stale = s.tick(quick(), later).await.unwrap();
+    assert!(stale.launch.instances.is_empty(), "{stale}");
+    assert_eq!(
+        stale.launch.conflicts, 1,
+        "its launching write lost: {stale}"
+    );
+    let next = s.tick(quick(), later).await.unwrap();
+    assert!(next.launch.instances.is_empty(), "{next}");
+    assert!(w.compute.calls().is_empty(), "no RunInstances at all");
+    assert_eq!(w.job(id).await.state, JobState::Cancelled);
+}
+
+#[tokio::test]
+async fn a_job_written_elsewhere_is_launched_after_the_copy_is_refreshed() {
+    let (w, copy, behind) = world_with_copy();
+    w.apply_examples().await;
+    let s = w.scheduler(60);
+    let t0 = world::t0();
+    s.tick(quick(), t0).await.unwrap();
+    // Another process (a Lambda pass, say) records a job the daemon's copy does not hold.
+    let id = "cedar-plan:2030-01:eligibility";
+    waiting_job(&behind, id, t0).await;
+    let before = s.tick(quick(), t0).await.unwrap();
+    assert!(before.launch.instances.is_empty(), "{before}");
+
+    copy.refresh().await.unwrap();
+    let after = s.tick(quick(), t0).await.unwrap();
+    assert_eq!(after.launch.instances.len(), 1, "{after}");
+    assert_eq!(w.job(id).await.state, JobState::Running);
 }

@@ -341,8 +341,11 @@ pub struct RunArgs {
     /// before running a pass, so a burst is planned together.
     #[arg(long, default_value_t = 300, env = "MAYFLY_BATCH_WINDOW_MS")]
     pub batch_window_ms: u64,
-    /// Time between full reconciles with EC2 (one DescribeInstances each); passes in
-    /// between skip it.
+    /// Time between reconciles with EC2 (one DescribeInstances of the deployment each). A
+    /// reconcile runs beside the planning passes, so arrivals never wait for it, and first
+    /// re-reads the in-flight jobs: the passes plan from a copy of the ledger the daemon keeps
+    /// up to date with its own writes, and changes made by other processes (`mayfly jobs
+    /// cancel`, `retry`) reach it at the latest on the next reconcile.
     #[arg(long, default_value = "30s", env = "MAYFLY_RECONCILE_INTERVAL")]
     pub reconcile_interval: crate::duration::Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).

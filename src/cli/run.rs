@@ -1,9 +1,11 @@
 //! `mayfly run`: the scheduler as a daemon. It holds the leader lease and, while leader, runs
 //! a pass every interval and one soon after work arrives (watchers long-poll the intake and
-//! events queues, see [`crate::daemon::wake`]); passes reconcile with EC2 once per reconcile
-//! interval. On SIGTERM or SIGINT it finishes the current pass, releases the lease and exits
-//! 0. Standbys observe the lease and take over when it expires. With `--metrics-addr`, it
-//! serves Prometheus metrics.
+//! events queues, see [`crate::daemon::wake`]). Reconciling with EC2 runs once per reconcile
+//! interval as a pass of its own, beside the others, so an arrival never waits behind a
+//! DescribeInstances of the whole fleet; it also refreshes the ledger copy the passes plan
+//! from (see [`crate::daemon::cache`]). On SIGTERM or SIGINT it finishes the passes under
+//! way, releases the lease and exits 0. Standbys observe the lease and take over when it
+//! expires. With `--metrics-addr`, it serves Prometheus metrics.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +16,11 @@ use chrono::Utc;
 use tokio::sync::Notify;
 
 use super::{App, CliError, Output, RunArgs};
+use crate::daemon::cache::CachedLedger;
 use crate::daemon::wake::{self, Prefetched};
 use crate::daemon::{serve, MetricsSource};
 use crate::lease::{DynamoLeaseStore, Lease, LeaseStatus};
-use crate::scheduler::{Scheduler, TickOptions};
+use crate::scheduler::{PassReport, Scheduler, TickError, TickOptions};
 
 /// One line on stdout per event, flushed (text, or one JSON object per line).
 fn say(output: Output, event: &str, fields: serde_json::Value) {
@@ -99,6 +102,9 @@ pub(super) async fn run(app: &App, output: Output, args: &RunArgs) -> Result<(),
     let leading = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
     let watched = start_watchers(&mut scheduler, &leading, &wake);
+    let cache = Arc::new(CachedLedger::new(scheduler.deps.ledger.clone()));
+    scheduler.deps.ledger = cache.clone();
+    let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     say(
         output,
         "started",
@@ -132,20 +138,29 @@ pub(super) async fn run(app: &App, output: Output, args: &RunArgs) -> Result<(),
             Err(e) => tracing::warn!(error = %e, "Cannot reach the leader lease; retrying."),
         }
         let leader = lease.is_leader(Instant::now());
-        leading.store(leader, Ordering::Release);
+        if leading.swap(leader, Ordering::AcqRel) != leader {
+            // What was read while leading may be stale when leading again.
+            cache.invalidate();
+        }
         if !leader {
             for q in &watched {
                 q.forget();
             }
         }
+        let idle = reconciling.as_ref().is_none_or(|h| h.is_finished());
+        if leader && idle && Instant::now() >= next_reconcile {
+            next_reconcile = Instant::now() + reconcile_every;
+            reconciling = Some(tokio::spawn(reconcile(
+                scheduler.clone(),
+                cache.clone(),
+                output,
+                metrics.clone(),
+            )));
+        }
         if leader && (woken || Instant::now() >= next_pass) {
-            let reconcile = Instant::now() >= next_reconcile;
-            if reconcile {
-                next_reconcile = Instant::now() + reconcile_every;
-            }
             next_pass = Instant::now() + interval;
             woken = false;
-            pass(&scheduler, output, &metrics, reconcile).await;
+            pass(&scheduler, output, &metrics).await;
         }
         let nap = (ttl / 3).min(interval).min(
             next_pass
@@ -164,6 +179,9 @@ pub(super) async fn run(app: &App, output: Output, args: &RunArgs) -> Result<(),
         }
     }
     leading.store(false, Ordering::Release);
+    if let Some(running) = reconciling {
+        let _ = running.await;
+    }
     if let Err(e) = lease.release().await {
         tracing::warn!(error = %e, "Cannot release the leader lease; it expires by itself.");
     }
@@ -171,18 +189,45 @@ pub(super) async fn run(app: &App, output: Output, args: &RunArgs) -> Result<(),
     Ok(())
 }
 
-/// Runs one pass, records it in the metrics and prints its line.
-async fn pass(scheduler: &Scheduler, output: Output, metrics: &MetricsSource, reconcile: bool) {
+/// Runs one planning pass (no reconcile), records it in the metrics and prints its line.
+async fn pass(scheduler: &Scheduler, output: Output, metrics: &MetricsSource) {
     say(
         output,
         "pass-start",
-        serde_json::json!({"reconcile": reconcile}),
+        serde_json::json!({"reconcile": false}),
     );
     let opts = TickOptions {
-        skip_reconcile: !reconcile,
+        skip_reconcile: true,
         ..TickOptions::default()
     };
-    match scheduler.tick(opts, Utc::now()).await {
+    let result = scheduler.tick(opts, Utc::now()).await;
+    record(output, metrics, result, false);
+}
+
+/// Refreshes the ledger copy, then reconciles with EC2 (a pass of its own); records it and
+/// prints its line.
+async fn reconcile(
+    scheduler: Scheduler,
+    cache: Arc<CachedLedger>,
+    output: Output,
+    metrics: MetricsSource,
+) {
+    say(output, "pass-start", serde_json::json!({"reconcile": true}));
+    if let Err(e) = cache.refresh().await {
+        tracing::warn!(error = %e, "Cannot refresh the ledger copy; passes read the ledger.");
+        cache.invalidate();
+    }
+    let result = scheduler.reconcile_pass(Utc::now()).await;
+    record(output, &metrics, result, true);
+}
+
+fn record(
+    output: Output,
+    metrics: &MetricsSource,
+    result: Result<PassReport, TickError>,
+    reconciled: bool,
+) {
+    match result {
         Ok(r) => {
             metrics.record_pass(&r);
             say(
@@ -192,7 +237,7 @@ async fn pass(scheduler: &Scheduler, output: Output, metrics: &MetricsSource, re
                     "launched": r.launch.instances.len(),
                     "ingested": r.ingest.accepted,
                     "events": r.events.applied,
-                    "reconciled": reconcile,
+                    "reconciled": reconciled,
                     "reaped": r.reconcile.terminated.len(),
                     "duration_ms": r.duration_ms,
                 }),

@@ -1,6 +1,8 @@
 //! Pieces of the daemon (`mayfly run`) beyond the pass loop itself: waking on arrivals
-//! ([`wake`]), and the metrics it serves ([`serve`], from a [`MetricsSource`]).
+//! ([`wake`]), the ledger copy it keeps between passes ([`cache`]), and the metrics it serves
+//! ([`serve`], from a [`MetricsSource`]).
 
+pub mod cache;
 pub mod serve;
 pub mod wake;
 

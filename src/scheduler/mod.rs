@@ -26,7 +26,7 @@ pub use launch::client_token;
 pub use ops::{JobAction, OpError};
 pub use reconcile::{ReconcileOptions, ReconcileReport};
 pub use report::{IngestReport, LaunchReport, PassReport};
-pub use snapshot::{load_payers, load_snapshot};
+pub use snapshot::{load_payers, load_snapshot, ACTIVE};
 
 /// Renders the user-data script of one job attempt.
 pub trait UserDataSource: Send + Sync {
@@ -95,9 +95,9 @@ impl Settings {
 pub struct TickOptions {
     /// Read and plan only: no message is deleted, no job written, nothing launched.
     pub dry_run: bool,
-    /// Skip step 3, reconciling with EC2 (its DescribeInstances): the daemon's passes woken
-    /// by arrivals do, and a full reconcile runs on its own period. Events are still applied
-    /// and half-done launches still repaired.
+    /// Skip step 3, reconciling with EC2 (its DescribeInstances): the daemon's passes do, and
+    /// it runs [`Scheduler::reconcile_pass`] beside them on its own period. Events are still
+    /// applied and half-done launches still repaired.
     pub skip_reconcile: bool,
 }
 
@@ -178,6 +178,35 @@ impl Scheduler {
             let launched = launch::execute(self, &payers.valid, &jobs, &plan, now).await;
             report.launch.merge(launched);
         }
+        report.count_states(&jobs);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    /// Reconciles as a pass of its own, for a daemon that runs it beside the passes that
+    /// plan and launch: applies pending instance events, then compares the ledger with this
+    /// deployment's instances and acts on what differs. Overlapping with a planning pass is
+    /// safe for the same reason overlapping passes are: every write is conditional.
+    pub async fn reconcile_pass(&self, now: DateTime<Utc>) -> Result<PassReport, TickError> {
+        let started = Instant::now();
+        let mut report = PassReport::new(now, false);
+        let payers =
+            load_payers(self.deps.config.as_ref(), self.catalog, self.settings.caps).await?;
+        report.invalid_payers = payers.invalid.clone();
+        report.events = events::run(self, &payers, now).await;
+        let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
+        report.reconcile = reconcile::run(
+            self,
+            &payers.valid,
+            &mut jobs,
+            now,
+            ReconcileOptions {
+                dry_run: false,
+                events_drained: report.events.drained(self.settings.max_ingest),
+                list_healthy: false,
+            },
+        )
+        .await;
         report.count_states(&jobs);
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
