@@ -355,4 +355,104 @@ mod tests {
             "mayfly_aws_calls_total",
         );
     }
+
+    /// A dimension of an alarm: its name, and its literal value (`None` for a reference).
+    type AlarmDimension = (String, Option<String>);
+
+    /// The infra template's alarms on mayfly's own metrics, as (metric, dimensions): read
+    /// from the template's text.
+    fn template_alarms() -> Vec<(String, Vec<AlarmDimension>)> {
+        let template = include_str!("../infra/mayfly.yaml");
+        let mut alarms = Vec::new();
+        // Resources are the two-space-indented keys; each block runs to the next one.
+        let mut blocks: Vec<Vec<&str>> = Vec::new();
+        for line in template.lines() {
+            let top = line.len() > 2 && line.starts_with("  ") && !line[2..].starts_with(' ');
+            if top || blocks.is_empty() {
+                blocks.push(Vec::new());
+            }
+            blocks.last_mut().expect("a block").push(line.trim());
+        }
+        for block in blocks {
+            if !block.contains(&"Type: AWS::CloudWatch::Alarm")
+                || !block.contains(&"Namespace: mayfly")
+            {
+                continue;
+            }
+            let metric = block
+                .iter()
+                .find_map(|l| l.strip_prefix("MetricName: "))
+                .expect("an alarm names its metric");
+            let mut dims = Vec::new();
+            for (i, l) in block.iter().enumerate() {
+                if let Some(name) = l.strip_prefix("- Name: ") {
+                    let value = block[i + 1]
+                        .strip_prefix("Value: ")
+                        .expect("a dimension value follows its name");
+                    let literal = (!value.starts_with('!')).then(|| value.to_owned());
+                    dims.push((name.to_owned(), literal));
+                }
+            }
+            alarms.push((metric.to_owned(), dims));
+        }
+        alarms
+    }
+
+    #[test]
+    fn every_alarm_on_a_mayfly_metric_matches_a_series_the_lambda_emits() {
+        use crate::metrics::{LedgerGauges, QueueGauge};
+        use crate::scheduler::PassReport;
+        let alarms = template_alarms();
+        let names: Vec<&str> = alarms.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mayfly_queued_oldest_age_seconds",
+                "mayfly_reaps_total",
+                "mayfly_paused_payers"
+            ],
+            "the template's alarms on mayfly metrics"
+        );
+        let at: chrono::DateTime<chrono::Utc> = "2026-11-29T01:00:00Z".parse().unwrap();
+        let mut report = PassReport::new(at, false);
+        report.reconcile.orphans_terminated = 1;
+        let ledger = LedgerGauges {
+            queued: vec![QueueGauge {
+                payer: "cedar-plan".into(),
+                tier: Some(0),
+                queued: 1,
+                oldest_age_seconds: 900.0,
+            }],
+            ..LedgerGauges::default()
+        };
+        let docs: Vec<Value> = Metrics::from_pass(&report, Some(ledger))
+            .to_emf("prod")
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        for (metric, dims) in &alarms {
+            // CloudWatch matches an alarm to a series by its exact set of dimensions.
+            let wanted: Vec<&str> = dims.iter().map(|(n, _)| n.as_str()).collect();
+            let found = docs.iter().any(|d| {
+                let directive = &d["_aws"]["CloudWatchMetrics"][0];
+                let set: Vec<&str> = directive["Dimensions"][0]
+                    .as_array()
+                    .expect("a dimension set")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let mut a = set.clone();
+                let mut b = wanted.clone();
+                a.sort_unstable();
+                b.sort_unstable();
+                a == b
+                    && d[metric.as_str()].is_number()
+                    && dims.iter().all(|(n, literal)| match literal {
+                        Some(v) => d[n.as_str()] == v.as_str(),
+                        None => d[n.as_str()].is_string(),
+                    })
+            });
+            assert!(found, "no EMF series for the alarm on {metric} {dims:?}");
+        }
+    }
 }
