@@ -154,22 +154,35 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Deploys `infra/mayfly.yaml` into the emulator as deployment `name` and waits for it.
 pub fn deploy(name: &str) {
-    let aws = venv().join("bin/aws");
+    deploy_with(name, &[]);
+}
+
+/// Runs the AWS CLI (the virtualenv's) against the emulator; panics naming the call if it
+/// fails, and returns its standard output.
+pub fn aws(args: &[&str]) -> String {
+    let out = Command::new(venv().join("bin/aws"))
+        .args(args)
+        .envs(child_env())
+        .output()
+        .expect("run the AWS CLI");
+    assert!(
+        out.status.success(),
+        "aws {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`deploy`] with template parameters besides `DeploymentName`.
+pub fn deploy_with(name: &str, parameters: &[(&str, &str)]) {
     let template = repo().join("infra/mayfly.yaml");
-    let run = |args: &[&str]| {
-        let out = Command::new(&aws)
-            .args(args)
-            .envs(child_env())
-            .output()
-            .expect("run the AWS CLI");
-        assert!(
-            out.status.success(),
-            "aws {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let body = format!("file://{}", template.display());
-    run(&[
+    // JSON, as a list parameter's value holds commas.
+    let params: Vec<serde_json::Value> = std::iter::once(("DeploymentName", name))
+        .chain(parameters.iter().copied())
+        .map(|(k, v)| serde_json::json!({"ParameterKey": k, "ParameterValue": v}))
+        .collect();
+    aws(&[
         "cloudformation",
         "create-stack",
         "--stack-name",
@@ -179,9 +192,9 @@ pub fn deploy(name: &str) {
         "--capabilities",
         "CAPABILITY_NAMED_IAM",
         "--parameters",
-        &format!("ParameterKey=DeploymentName,ParameterValue={name}"),
+        &serde_json::Value::from(params).to_string(),
     ]);
-    run(&[
+    aws(&[
         "cloudformation",
         "wait",
         "stack-create-complete",
