@@ -330,6 +330,15 @@ mod tests {
         next
     }
 
+    /// Another process (`mayfly jobs cancel`) cancels `job` in the ledger behind the copy.
+    async fn cancel_behind(inner: &Counted, job: &Job) {
+        inner
+            .inner
+            .update(&moved(job, JobState::Cancelled), job.version)
+            .await
+            .expect("cancel");
+    }
+
     fn ids(jobs: &[Job]) -> Vec<&str> {
         jobs.iter().map(|j| j.job_id.as_str()).collect()
     }
@@ -392,11 +401,7 @@ mod tests {
         );
 
         // Another process cancels it; the copy still says queued.
-        inner
-            .inner
-            .update(&moved(&a, JobState::Cancelled), a.version)
-            .await
-            .expect("cancel");
+        cancel_behind(&inner, &a).await;
         assert_eq!(
             cache.by_state(JobState::Queued).await.expect("read").len(),
             1
@@ -429,11 +434,7 @@ mod tests {
             2
         );
         // Another process cancels `a`: seen only after a refresh.
-        inner
-            .inner
-            .update(&moved(&a, JobState::Cancelled), a.version)
-            .await
-            .expect("cancel");
+        cancel_behind(&inner, &a).await;
 
         let refreshing = tokio::spawn({
             let cache = cache.clone();

@@ -144,19 +144,9 @@ impl Scheduler {
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
         let mut budget = self.settings.max_launches;
         if !opts.dry_run && !opts.skip_reconcile {
-            let drained = report.events.drained(self.settings.max_ingest);
-            report.reconcile = reconcile::run(
-                self,
-                &payers.valid,
-                &mut jobs,
-                now,
-                ReconcileOptions {
-                    dry_run: false,
-                    events_drained: drained,
-                    list_healthy: false,
-                },
-            )
-            .await;
+            report.reconcile = self
+                .reconcile_step(&payers.valid, &mut jobs, &report.events, now)
+                .await;
         }
         if !opts.dry_run {
             let repaired = launch::repair(self, &payers.valid, &mut jobs, now, &mut budget).await;
@@ -195,21 +185,29 @@ impl Scheduler {
         report.invalid_payers = payers.invalid.clone();
         report.events = events::run(self, &payers, now).await;
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
-        report.reconcile = reconcile::run(
-            self,
-            &payers.valid,
-            &mut jobs,
-            now,
-            ReconcileOptions {
-                dry_run: false,
-                events_drained: report.events.drained(self.settings.max_ingest),
-                list_healthy: false,
-            },
-        )
-        .await;
+        report.reconcile = self
+            .reconcile_step(&payers.valid, &mut jobs, &report.events, now)
+            .await;
         report.count_states(&jobs);
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
+    }
+
+    /// Step 3 of a pass: reconcile with EC2, judging jobs lost only if `events` (this
+    /// pass's reading of the events queue) drained it.
+    async fn reconcile_step(
+        &self,
+        payers: &[Payer],
+        jobs: &mut [Job],
+        events: &EventsReport,
+        now: DateTime<Utc>,
+    ) -> ReconcileReport {
+        let opts = ReconcileOptions {
+            dry_run: false,
+            events_drained: events.drained(self.settings.max_ingest),
+            list_healthy: false,
+        };
+        reconcile::run(self, payers, jobs, now, opts).await
     }
 
     /// Applies instance events that arrived outside the events queue's reading (an SQS event
