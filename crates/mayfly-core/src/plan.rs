@@ -218,41 +218,43 @@ pub struct Plan<'a> {
     pub marks: Vec<Mark<'a>>,
 }
 
-/// Per (payer, batch): its jobs, then the gate of each tier once all are known.
+/// Per (payer, batch): what each tier holds back, then the gate of each tier once all its
+/// jobs are known.
 #[derive(Default)]
 struct Group<'a> {
-    members: Vec<(u8, JobState, &'a str)>,
+    /// Per tier: jobs not succeeded, and jobs dead or cancelled (counts, smallest ids).
+    tiers: Vec<[(usize, Blockers<'a>); 2]>,
     gates: Vec<Option<Reason<'a>>>,
 }
 
 impl<'a> Group<'a> {
+    /// Counts one job of the group.
+    fn add(&mut self, tier: u8, state: JobState, id: &'a str) {
+        let t = usize::from(tier).min(TIERS - 1);
+        if self.tiers.len() <= t {
+            self.tiers.resize(t + 1, Default::default());
+        }
+        let [open, dead] = &mut self.tiers[t];
+        if state != JobState::Succeeded {
+            open.0 += 1;
+            open.1.insert(id);
+        }
+        if matches!(state, JobState::Dead | JobState::Cancelled) {
+            dead.0 += 1;
+            dead.1.insert(id);
+        }
+    }
+
     /// Computes, once per tier, why a job of that tier may not launch yet (if it may not).
     /// A dead or cancelled lower tier blocks; otherwise unfinished lower tiers make it wait.
     fn seal(&mut self) {
-        let top = self
-            .members
-            .iter()
-            .map(|(t, _, _)| usize::from(*t))
-            .max()
-            .unwrap_or(0)
-            .min(TIERS - 1);
-        let mut open = vec![(0usize, Blockers::default()); top + 1];
-        let mut dead = vec![(0usize, Blockers::default()); top + 1];
-        for &(tier, state, id) in &self.members {
-            let t = usize::from(tier).min(TIERS - 1);
-            if state != JobState::Succeeded {
-                open[t].0 += 1;
-                open[t].1.insert(id);
-            }
-            if matches!(state, JobState::Dead | JobState::Cancelled) {
-                dead[t].0 += 1;
-                dead[t].1.insert(id);
-            }
-        }
+        let tiers = std::mem::take(&mut self.tiers);
         let mut open_below = (0usize, Blockers::default());
         let mut dead_below = (0usize, Blockers::default());
-        self.gates = (0..=top)
-            .map(|t| {
+        self.gates = tiers
+            .iter()
+            .enumerate()
+            .map(|(t, [open, dead])| {
                 let gate = if dead_below.0 > 0 {
                     let more = dead_below.0 - dead_below.1.as_slice().len();
                     Some(Reason::BlockedByDead {
@@ -269,14 +271,13 @@ impl<'a> Group<'a> {
                 } else {
                     None
                 };
-                open_below.0 += open[t].0;
-                open_below.1.merge(&open[t].1);
-                dead_below.0 += dead[t].0;
-                dead_below.1.merge(&dead[t].1);
+                open_below.0 += open.0;
+                open_below.1.merge(&open.1);
+                dead_below.0 += dead.0;
+                dead_below.1.merge(&dead.1);
                 gate
             })
             .collect();
-        self.members = Vec::new();
     }
 
     fn gate(&self, tier: u8) -> Option<&Reason<'a>> {
@@ -314,6 +315,10 @@ enum Resolved {
         payer: usize,
         tier: u8,
         group: usize,
+        /// The job's state, and whether it is in retry backoff: pass 3 visits jobs in rank
+        /// order, and need not read the job itself unless it launches or changes state.
+        state: JobState,
+        backoff: bool,
     },
 }
 
@@ -335,33 +340,48 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
         .collect();
 
     // Pass 1: resolve each job, gather tier gates per (payer, batch), capacity in flight.
-    let mut group_index: FxHashMap<(&str, &str), usize> = FxHashMap::default();
+    // Summaries share one allocation between equal payer, kind and batch strings (see
+    // `summary::Interner`), so each allocation is looked up by its content once, then by its
+    // address; groups are keyed by content (payer index, batch number) all the same.
+    let mut kinds: FxHashMap<(usize, usize), (Option<usize>, Option<u8>)> = FxHashMap::default();
+    let mut batch_at: FxHashMap<usize, usize> = FxHashMap::default();
+    let mut batch_no: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut group_index: FxHashMap<(usize, usize), usize> = FxHashMap::default();
     let mut groups: Vec<Group<'a>> = Vec::new();
     let mut payer_use = vec![Usage::default(); snap.payers.len()];
     let mut in_use = Usage::default();
     let mut sizing_cache = SizingCache::default();
     let mut resolved: Vec<Resolved> = Vec::with_capacity(snap.jobs.len());
     for job in snap.jobs {
-        let r = match payer_index.get(&*job.payer_id) {
-            None => Resolved::UnknownPayer,
-            Some(&p) => match snap.payers[p].kind(&job.kind) {
-                None => Resolved::UnknownKind { payer: p },
-                Some(kind) => {
-                    let next = groups.len();
-                    let g = *group_index
-                        .entry((&job.payer_id, &job.batch))
-                        .or_insert(next);
-                    if g == next {
-                        groups.push(Group::default());
-                    }
-                    groups[g].members.push((kind.tier, job.state, &job.job_id));
-                    Resolved::Known {
-                        payer: p,
-                        tier: kind.tier,
-                        group: g,
-                    }
+        let at = |s: &str| s.as_ptr() as usize;
+        let (payer, tier) = *kinds
+            .entry((at(&job.payer_id), at(&job.kind)))
+            .or_insert_with(|| match payer_index.get(&*job.payer_id) {
+                None => (None, None),
+                Some(&p) => (Some(p), snap.payers[p].kind(&job.kind).map(|k| k.tier)),
+            });
+        let r = match (payer, tier) {
+            (None, _) => Resolved::UnknownPayer,
+            (Some(p), None) => Resolved::UnknownKind { payer: p },
+            (Some(p), Some(tier)) => {
+                let b = *batch_at.entry(at(&job.batch)).or_insert_with(|| {
+                    let next = batch_no.len();
+                    *batch_no.entry(&job.batch).or_insert(next)
+                });
+                let next = groups.len();
+                let g = *group_index.entry((p, b)).or_insert(next);
+                if g == next {
+                    groups.push(Group::default());
                 }
-            },
+                groups[g].add(tier, job.state, &job.job_id);
+                Resolved::Known {
+                    payer: p,
+                    tier,
+                    group: g,
+                    state: job.state,
+                    backoff: job.not_before.is_some_and(|nb| nb > snap.now),
+                }
+            }
         };
         resolved.push(r);
         if job.state.is_in_flight() {
@@ -413,7 +433,11 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
         let (tier, i) = (key.0, key.5);
         let job = &snap.jobs[i];
         let Resolved::Known {
-            payer: p, group, ..
+            payer: p,
+            group,
+            state,
+            backoff,
+            ..
         } = resolved[i]
         else {
             unreachable!("only resolved jobs are candidates")
@@ -435,8 +459,9 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
             })
             .or_else(|| tier_gate.cloned())
             .or_else(|| {
-                job.not_before
-                    .filter(|nb| *nb > snap.now)
+                backoff
+                    .then_some(job.not_before)
+                    .flatten()
                     .map(|until| Reason::Backoff { until })
             });
         let reason = gate.or_else(|| {
@@ -492,13 +517,13 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
         });
         if let Some(reason) = reason {
             let blocked = matches!(reason, Reason::BlockedByDead { .. });
-            if blocked && job.state == JobState::Queued {
+            if blocked && state == JobState::Queued {
                 marks.push(Mark {
                     job_id: &job.job_id,
                     from: JobState::Queued,
                     to: JobState::Blocked,
                 });
-            } else if !blocked && job.state == JobState::Blocked {
+            } else if !blocked && state == JobState::Blocked {
                 marks.push(Mark {
                     job_id: &job.job_id,
                     from: JobState::Blocked,
