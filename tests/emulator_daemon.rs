@@ -6,10 +6,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mayfly::aws::dynamo::DynamoLedger;
@@ -17,52 +15,22 @@ use mayfly::aws::Clients;
 use mayfly::job::JobState;
 use mayfly::names::Names;
 use mayfly::ports::Ledger;
+use support::daemon::Daemon;
 use support::mayfly;
 
-/// The daemon's stdout, one JSON object per line.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<serde_json::Value>>>,
+/// A line the daemon printed: with `--output json`, one object per line.
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
 }
 
-impl Daemon {
-    fn start(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mayfly"))
-            .args(["--name", name, "--output", "json", "run"])
-            .args(args)
-            .envs(support::child_env())
-            .current_dir(support::repo())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mayfly run");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().expect("stdout");
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).expect("one JSON object per line");
-                sink.lock().unwrap().push(v);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// Waits for the first line matching `pred`.
-    fn wait_for(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
-                return v.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} line: {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// Waits for the daemon's first line matching `pred`.
+fn wait_for(
+    daemon: &Daemon,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let (_, line) = daemon.wait_for(what, Duration::from_secs(40), |l| pred(&json(l)));
+    json(&line)
 }
 
 fn event(v: &serde_json::Value, name: &str) -> bool {
@@ -178,6 +146,7 @@ async fn an_arrival_wakes_the_daemon_which_launches_serves_metrics_and_stops_cle
     // A pass interval far beyond this test: only an arrival can trigger the launch.
     let mut daemon = Daemon::start(
         &name,
+        &["--output", "json"],
         &[
             "--interval",
             "10m",
@@ -191,12 +160,12 @@ async fn an_arrival_wakes_the_daemon_which_launches_serves_metrics_and_stops_cle
             "127.0.0.1:0",
         ],
     );
-    let started = daemon.wait_for("started", |v| event(v, "started"));
+    let started = wait_for(&daemon, "started", |v| event(v, "started"));
     let url = started["metrics"]
         .as_str()
         .expect("the metrics URL")
         .to_owned();
-    daemon.wait_for("first pass", |v| event(v, "pass"));
+    wait_for(&daemon, "first pass", |v| event(v, "pass"));
 
     // Claims launch on demand, so the instance has a price and today has a cost.
     let job = "cedar-plan:2029-03:claims";
@@ -213,7 +182,7 @@ async fn an_arrival_wakes_the_daemon_which_launches_serves_metrics_and_stops_cle
         "2029-03",
     ];
     assert!(mayfly(&name, &args).status.success());
-    let woke = daemon.wait_for("a pass that launched the job", |v| {
+    let woke = wait_for(&daemon, "a pass that launched the job", |v| {
         event(v, "pass") && v["launched"] == 1 && v["ingested"] == 1
     });
     assert_eq!(
@@ -257,15 +226,8 @@ async fn an_arrival_wakes_the_daemon_which_launches_serves_metrics_and_stops_cle
         "nothing is queued"
     );
 
-    let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = daemon.child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    daemon.wait_for("stopped", |v| event(v, "stopped"));
+    assert_eq!(daemon.terminate().code(), Some(0));
+    wait_for(&daemon, "stopped", |v| event(v, "stopped"));
     assert!(ledger
         .by_state(JobState::Launching)
         .await

@@ -4,9 +4,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mayfly::aws::dynamo::DynamoLedger;
@@ -15,74 +12,17 @@ use mayfly::job::JobState;
 use mayfly::lease::{DynamoLeaseStore, LeaseStore};
 use mayfly::names::Names;
 use mayfly::ports::Ledger;
+use support::daemon::Daemon;
 use support::mayfly;
 
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+/// A daemon on a 1 s pass interval and a 6 s lease.
+fn start(name: &str) -> Daemon {
+    Daemon::start(name, &[], &["--interval", "1s", "--lease-ttl", "6s"])
 }
 
-impl Daemon {
-    fn start(name: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mayfly"))
-            .args([
-                "--name",
-                name,
-                "run",
-                "--interval",
-                "1s",
-                "--lease-ttl",
-                "6s",
-            ])
-            .envs(support::child_env())
-            .current_dir(support::repo())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mayfly run");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    fn saw(&self, prefix: &str) -> Option<Instant> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(_, l)| l.starts_with(prefix))
-            .map(|(t, _)| *t)
-    }
-
-    fn count(&self, prefix: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, l)| l.starts_with(prefix))
-            .count()
-    }
-
-    fn wait_for(&self, prefix: &str, within: Duration) -> Instant {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(t) = self.saw(prefix) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no `{prefix}` line within {within:?}: {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// Whether a (text) line is the event `name`.
+fn is(name: &'static str) -> impl Fn(&str) -> bool {
+    move |line| line.split_whitespace().next() == Some(name)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -93,20 +33,19 @@ async fn a_standby_takes_over_from_a_killed_leader_and_sigterm_exits_cleanly() {
     let clients = Clients::new(&sdk);
     let names = Names::new(&name);
 
-    let mut first = Daemon::start(&name);
-    first.wait_for("leader", Duration::from_secs(30));
-    let mut second = Daemon::start(&name);
-    second.wait_for("standby", Duration::from_secs(30));
+    let mut first = start(&name);
+    first.wait_for("leader", Duration::from_secs(30), is("leader"));
+    let mut second = start(&name);
+    second.wait_for("standby", Duration::from_secs(30), is("standby"));
 
     // Kill the leader with SIGKILL just after a pass starts.
-    let passes = first.count("pass-start");
+    let passes = first.count(is("pass-start"));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while first.count("pass-start") == passes {
+    while first.count(is("pass-start")) == passes {
         assert!(Instant::now() < deadline, "the leader runs passes");
         std::thread::sleep(Duration::from_millis(10));
     }
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
+    first.kill();
     let killed = Instant::now();
     let job = "cedar-plan:2029-02:eligibility";
     assert!(mayfly(
@@ -126,7 +65,9 @@ async fn a_standby_takes_over_from_a_killed_leader_and_sigterm_exits_cleanly() {
     .status
     .success());
 
-    let took_over = second.wait_for("leader", Duration::from_secs(60));
+    let took_over = second
+        .wait_for("leader", Duration::from_secs(60), is("leader"))
+        .0;
     let ledger = DynamoLedger::new(clients.dynamodb.clone(), names.jobs_table());
     let deadline = Instant::now() + Duration::from_secs(60);
     let acted = loop {
@@ -144,18 +85,11 @@ async fn a_standby_takes_over_from_a_killed_leader_and_sigterm_exits_cleanly() {
         (took_over - killed).as_secs_f64(),
         (acted - killed).as_secs_f64()
     );
-    assert!(second.saw("pass").is_some());
+    assert!(second.saw(is("pass")).is_some());
 
     // SIGTERM: the current pass finishes, the lease is released, exit 0.
-    let pid = second.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = second.child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    second.wait_for("stopped", Duration::from_secs(5));
+    assert_eq!(second.terminate().code(), Some(0));
+    second.wait_for("stopped", Duration::from_secs(5), is("stopped"));
     let lease = DynamoLeaseStore::new(clients.dynamodb.clone(), names.jobs_table())
         .read("scheduler")
         .await

@@ -15,6 +15,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::Credentials;
 
 pub mod cost_check;
+pub mod daemon;
 pub mod schema;
 pub mod screenshot;
 pub mod world;
