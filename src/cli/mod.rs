@@ -118,10 +118,14 @@ pub enum Command {
     /// expires.
     ///
     /// The leader long-polls the intake and events queues and runs a pass --batch-window-ms
-    /// after a message arrives; a full reconcile with EC2 runs every --reconcile-interval.
+    /// after a message arrives. Passes plan from a copy of the in-flight jobs that the daemon
+    /// keeps current with its own writes; a reconcile with EC2 runs every
+    /// --reconcile-interval beside them, and first re-reads that copy, so changes made by
+    /// other processes (jobs cancel, jobs retry) are seen within one reconcile interval.
     /// Start several for failover; exactly one runs passes at a time (and every ledger write
-    /// is conditional anyway). SIGTERM or SIGINT finishes the current pass, releases the lease
-    /// and exits 0. Prints one line per event (started, leader, standby, pass, stopped).
+    /// is conditional anyway). SIGTERM or SIGINT finishes the passes under way, releases the
+    /// lease and exits 0. Prints one line per event (started, leader, standby, pass-start,
+    /// pass, stopped).
     ///
     ///   mayfly run --interval 10s --lease-ttl 30s --metrics-addr 127.0.0.1:9464
     Run(RunArgs),
