@@ -9,9 +9,10 @@
 //! DynamoDB and is remembered; every write the daemon makes goes through it and updates the
 //! copy, so later reads are answered from memory. What the daemon does not write itself is
 //! picked up by [`CachedLedger::refresh`], which the daemon's reconcile runs on its period
-//! (so a `mayfly jobs cancel` or `retry` is seen within one reconcile interval), and at once
-//! after anything suggests the copy is stale: a write that loses its version condition, a
-//! write whose outcome is unknown, a create of a job that already existed.
+//! (so a `mayfly jobs cancel` or `retry` is seen within one reconcile interval). The copy is
+//! dropped at once, and the next reads go to DynamoDB, after anything suggests it is stale:
+//! a write that loses its version condition, a write whose outcome is unknown (a throttled
+//! write is known not to have happened), a create of a job that already existed.
 //!
 //! A stale copy is safe, as every ledger write stays conditional on the version read: a pass
 //! that plans from it may try to launch a job another process cancelled, but its `launching`
@@ -19,7 +20,7 @@
 //! (`get`, the consistent re-reads before judging a job lost or an instance an orphan) always
 //! go to DynamoDB.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -160,18 +161,22 @@ impl CachedLedger {
         self.len() == 0
     }
 
-    /// Reads every in-flight state, and every batch the copy held, from DynamoDB again, and
-    /// replaces the copy with it, keeping what this process learned while reading (passes
-    /// may run meanwhile and read the old copy). Returns the jobs now held.
+    /// Reads every in-flight state, and every batch with an in-flight job, from DynamoDB
+    /// again, and replaces the copy with it, keeping what this process learned while reading
+    /// (passes may run meanwhile and read the old copy). Batches whose jobs have all finished
+    /// are let go, so the copy holds what a pass plans from, not everything the daemon ever
+    /// saw. Returns the jobs now held.
     pub async fn refresh(&self) -> Result<usize, StoreError> {
-        let (since, batches) = {
-            let c = self.held();
-            (c.seq, c.batches.iter().cloned().collect::<Vec<_>>())
-        };
+        let since = self.held().seq;
         let mut states = Vec::with_capacity(ACTIVE.len());
         for state in ACTIVE {
             states.push((state, self.inner.by_state(state).await?));
         }
+        let batches: BTreeSet<(String, String)> = states
+            .iter()
+            .flat_map(|(_, rows)| rows.iter())
+            .map(|j| (j.payer_id.clone(), j.batch.clone()))
+            .collect();
         let mut batch_rows = Vec::with_capacity(batches.len());
         for (payer, batch) in batches {
             let rows = self.inner.by_batch(&payer, &batch).await?;
@@ -208,6 +213,7 @@ impl Ledger for CachedLedger {
             Ok(true) => c.learn(job.clone()),
             // It existed: if not here, someone else created it after the copy was read.
             Ok(false) if c.jobs.contains_key(&job.job_id) => {}
+            Err(StoreError::Throttled(_)) => {}
             Ok(false) | Err(_) => *c = Held::default(),
         }
         created
@@ -226,6 +232,8 @@ impl Ledger for CachedLedger {
         let mut c = self.held();
         match &written {
             Ok(()) => c.learn(job.clone()),
+            // Throttled: nothing was written, and the copy is still right.
+            Err(StoreError::Throttled(_)) => {}
             // Another writer moved it (a lost condition), or the outcome is unknown.
             Err(_) => *c = Held::default(),
         }
@@ -417,6 +425,64 @@ mod tests {
             .await
             .expect("read")
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_throttled_write_keeps_the_copy_so_a_throttled_table_is_not_read_again() {
+        let inner = Arc::new(Counted::default());
+        let a = job("a", "b1");
+        inner.inner.create(&a).await.expect("create");
+        let cache = CachedLedger::new(inner.clone());
+        load_snapshot(&cache).await.expect("snapshot");
+        let reads = inner.queries.load(Ordering::Relaxed);
+        inner.inner.throttle_next_writes(1);
+        let throttled = cache
+            .update(&moved(&a, JobState::Launching), a.version)
+            .await;
+        assert!(
+            matches!(throttled, Err(StoreError::Throttled(_))),
+            "{throttled:?}"
+        );
+        let again = load_snapshot(&cache).await.expect("snapshot");
+        assert_eq!(again[0].state, JobState::Queued, "nothing was written");
+        assert_eq!(
+            inner.queries.load(Ordering::Relaxed),
+            reads,
+            "from the copy"
+        );
+    }
+
+    #[tokio::test]
+    async fn refresh_lets_go_of_batches_that_finished() {
+        let inner = Arc::new(Counted::default());
+        let a = job("a", "b1");
+        inner.inner.create(&a).await.expect("create");
+        let cache = CachedLedger::new(inner.clone());
+        load_snapshot(&cache).await.expect("snapshot");
+        assert_eq!(
+            inner.queries.load(Ordering::Relaxed),
+            6,
+            "five states, batch b1"
+        );
+        let done = moved(
+            &moved(&moved(&a, JobState::Launching), JobState::Running),
+            JobState::Succeeded,
+        );
+        // The daemon applies the job's `finished` event.
+        cache.update(&done, a.version).await.expect("finish");
+
+        assert_eq!(
+            cache.refresh().await.expect("refresh"),
+            0,
+            "nothing in flight"
+        );
+        assert_eq!(
+            inner.queries.load(Ordering::Relaxed),
+            11,
+            "five states again, and no batch: b1 has nothing in flight"
+        );
+        assert!(load_snapshot(&cache).await.expect("snapshot").is_empty());
+        assert_eq!(inner.queries.load(Ordering::Relaxed), 11, "from the copy");
     }
 
     #[tokio::test]
