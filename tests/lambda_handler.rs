@@ -4,32 +4,12 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use chrono::Duration;
 use mayfly::events::{EventKind, InstanceEvent, VERSION};
-use mayfly::fakes::{FakeCompute, FakeConfigStore, FakeLedger, FakeQueue};
 use mayfly::job::JobState;
 use mayfly::lambda::{handle, ItemFailure, Trigger};
 use serde_json::{json, Value};
-use support::world::{request, t0, EchoUserData, Fault, FaultyCompute, World};
-
-fn world() -> World {
-    World {
-        cluster: "fake".into(),
-        config: Arc::new(FakeConfigStore::new()),
-        ledger: Arc::new(FakeLedger::new()),
-        intake: Arc::new(FakeQueue::new()),
-        intake_dlq: Arc::new(FakeQueue::new()),
-        events: Arc::new(FakeQueue::new()),
-        events_dlq: Arc::new(FakeQueue::new()),
-        compute: Arc::new(FaultyCompute::new(Arc::new(FakeCompute::new()))),
-        user_data: Arc::new(EchoUserData),
-        subnets: vec!["subnet-0a1b2c3d4e5f60011".into()],
-        security_groups: vec!["sg-0a1b2c3d4e5f60021".into()],
-        instance_profile: "mayfly-instance".into(),
-    }
-}
+use support::world::{on_fakes as world, request, t0, Fault};
 
 fn event(kind: EventKind, job_id: &str, attempt: u32, instance_id: &str) -> InstanceEvent {
     InstanceEvent {

@@ -6,31 +6,14 @@ mod support;
 use std::sync::Arc;
 
 use mayfly::daemon::cache::CachedLedger;
-use mayfly::fakes::{FakeCompute, FakeConfigStore, FakeLedger, FakeQueue};
+use mayfly::fakes::{FakeCompute, FakeLedger, FakeQueue};
 use mayfly::job::{Job, JobRequest, JobState};
 use mayfly::ports::{Compute, ComputeError, LaunchRequest, Ledger};
 use mayfly::profile::CapacityType;
 use mayfly::scheduler::client_token;
 use mayfly::scheduler::TickOptions;
 use mayfly::sizing::Rung;
-use support::world::{self, EchoUserData, FaultyCompute, World};
-
-fn world() -> World {
-    World {
-        cluster: "fake".into(),
-        config: Arc::new(FakeConfigStore::new()),
-        ledger: Arc::new(FakeLedger::new()),
-        intake: Arc::new(FakeQueue::new()),
-        intake_dlq: Arc::new(FakeQueue::new()),
-        events: Arc::new(FakeQueue::new()),
-        events_dlq: Arc::new(FakeQueue::new()),
-        compute: Arc::new(FaultyCompute::new(Arc::new(FakeCompute::new()))),
-        user_data: Arc::new(EchoUserData),
-        subnets: vec!["subnet-0a1b2c3d4e5f60011".into()],
-        security_groups: vec!["sg-0a1b2c3d4e5f60021".into()],
-        instance_profile: "mayfly-instance".into(),
-    }
-}
+use support::world::{self, on_fakes as world, FaultyCompute, World};
 
 #[tokio::test]
 async fn first_pass_launches_tier_zero() {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use mayfly::catalog::Catalog;
+use mayfly::fakes::{FakeCompute, FakeConfigStore, FakeLedger, FakeQueue};
 use mayfly::job::{Job, JobState};
 use mayfly::ports::{
     Compute, ComputeError, ConfigStore, LaunchRequest, Launched, Ledger, ManagedInstance, Queue,
@@ -152,6 +153,24 @@ pub struct World {
     pub subnets: Vec<String>,
     pub security_groups: Vec<String>,
     pub instance_profile: String,
+}
+
+/// A deployment on the in-memory fakes, with the network names the fakes accept.
+pub fn on_fakes() -> World {
+    World {
+        cluster: "fake".into(),
+        config: Arc::new(FakeConfigStore::new()),
+        ledger: Arc::new(FakeLedger::new()),
+        intake: Arc::new(FakeQueue::new()),
+        intake_dlq: Arc::new(FakeQueue::new()),
+        events: Arc::new(FakeQueue::new()),
+        events_dlq: Arc::new(FakeQueue::new()),
+        compute: Arc::new(FaultyCompute::new(Arc::new(FakeCompute::new()))),
+        user_data: Arc::new(EchoUserData),
+        subnets: vec!["subnet-0a1b2c3d4e5f60011".into()],
+        security_groups: vec!["sg-0a1b2c3d4e5f60021".into()],
+        instance_profile: "mayfly-instance".into(),
+    }
 }
 
 pub fn t0() -> DateTime<Utc> {
