@@ -347,6 +347,15 @@ mod tests {
             .expect("cancel");
     }
 
+    /// A copy in front of a ledger holding one queued job, `a` of batch `b1`.
+    async fn one_queued() -> (Arc<Counted>, CachedLedger, Job) {
+        let inner = Arc::new(Counted::default());
+        let a = job("a", "b1");
+        inner.inner.create(&a).await.expect("create");
+        let cache = CachedLedger::new(inner.clone());
+        (inner, cache, a)
+    }
+
     fn ids(jobs: &[Job]) -> Vec<&str> {
         jobs.iter().map(|j| j.job_id.as_str()).collect()
     }
@@ -399,10 +408,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lost_condition_drops_the_copy_and_the_next_read_sees_the_other_write() {
-        let inner = Arc::new(Counted::default());
-        let a = job("a", "b1");
-        inner.inner.create(&a).await.expect("create");
-        let cache = CachedLedger::new(inner.clone());
+        let (inner, cache, a) = one_queued().await;
         assert_eq!(
             cache.by_state(JobState::Queued).await.expect("read").len(),
             1
@@ -429,10 +435,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_throttled_write_keeps_the_copy_so_a_throttled_table_is_not_read_again() {
-        let inner = Arc::new(Counted::default());
-        let a = job("a", "b1");
-        inner.inner.create(&a).await.expect("create");
-        let cache = CachedLedger::new(inner.clone());
+        let (inner, cache, a) = one_queued().await;
         load_snapshot(&cache).await.expect("snapshot");
         let reads = inner.queries.load(Ordering::Relaxed);
         inner.inner.throttle_next_writes(1);
@@ -454,10 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn refresh_lets_go_of_batches_that_finished() {
-        let inner = Arc::new(Counted::default());
-        let a = job("a", "b1");
-        inner.inner.create(&a).await.expect("create");
-        let cache = CachedLedger::new(inner.clone());
+        let (inner, cache, a) = one_queued().await;
         load_snapshot(&cache).await.expect("snapshot");
         assert_eq!(
             inner.queries.load(Ordering::Relaxed),
