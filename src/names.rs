@@ -15,6 +15,10 @@ pub mod tags {
     pub const PROTECT: &str = "mayfly:protect";
 }
 
+/// The message attribute that carries the reason a message was moved to a DLQ (intake or
+/// events).
+pub const ERROR_ATTRIBUTE: &str = "mayfly-error";
+
 /// The resource names of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {

@@ -7,46 +7,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-
+use super::policy::decide_failed;
+use super::report::EventsReport;
 use super::Scheduler;
 use crate::events::{EventKind, InstanceEvent};
 use crate::job::{Job, JobState};
 use crate::ports::{Message, StoreError};
 use crate::profile::Payer;
-use crate::retry::{self, Decision, FailureCause};
-
-/// What applying events did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct EventsReport {
-    pub received: u32,
-    pub applied: u32,
-    /// Events that changed nothing (already applied).
-    pub duplicates: u32,
-    /// Events that did not match the ledger, by reason.
-    pub ignored: BTreeMap<String, u32>,
-    /// Unparseable events: a pass moves them to the events DLQ with the reason; the Lambda
-    /// function reports them as batch item failures, so the queue's redrive moves them.
-    pub malformed: u32,
-    pub succeeded: u32,
-    pub failed: u32,
-    /// Failed jobs the retry policy queued again, by cause (`exit_code` here).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub retries: BTreeMap<String, u32>,
-    pub errors: Vec<String>,
-    /// Payers whose circuit-breaker count a `started` event reset.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub breakers_reset: Vec<String>,
-}
-
-impl EventsReport {
-    /// Whether the pass read the events queue to the end without an error, so an event not
-    /// seen was not sent before the pass began.
-    pub fn drained(&self, max_ingest: u32) -> bool {
-        self.received < max_ingest && self.errors.is_empty()
-    }
-}
+use crate::retry::FailureCause;
+use chrono::{DateTime, Utc};
 
 /// Whether an event matched the ledger, and what it did.
 enum Outcome {
@@ -138,29 +107,6 @@ fn apply(job: &mut Job, e: &InstanceEvent, payer: Option<&Payer>, now: DateTime<
     }
 }
 
-/// The retry decision for a job just marked failed, applied in memory.
-pub(super) fn decide_failed(
-    job: &mut Job,
-    payer: Option<&Payer>,
-    cause: &FailureCause,
-    now: DateTime<Utc>,
-) {
-    let policy = payer
-        .and_then(|p| p.kind(&job.kind))
-        .map(|k| k.retry.clone())
-        .unwrap_or_default();
-    match retry::decide(&policy, &job.job_id, job.attempts_in_budget(), cause, now) {
-        Decision::Retry { not_before, reason } => {
-            if job.transition(JobState::Queued, Some(reason), now).is_ok() {
-                job.not_before = Some(not_before);
-            }
-        }
-        Decision::Dead { reason } => {
-            let _ = job.transition(JobState::Dead, Some(reason), now);
-        }
-    }
-}
-
 /// What became of one message after [`apply_messages`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fate {
@@ -204,7 +150,7 @@ pub(super) async fn run(
             Fate::Malformed(reason) => match s
                 .deps
                 .events_dlq
-                .send(&m.body, &[(super::ingest::ERROR_ATTRIBUTE, &reason)])
+                .send(&m.body, &[(crate::names::ERROR_ATTRIBUTE, &reason)])
                 .await
             {
                 Ok(_) => done.push(m.receipt.clone()),

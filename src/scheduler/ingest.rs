@@ -11,9 +11,6 @@ use super::Scheduler;
 use crate::job::{Job, JobRequest, RequestError};
 use crate::profile::Payer;
 
-/// The message attribute that carries the rejection reason on the DLQ.
-pub const ERROR_ATTRIBUTE: &str = "mayfly-error";
-
 /// Parses a request and checks it against its payer's profile.
 pub fn validate(body: &str, payers: &[Payer]) -> Result<JobRequest, RequestError> {
     let req = JobRequest::parse(body)?;
@@ -81,7 +78,7 @@ pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> 
                     match s
                         .deps
                         .intake_dlq
-                        .send(&m.body, &[(ERROR_ATTRIBUTE, &reason)])
+                        .send(&m.body, &[(crate::names::ERROR_ATTRIBUTE, &reason)])
                         .await
                     {
                         Ok(_) => {

@@ -6,6 +6,7 @@ mod events;
 mod ingest;
 mod launch;
 mod ops;
+mod policy;
 pub mod reconcile;
 mod report;
 mod snapshot;
@@ -20,12 +21,15 @@ use crate::job::Job;
 use crate::ports::{Compute, ConfigStore, Ledger, Queue, StoreError};
 use crate::profile::{GlobalCaps, Payer};
 
-pub use events::{EventsReport, Fate};
-pub use ingest::{validate as validate_request, ERROR_ATTRIBUTE};
+pub use crate::names::ERROR_ATTRIBUTE;
+pub use events::Fate;
+pub use ingest::validate as validate_request;
 pub use launch::client_token;
 pub use ops::{JobAction, OpError};
-pub use reconcile::{ReconcileOptions, ReconcileReport};
-pub use report::{IngestReport, LaunchReport, PassReport};
+pub use reconcile::ReconcileOptions;
+pub use report::{
+    EventsReport, Finding, IngestReport, InstanceFinding, LaunchReport, PassReport, ReconcileReport,
+};
 pub use snapshot::{load_payers, load_snapshot, ACTIVE};
 
 /// Renders the user-data script of one job attempt.

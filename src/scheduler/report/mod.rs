@@ -1,4 +1,11 @@
-//! The structured summary of one pass, printed as text or JSON.
+//! The structured summary of one pass, printed as text or JSON. Every step of the pass
+//! writes its part here; this module depends on none of them.
+
+mod events;
+mod reconcile;
+
+pub use events::EventsReport;
+pub use reconcile::{Finding, InstanceFinding, ReconcileReport};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,7 +43,7 @@ pub struct LaunchReport {
     pub errors: Vec<String>,
     /// Spot prices read this pass, by (instance type, AZ): one DescribeSpotPriceHistory each.
     #[serde(skip)]
-    pub(super) spot_prices: BTreeMap<(String, String), Result<f64, String>>,
+    pub(in crate::scheduler) spot_prices: BTreeMap<(String, String), Result<f64, String>>,
 }
 
 impl LaunchReport {
@@ -74,8 +81,8 @@ pub struct PassReport {
     pub duration_ms: u64,
     pub invalid_payers: Vec<String>,
     pub ingest: IngestReport,
-    pub events: super::events::EventsReport,
-    pub reconcile: super::reconcile::ReconcileReport,
+    pub events: EventsReport,
+    pub reconcile: ReconcileReport,
     pub plan: PlanSummary,
     pub launch: LaunchReport,
     /// Jobs by state when the pass planned.
@@ -92,8 +99,8 @@ impl PassReport {
             duration_ms: 0,
             invalid_payers: Vec::new(),
             ingest: IngestReport::default(),
-            events: super::events::EventsReport::default(),
-            reconcile: super::reconcile::ReconcileReport::default(),
+            events: EventsReport::default(),
+            reconcile: ReconcileReport::default(),
             plan: PlanSummary::default(),
             launch: LaunchReport::default(),
             jobs_by_state: BTreeMap::new(),
@@ -114,7 +121,7 @@ impl PassReport {
         }
     }
 
-    pub(super) fn count_states(&mut self, jobs: &[Job]) {
+    pub(in crate::scheduler) fn count_states(&mut self, jobs: &[Job]) {
         for j in jobs {
             *self.jobs_by_state.entry(j.state.to_string()).or_default() += 1;
         }

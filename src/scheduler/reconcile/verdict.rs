@@ -1,0 +1,252 @@
+//! Ending an attempt the reconciler judged (lost or timed out): re-read the job, record the
+//! failure, terminate the instance, apply the retry policy and feed the payer's circuit
+//! breaker; and `failed` jobs whose retry decision a stopped pass never recorded.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{finding, Reconciler};
+use crate::job::{Job, JobState};
+use crate::ports::{ManagedInstance, StoreError};
+use crate::retry::FailureCause;
+use crate::scheduler::policy::decide_failed;
+use crate::scheduler::report::Finding;
+
+impl Reconciler<'_> {
+    /// Ends the job's current attempt with `cause`: re-reads the job, records the failure
+    /// (conditional write), terminates the instance, applies the retry policy, and feeds the
+    /// payer's circuit breaker.
+    pub(super) async fn fail_attempt(
+        &mut self,
+        job: &mut Job,
+        cause: FailureCause,
+        kind: Finding,
+        why: String,
+        inst: Option<&ManagedInstance>,
+    ) {
+        let key = (job.job_id.clone(), job.attempt);
+        let live = inst.filter(|i| i.state.is_live());
+        let report = |r: &mut Self, action: String| {
+            r.report.findings.push(finding(
+                inst,
+                Some((&key.0, key.1)),
+                kind,
+                why.clone(),
+                action,
+            ));
+        };
+        if self.opts.dry_run {
+            let t = match live {
+                Some(i) => format!("would terminate {} and ", i.instance_id),
+                None => "would ".to_owned(),
+            };
+            report(self, format!("{t}apply the retry policy ({cause})"));
+            return;
+        }
+        // Act only on what the ledger says now.
+        let fresh = match self.s.deps.ledger.get(&job.job_id).await {
+            Ok(Some(j)) => j,
+            Ok(None) => return,
+            Err(e) => {
+                self.report
+                    .errors
+                    .push(format!("reading job {}: {e}", job.job_id));
+                return;
+            }
+        };
+        let same = fresh.state == JobState::Running
+            && fresh.attempt == job.attempt
+            && fresh
+                .current_attempt()
+                .and_then(|a| a.instance_id.as_deref())
+                == job.current_attempt().and_then(|a| a.instance_id.as_deref());
+        if !same {
+            *job = fresh;
+            report(self, "none: the job moved on meanwhile".into());
+            return;
+        }
+        let mut updated = fresh.clone();
+        let never_started = updated
+            .current_attempt()
+            .is_some_and(crate::job::Attempt::never_started);
+        let now = self.now;
+        if let Some(a) = updated.current_attempt_mut() {
+            a.reason = Some(cause.to_string());
+            a.cause = Some(cause.clone());
+            // The end of the attempt's bill: now for an instance terminated below, or when it
+            // was first seen gone.
+            a.ended_at = Some(match live {
+                Some(_) => now,
+                None => a.gone_at.unwrap_or(now),
+            });
+        }
+        let expected = updated.version;
+        if updated
+            .transition(JobState::Failed, Some(cause.to_string()), self.now)
+            .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.save(&mut updated, expected).await {
+            *job = fresh;
+            report(self, e);
+            return;
+        }
+        match kind {
+            Finding::Lost => self.report.lost += 1,
+            Finding::BootTimeout => self.report.boot_timeouts += 1,
+            Finding::HeartbeatTimeout => self.report.heartbeat_timeouts += 1,
+            Finding::MaxRuntime => self.report.max_runtime += 1,
+            _ => {}
+        }
+        let mut action = match live {
+            Some(i) => self.terminate(i).await,
+            None => "nothing to terminate".to_owned(),
+        };
+        let boot_failure = matches!(cause, FailureCause::BootTimeout)
+            || (matches!(cause, FailureCause::InstanceLost) && never_started);
+        if boot_failure {
+            self.breaker(&updated).await;
+        }
+        action.push_str("; ");
+        action.push_str(&self.apply_policy(&mut updated, &cause).await);
+        *job = updated;
+        report(self, action);
+    }
+
+    /// Applies the retry policy to a job just recorded as failed; says what it decided.
+    async fn apply_policy(&mut self, job: &mut Job, cause: &FailureCause) -> String {
+        let payer = self.payer(&job.payer_id).cloned();
+        let expected = job.version;
+        let before = job.clone();
+        decide_failed(job, payer.as_ref(), cause, self.now);
+        match self.save(job, expected).await {
+            Ok(()) => match job.state {
+                JobState::Queued => {
+                    self.report.requeued += 1;
+                    *self
+                        .report
+                        .retries
+                        .entry(cause.label().to_owned())
+                        .or_default() += 1;
+                    let after = job
+                        .not_before
+                        .map(|t| format!(" not before {}", t.format("%H:%M:%S")))
+                        .unwrap_or_default();
+                    format!("job queued for attempt {}{after}", job.attempt + 1)
+                }
+                JobState::Dead => {
+                    self.report.dead += 1;
+                    format!(
+                        "job dead: {}",
+                        job.reason.as_deref().unwrap_or("no more attempts")
+                    )
+                }
+                other => format!("job {other}"),
+            },
+            Err(e) => {
+                *job = before;
+                e
+            }
+        }
+    }
+
+    /// One more boot failure for the job's payer; pauses it at the profile's threshold.
+    async fn breaker(&mut self, job: &Job) {
+        let Some(payer) = self.payer(&job.payer_id) else {
+            return;
+        };
+        let threshold = payer.profile.circuit_breaker.boot_failures;
+        let config = &self.s.deps.config;
+        let count = match config.add_boot_failure(&job.payer_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.report
+                    .errors
+                    .push(format!("counting a boot failure of {}: {e}", job.payer_id));
+                return;
+            }
+        };
+        if threshold == 0 || count < threshold {
+            return;
+        }
+        // Pause with the reason, unless already paused (keep an operator's reason).
+        for _ in 0..3 {
+            let row = match config.get(&job.payer_id).await {
+                Ok(Some(row)) => row,
+                Ok(None) => return,
+                Err(e) => {
+                    self.report
+                        .errors
+                        .push(format!("reading payer {}: {e}", job.payer_id));
+                    return;
+                }
+            };
+            if row.paused.is_some() {
+                return;
+            }
+            let reason = format!(
+                "circuit breaker: {count} consecutive boot failures (last: job {} attempt {}); \
+                 fix the launch settings, then `mayfly payers resume {}`",
+                job.job_id, job.attempt, job.payer_id
+            );
+            match config
+                .set_paused(&job.payer_id, Some(&reason), row.version, self.now)
+                .await
+            {
+                Ok(_) => {
+                    tracing::error!(payer_id = %job.payer_id, count, "Circuit breaker paused the payer.");
+                    self.report.paused_payers.push(job.payer_id.clone());
+                    return;
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => {
+                    self.report
+                        .errors
+                        .push(format!("pausing payer {}: {e}", job.payer_id));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A `failed` job whose retry decision was not recorded: apply it now.
+    pub(super) async fn failed(
+        &mut self,
+        job: &mut Job,
+        by_id: &HashMap<&str, &ManagedInstance>,
+        owned: &mut HashSet<String>,
+    ) {
+        let Some(a) = job.current_attempt() else {
+            return;
+        };
+        let cause = a.cause.clone().unwrap_or(match a.exit_code {
+            Some(code) => FailureCause::ExitCode { code },
+            None => FailureCause::InstanceLost,
+        });
+        let inst = a
+            .instance_id
+            .as_deref()
+            .and_then(|id| by_id.get(id).copied());
+        if let Some(i) = inst {
+            owned.insert(i.instance_id.clone());
+        }
+        let key = (job.job_id.clone(), job.attempt);
+        let why = format!("attempt {} failed ({cause}) and was not retried yet", key.1);
+        let mut action = match inst.filter(|i| i.state.is_live()) {
+            Some(i) => self.terminate(i).await + "; ",
+            None => String::new(),
+        };
+        if self.opts.dry_run {
+            action.push_str("would apply the retry policy");
+        } else {
+            action.push_str(&self.apply_policy(job, &cause).await);
+        }
+        self.report.findings.push(finding(
+            inst,
+            Some((&key.0, key.1)),
+            Finding::Failed,
+            why,
+            action,
+        ));
+    }
+}
