@@ -8,29 +8,33 @@
 //! ([`launch_client`](super::launch_client)): an unknown outcome is repaired by the next pass,
 //! never retried blindly. A throttled RunInstances empties the client-side bucket, so the
 //! next launch waits for EC2's bucket to refill.
+//!
+//! The parts: this file launches, terminates, tags and prices; `describe.rs` reads instances
+//! back and converts them; `errors.rs` classifies SDK failures.
 
-use std::collections::BTreeMap;
+mod describe;
+mod errors;
+
+pub use errors::{classify, sdk_error};
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    Instance, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
-    MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
-    TagSpecification, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceType, MarketType, ResourceType, ShutdownBehavior,
+    SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, VolumeType,
 };
 use aws_sdk_ec2::Client;
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use base64::Engine as _;
-use chrono::{DateTime, Utc};
-use tracing::{debug, info, instrument, warn};
+use chrono::Utc;
+use tracing::{debug, info, instrument};
+
+use describe::{tag_filter, to_chrono};
 
 use crate::names::tags;
-use crate::ports::{
-    Compute, ComputeError, InstanceState, LaunchRequest, Launched, ManagedInstance,
-};
+use crate::ports::{Compute, ComputeError, LaunchRequest, Launched, ManagedInstance};
 use crate::profile::CapacityType;
 use crate::ratelimit::Ec2Limits;
 
@@ -81,41 +85,6 @@ impl Ec2Compute {
     /// The client-side rate limits this adapter honours (the planner reads its launch budget).
     pub fn limits(&self) -> &Arc<Ec2Limits> {
         &self.limits
-    }
-
-    /// Every instance matching `filters`, following every page.
-    async fn describe(&self, filters: Vec<Filter>) -> Result<Vec<ManagedInstance>, ComputeError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            self.limits.describe.acquire().await;
-            let page = self
-                .client
-                .describe_instances()
-                .set_filters(Some(filters.clone()))
-                .max_results(self.page_size)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(sdk_error)?;
-            for reservation in page.reservations() {
-                out.extend(reservation.instances().iter().filter_map(managed_instance));
-            }
-            match page.next_token() {
-                Some(next) if !next.is_empty() => {
-                    if token.as_deref() == Some(next) {
-                        return Err(ComputeError::Transient {
-                            code: "response".into(),
-                            message: "DescribeInstances returned the same NextToken twice".into(),
-                        });
-                    }
-                    token = Some(next.to_owned());
-                }
-                _ => break,
-            }
-        }
-        out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-        Ok(out)
     }
 }
 
@@ -340,254 +309,5 @@ impl Compute for Ec2Compute {
                 code: "response".into(),
                 message: format!("spot price `{price}` is not a number"),
             })
-    }
-}
-
-fn tag_filter(key: &str, value: &str) -> Filter {
-    Filter::builder()
-        .name(format!("tag:{key}"))
-        .values(value)
-        .build()
-}
-
-fn to_chrono(t: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
-}
-
-fn instance_state(name: Option<&InstanceStateName>) -> InstanceState {
-    match name {
-        Some(InstanceStateName::Pending) => InstanceState::Pending,
-        Some(InstanceStateName::Running) => InstanceState::Running,
-        Some(InstanceStateName::ShuttingDown) => InstanceState::ShuttingDown,
-        Some(InstanceStateName::Terminated) => InstanceState::Terminated,
-        Some(InstanceStateName::Stopping) => InstanceState::Stopping,
-        Some(InstanceStateName::Stopped) => InstanceState::Stopped,
-        other => {
-            // A state this SDK does not know (or none): treat it as live, so the reconciler
-            // still accounts for it and may reap it, rather than ignoring a billed instance.
-            warn!(state = ?other, "Unknown instance state; treating it as pending.");
-            InstanceState::Pending
-        }
-    }
-}
-
-fn managed_instance(i: &Instance) -> Option<ManagedInstance> {
-    let Some(instance_id) = i.instance_id() else {
-        warn!("DescribeInstances returned an instance without an id; skipped.");
-        return None;
-    };
-    let tags: BTreeMap<String, String> = i
-        .tags()
-        .iter()
-        .filter_map(|t| {
-            Some((
-                t.key()?.to_owned(),
-                t.value().unwrap_or_default().to_owned(),
-            ))
-        })
-        .collect();
-    Some(ManagedInstance {
-        instance_id: instance_id.to_owned(),
-        state: instance_state(i.state().and_then(|s| s.name())),
-        instance_type: i
-            .instance_type()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default(),
-        availability_zone: i
-            .placement()
-            .and_then(|p| p.availability_zone())
-            .map(str::to_owned),
-        spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
-        launched_at: i.launch_time().and_then(to_chrono),
-        tags,
-    })
-}
-
-/// Classifies an SDK failure: service errors by their AWS error code, everything else
-/// (timeouts, connection failures, unreadable responses) as transient.
-pub fn sdk_error<E>(err: SdkError<E, HttpResponse>) -> ComputeError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let transient = |code: &str, err: &SdkError<E, HttpResponse>| ComputeError::Transient {
-        code: code.to_owned(),
-        message: DisplayErrorContext(err).to_string(),
-    };
-    match &err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            let message = e.message().unwrap_or_default();
-            match e.code() {
-                Some(code) => classify(code, message),
-                // No code at all (an HTML 500 page, say): name the HTTP status instead.
-                None => ComputeError::Transient {
-                    code: format!("HTTP{}", service.raw().status().as_u16()),
-                    message: message.to_owned(),
-                },
-            }
-        }
-        SdkError::TimeoutError(_) => transient("timeout", &err),
-        SdkError::DispatchFailure(_) => transient("dispatch", &err),
-        SdkError::ResponseError(_) => transient("response", &err),
-        // Building or signing the request failed before it was sent (e.g. credentials that
-        // could not be loaded this time): nothing was launched, and a later try may work.
-        SdkError::ConstructionFailure(_) => transient("construction", &err),
-        _ => transient("sdk", &err),
-    }
-}
-
-/// Classifies an EC2 error code (never its message text) into what the scheduler does next.
-pub fn classify(code: &str, message: &str) -> ComputeError {
-    let (owned_code, owned_message) = (code.to_owned(), message.to_owned());
-    match code {
-        "InsufficientInstanceCapacity"
-        | "InsufficientCapacity"
-        | "InsufficientHostCapacity"
-        | "InsufficientReservedInstanceCapacity"
-        | "SpotMaxPriceTooLow"
-        | "MaxSpotInstanceCountExceeded"
-        | "InsufficientFreeAddressesInSubnet"
-        | "Unsupported" => ComputeError::Capacity {
-            code: owned_code,
-            message: owned_message,
-        },
-        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "RequestThrottled" => {
-            ComputeError::Throttled { code: owned_code }
-        }
-        "VcpuLimitExceeded" | "InstanceLimitExceeded" | "MaxIOPSLimitExceeded" => {
-            ComputeError::Quota {
-                code: owned_code,
-                message: owned_message,
-            }
-        }
-        "IdempotentParameterMismatch" => ComputeError::IdempotentMismatch {
-            message: owned_message,
-        },
-        "UnauthorizedOperation"
-        | "MissingParameter"
-        | "OptInRequired"
-        | "AuthFailure"
-        | "NoSuchEntity" => ComputeError::Configuration {
-            code: owned_code,
-            message: owned_message,
-        },
-        c if c.starts_with("Invalid") => ComputeError::Configuration {
-            code: owned_code,
-            message: owned_message,
-        },
-        _ => ComputeError::Transient {
-            code: owned_code,
-            message: owned_message,
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kind(code: &str) -> &'static str {
-        match classify(code, "m") {
-            ComputeError::Capacity { .. } => "capacity",
-            ComputeError::Throttled { .. } => "throttled",
-            ComputeError::Quota { .. } => "quota",
-            ComputeError::Configuration { .. } => "configuration",
-            ComputeError::IdempotentMismatch { .. } => "mismatch",
-            ComputeError::Transient { .. } => "transient",
-        }
-    }
-
-    #[test]
-    fn classifies_by_code() {
-        let cases = [
-            ("InsufficientInstanceCapacity", "capacity"),
-            ("InsufficientCapacity", "capacity"),
-            ("InsufficientHostCapacity", "capacity"),
-            ("InsufficientReservedInstanceCapacity", "capacity"),
-            ("SpotMaxPriceTooLow", "capacity"),
-            ("MaxSpotInstanceCountExceeded", "capacity"),
-            ("InsufficientFreeAddressesInSubnet", "capacity"),
-            ("Unsupported", "capacity"),
-            ("RequestLimitExceeded", "throttled"),
-            ("Throttling", "throttled"),
-            ("ThrottlingException", "throttled"),
-            ("RequestThrottled", "throttled"),
-            ("VcpuLimitExceeded", "quota"),
-            ("InstanceLimitExceeded", "quota"),
-            ("MaxIOPSLimitExceeded", "quota"),
-            ("IdempotentParameterMismatch", "mismatch"),
-            ("InvalidAMIID.NotFound", "configuration"),
-            ("InvalidSubnetID.NotFound", "configuration"),
-            ("InvalidParameterValue", "configuration"),
-            ("InvalidGroup.NotFound", "configuration"),
-            ("UnauthorizedOperation", "configuration"),
-            ("MissingParameter", "configuration"),
-            ("OptInRequired", "configuration"),
-            ("AuthFailure", "configuration"),
-            ("NoSuchEntity", "configuration"),
-            ("InternalError", "transient"),
-            ("ServiceUnavailable", "transient"),
-            ("Unavailable", "transient"),
-            ("SomethingNew", "transient"),
-            ("", "transient"),
-        ];
-        for (code, want) in cases {
-            assert_eq!(kind(code), want, "{code}");
-        }
-    }
-
-    #[test]
-    fn classification_keeps_code_and_message() {
-        assert_eq!(
-            classify(
-                "InvalidSubnetID.NotFound",
-                "The subnet ID 'subnet-x' does not exist"
-            ),
-            ComputeError::Configuration {
-                code: "InvalidSubnetID.NotFound".into(),
-                message: "The subnet ID 'subnet-x' does not exist".into(),
-            }
-        );
-        assert_eq!(
-            classify("RequestLimitExceeded", "Request limit exceeded."),
-            ComputeError::Throttled {
-                code: "RequestLimitExceeded".into()
-            }
-        );
-        // The message never decides: a capacity-sounding message on an unknown code is transient.
-        assert!(matches!(
-            classify("InternalError", "InsufficientInstanceCapacity"),
-            ComputeError::Transient { .. }
-        ));
-    }
-
-    #[test]
-    fn converts_instances_once() {
-        let i = Instance::builder()
-            .instance_id("i-0abc")
-            .instance_type(InstanceType::M5Large)
-            .instance_lifecycle(InstanceLifecycleType::Spot)
-            .state(
-                aws_sdk_ec2::types::InstanceState::builder()
-                    .name(InstanceStateName::ShuttingDown)
-                    .build(),
-            )
-            .launch_time(aws_smithy_types::DateTime::from_secs(1_700_000_000))
-            .tags(Tag::builder().key(tags::CLUSTER).value("c1").build())
-            .tags(Tag::builder().value("no key").build())
-            .build();
-        let m = managed_instance(&i).expect("has an id");
-        assert_eq!(m.instance_id, "i-0abc");
-        assert_eq!(m.instance_type, "m5.large");
-        assert_eq!(m.state, InstanceState::ShuttingDown);
-        assert!(m.spot);
-        assert_eq!(m.launched_at.map(|t| t.timestamp()), Some(1_700_000_000));
-        assert_eq!(m.tag(tags::CLUSTER), Some("c1"));
-        assert_eq!(m.tags.len(), 1);
-        assert!(managed_instance(&Instance::builder().build()).is_none());
-        assert_eq!(
-            instance_state(Some(&InstanceStateName::from("hibernating"))),
-            InstanceState::Pending
-        );
     }
 }
