@@ -4,7 +4,7 @@
 //! - [`counting`]: counts every AWS call (retries included) by `Service.Operation`.
 //! - [`ec2`]: [`ports::Compute`](crate::ports::Compute) on EC2, with error classification.
 //! - [`sqs`]: [`ports::Queue`](crate::ports::Queue) on SQS.
-//! - [`dynamo`]: the config table and the job ledger on DynamoDB.
+//! - [`dynamo`]: the config table, the job ledger and the leader lease on DynamoDB.
 //!
 //! Every client has time limits ([`Timeouts`]); RunInstances goes through its own EC2 client
 //! without SDK retries ([`launch_client`]).

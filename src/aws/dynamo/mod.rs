@@ -1,0 +1,173 @@
+//! The DynamoDB adapters, in the table layout `infra/mayfly.yaml` creates:
+//!
+//! - [`DynamoConfigStore`] (`config.rs`): [`ConfigStore`](crate::ports::ConfigStore) on the
+//!   payer config table (`{name}-payers`).
+//! - [`DynamoLedger`] (`ledger.rs`): [`Ledger`](crate::ports::Ledger) on the job ledger
+//!   (`{name}-jobs`).
+//! - [`DynamoLeaseStore`] (`lease.rs`): [`LeaseStore`](crate::lease::LeaseStore) on one item
+//!   of the job ledger.
+//!
+//! This module holds what they share: the attribute names, attribute conversion and the
+//! classification of SDK errors. Every write is conditional on the stored version (or on the
+//! item not existing). Errors are classified by AWS error code and SDK error variant.
+
+mod config;
+mod lease;
+mod ledger;
+
+pub use config::DynamoConfigStore;
+pub use lease::DynamoLeaseStore;
+pub use ledger::DynamoLedger;
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::ports::StoreError;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Attribute names of both tables.
+mod attr {
+    pub const PAYER_ID: &str = "payer_id";
+    pub const PROFILE: &str = "profile";
+    pub const PAUSED: &str = "paused";
+    pub const UPDATED_AT: &str = "updated_at";
+    pub const VERSION: &str = "version";
+    pub const JOB_ID: &str = "job_id";
+    pub const STATE: &str = "state";
+    pub const SUBMITTED_AT: &str = "submitted_at";
+    pub const PAYER_BATCH: &str = "payer_batch";
+    pub const KIND: &str = "kind";
+    pub const BATCH: &str = "batch";
+    pub const DOC: &str = "doc";
+    pub const BOOT_FAILURES: &str = "boot_failures";
+}
+
+fn page_limit(n: u32) -> i32 {
+    i32::try_from(n.max(1)).unwrap_or(i32::MAX)
+}
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn string<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)?.as_s().ok().map(String::as_str)
+}
+
+fn number(item: &Item, name: &str) -> Option<u64> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+/// The text of a lost condition, from the old item DynamoDB returned with the failure.
+fn conflict(what: &str, key: &str, old: Option<&Item>, expected: Option<u64>) -> String {
+    let wanted = expected.map_or_else(|| "none".to_owned(), |v| format!("version {v}"));
+    match old {
+        None => format!("{what} {key} does not exist (expected {wanted})"),
+        Some(item) => match number(item, attr::VERSION) {
+            Some(v) => format!("{what} {key} is at version {v} (expected {wanted})"),
+            None => format!("{what} {key} exists (expected {wanted})"),
+        },
+    }
+}
+
+/// Error codes with which DynamoDB asks the caller to slow down.
+fn is_throttle_code(code: &str) -> bool {
+    matches!(
+        code,
+        "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded"
+    )
+}
+
+/// Classifies an SDK failure of `op` on `table` by its AWS error code.
+fn store_error<E>(op: &str, table: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err.code() {
+        Some("ConditionalCheckFailedException") => {
+            StoreError::Conflict(format!("{op} on {table}: the condition did not hold"))
+        }
+        Some(code) if is_throttle_code(code) => {
+            StoreError::Throttled(format!("{op} on {table}: {code}"))
+        }
+        Some(code) => StoreError::Other(format!(
+            "{op} on {table}: {code}: {}",
+            err.message().unwrap_or("(no message)")
+        )),
+        // No service error (timeout, dropped connection…): whether it applied is unknown.
+        None => StoreError::Other(format!("{op} on {table}: {}", DisplayErrorContext(&err))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn service_error(code: &str) -> SdkError<PutItemError, HttpResponse> {
+        let meta = ErrorMetadata::builder()
+            .code(code)
+            .message("details")
+            .build();
+        let raw = HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::empty());
+        SdkError::service_error(PutItemError::generic(meta), raw)
+    }
+
+    #[test]
+    fn errors_are_classified_by_code() {
+        assert!(matches!(
+            store_error(
+                "PutItem",
+                "t",
+                service_error("ConditionalCheckFailedException")
+            ),
+            StoreError::Conflict(_)
+        ));
+        for code in [
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+        ] {
+            assert_eq!(
+                store_error("PutItem", "t", service_error(code)),
+                StoreError::Throttled(format!("PutItem on t: {code}"))
+            );
+        }
+        assert_eq!(
+            store_error("PutItem", "t", service_error("ResourceNotFoundException")),
+            StoreError::Other("PutItem on t: ResourceNotFoundException: details".into())
+        );
+        let timeout: SdkError<PutItemError, HttpResponse> = SdkError::timeout_error("timed out");
+        assert!(matches!(
+            store_error("PutItem", "t", timeout),
+            StoreError::Other(_)
+        ));
+    }
+
+    #[test]
+    fn conflicts_say_what_was_found() {
+        let old = HashMap::from([(attr::VERSION.to_owned(), n(7))]);
+        assert_eq!(
+            conflict("job", "j1", Some(&old), Some(5)),
+            "job j1 is at version 7 (expected version 5)"
+        );
+        assert_eq!(
+            conflict("payer", "acme", None, Some(2)),
+            "payer acme does not exist (expected version 2)"
+        );
+    }
+}
