@@ -1,7 +1,8 @@
 //! The emulator harness: one moto server per test process (or the one named by
 //! `MAYFLY_TEST_ENDPOINT`), SDK configuration pointed at it, unique deployment names, and
 //! deploying the infra template for a deployment. It uses no binary of its package, so
-//! another package's tests can include this file too (`#[path]`).
+//! another package's tests can include this file too (`#[path]`), as crates/mayfly-testbed's
+//! do.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};

@@ -1,10 +1,11 @@
 //! Shared support for the tests: the emulator harness ([`emulator`], re-exported here), the
-//! checks and set-ups built on it, the `mayfly` binary, and the worlds and scenarios of the
-//! scheduler tests ([`world`]).
+//! checks and set-ups built on it, the `mayfly` binary and the local fleet's, and the worlds
+//! and scenarios of the scheduler tests ([`world`]).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
 pub mod cost_check;
 pub mod daemon;
@@ -142,3 +143,62 @@ pub fn mayfly(name: &str, args: &[&str]) -> std::process::Output {
         .expect("run mayfly")
 }
 
+/// The local fleet's binary, `mayfly-fleet`. It is the mayfly-testbed package's, so cargo
+/// names it to that package's tests only (`CARGO_BIN_EXE_mayfly-fleet`); here it is found
+/// beside the `mayfly` binary, in the same target directory. `cargo test --workspace` builds
+/// it (with the testbed's own tests); this package's tests alone do not, so a missing binary,
+/// or one older than the sources it is built from, fails here naming the command that builds
+/// it.
+pub fn fleet_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_mayfly"))
+        .with_file_name(format!("mayfly-fleet{}", std::env::consts::EXE_SUFFIX));
+    let build = "cargo build -p mayfly-testbed";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}. Build the local fleet with `{build}` \
+                 (`cargo test --workspace` builds it too)",
+                bin.display()
+            )
+        });
+    let skip = repo().join("src/bin");
+    for dir in ["src", "crates/mayfly-core/src", "crates/mayfly-testbed/src"] {
+        if let Some((changed, file)) = newest_file(&repo().join(dir), &skip) {
+            assert!(
+                changed <= built,
+                "{} is older than {}: rebuild the local fleet with `{build}` \
+                 (`cargo test --workspace` builds it too)",
+                bin.display(),
+                file.display()
+            );
+        }
+    }
+    bin
+}
+
+/// The most recently modified file under `dir`, leaving out the directory `skip`.
+fn newest_file(dir: &Path, skip: &Path) -> Option<(SystemTime, PathBuf)> {
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            if path == skip {
+                continue;
+            }
+            newest_file(&path, skip)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (t, path))
+        };
+        if let Some(f) = found {
+            if newest.as_ref().is_none_or(|n| f.0 > n.0) {
+                newest = Some(f);
+            }
+        }
+    }
+    newest
+}

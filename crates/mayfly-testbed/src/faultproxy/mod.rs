@@ -23,7 +23,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use mayfly::faultproxy::{FaultProxy, FaultRates, ProxyConfig};
+//! use mayfly_testbed::faultproxy::{FaultProxy, FaultRates, ProxyConfig};
 //! use mayfly::ratelimit::Rate;
 //!
 //! let proxy = FaultProxy::start(
@@ -62,8 +62,8 @@ use tracing::{debug, info, warn};
 pub use detect::{identify, Operation, Protocol};
 pub use faults::{roll, splitmix64};
 
-use crate::ratelimit::{Rate, TokenBucket};
 use faults::ErrorKind;
+use mayfly::ratelimit::{Rate, TokenBucket};
 use wire::{Reply, Request};
 
 /// Path of the stats endpoint (GET).
