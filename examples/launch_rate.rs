@@ -29,12 +29,12 @@ use aws_sdk_ec2::types::Filter;
 use clap::Parser;
 use mayfly::aws::ec2::Ec2Compute;
 use mayfly::aws::Clients;
-use mayfly::faultproxy::{FaultProxy, FaultRates, ProxyConfig};
 use mayfly::names::tags;
 use mayfly::ports::{Compute, ComputeError, LaunchRequest};
 use mayfly::profile::CapacityType;
 use mayfly::ratelimit::{Ec2Limits, Rate};
 use mayfly::sizing::Rung;
+use mayfly_testbed::faultproxy::{FaultProxy, FaultRates, ProxyConfig};
 
 const REGION: &str = "us-east-1";
 const TARGET_SHARE_OF_CEILING: f64 = 0.95;

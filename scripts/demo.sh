@@ -11,7 +11,8 @@ name="${MAYFLY_DEMO_NAME:-demo}"
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "Building mayfly and the local fleet"
-cargo build --quiet --bin mayfly --bin mayfly-fleet
+# The local fleet is the mayfly-testbed package's; one command builds both.
+cargo build --quiet -p mayfly -p mayfly-testbed --bin mayfly --bin mayfly-fleet
 mayfly=("$repo/target/debug/mayfly" --name "$name")
 
 step "Starting the emulator and deploying the infra template as \`$name\`"

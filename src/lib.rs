@@ -24,9 +24,6 @@
 //! - [`cost_report`]: what each attempt cost, from the ledger's recorded facts; `cost report`.
 //! - [`explain`]: why one job is (not) running, from the planner's reasons; `explain`.
 //! - [`cli`]: the command-line surface shared by the binaries.
-//! - [`fleet`]: dev tooling (`mayfly-fleet`): runs the emulator's instances as local processes.
-//! - [`faultproxy`]: test tooling (`mayfly-faultproxy`): an HTTP proxy in front of the
-//!   emulator that injects throttling, 5xx, timeouts and lost responses.
 //! - [`lambda`]: the `mayfly-lambda` function: a scheduled event runs a pass, an SQS event
 //!   applies its instance events and runs a pass (partial batch failures), EMF metrics.
 //! - [`emf`]: CloudWatch Embedded Metric Format lines, the Lambda function's metrics.
@@ -34,6 +31,9 @@
 //! [`names`] derives table, queue and tag names from the deployment name.
 //!
 //! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
+//!
+//! The test tooling, the local fleet (`mayfly-fleet`) and the fault proxy
+//! (`mayfly-faultproxy`), is the `mayfly-testbed` crate, a dev-dependency only.
 
 pub use mayfly_core::simulate;
 pub use mayfly_core::{
@@ -49,8 +49,6 @@ pub mod emf;
 pub mod events;
 pub mod explain;
 pub mod fakes;
-pub mod faultproxy;
-pub mod fleet;
 pub mod lambda;
 pub mod lease;
 pub mod metrics;

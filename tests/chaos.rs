@@ -14,6 +14,9 @@
 //!
 //!   cargo test --test chaos -- --jobs 200 --seed 7
 //!
+//! It runs the local fleet's binary, of the mayfly-testbed package: `cargo test --workspace`
+//! builds it; run alone, this test needs `cargo build -p mayfly-testbed` first.
+//!
 //! A custom harness (no libtest), so unknown arguments are ignored, not errors.
 
 mod support;
@@ -28,11 +31,11 @@ use std::time::{Duration, Instant};
 use mayfly::aws::dynamo::DynamoLedger;
 use mayfly::aws::ec2::Ec2Compute;
 use mayfly::aws::Clients;
-use mayfly::faultproxy::{FaultProxy, FaultRates, ProxyConfig};
 use mayfly::job::{Job, JobState};
 use mayfly::names::Names;
 use mayfly::ports::{Compute, Ledger, ManagedInstance};
 use mayfly::ratelimit::Ec2Limits;
+use mayfly_testbed::faultproxy::{FaultProxy, FaultRates, ProxyConfig};
 
 /// splitmix64: the harness's only source of randomness, so a seed replays a run's choices.
 #[derive(Debug, Clone)]
@@ -290,7 +293,7 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
         }
     }
     let work = std::env::temp_dir().join(format!("mayfly-{name}-fleet"));
-    let mut fleet = std::process::Command::new(env!("CARGO_BIN_EXE_mayfly-fleet"));
+    let mut fleet = std::process::Command::new(support::fleet_bin());
     fleet
         .args(["--name", &name, "--job-seconds", "2", "--poll-ms", "300"])
         .args(["--spot-warning-secs", "2", "-v"])

@@ -15,10 +15,10 @@ use chrono::Utc;
 use mayfly::aws::dynamo::DynamoLedger;
 use mayfly::aws::Clients;
 use mayfly::events::{EventKind, InstanceEvent, VERSION};
-use mayfly::faultproxy::wire::{read_request, write_reply, Reply};
 use mayfly::job::JobState;
 use mayfly::names::Names;
 use mayfly::ports::Ledger;
+use mayfly_testbed::faultproxy::wire::{read_request, write_reply, Reply};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -95,7 +95,7 @@ impl RuntimeApi {
 }
 
 async fn answer(
-    req: &mayfly::faultproxy::wire::Request,
+    req: &mayfly_testbed::faultproxy::wire::Request,
     queued: &Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
     post: &mpsc::UnboundedSender<Posted>,
 ) -> Reply {

@@ -92,7 +92,7 @@ async fn demo_workload_runs_end_to_end() {
     .success());
 
     let work = std::env::temp_dir().join(format!("mayfly-life-fleet-{name}"));
-    let mut fleet = Command::new(env!("CARGO_BIN_EXE_mayfly-fleet"))
+    let mut fleet = Command::new(support::fleet_bin())
         .args([
             "--name",
             &name,

@@ -1,251 +1,20 @@
-//! Shared support for emulator tests: one moto server per test process (or the one named by
-//! `MAYFLY_TEST_ENDPOINT`), SDK configuration pointed at it, unique deployment names, and
-//! deploying the infra template for a deployment.
+//! Shared support for the tests: the emulator harness ([`emulator`], re-exported here), the
+//! checks and set-ups built on it, the `mayfly` binary and the local fleet's, and the worlds
+//! and scenarios of the scheduler tests ([`world`]).
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
-
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ec2::config::Credentials;
+use std::process::Command;
+use std::time::SystemTime;
 
 pub mod cost_check;
 pub mod daemon;
+mod emulator;
 pub mod schema;
 pub mod screenshot;
 pub mod world;
 
-pub const REGION: &str = "us-east-1";
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The project virtualenv (`scripts/emulator.sh install` creates it).
-pub fn venv() -> PathBuf {
-    std::env::var_os("MAYFLY_VENV").map_or_else(|| repo().join(".venv"), PathBuf::from)
-}
-
-struct Emulator {
-    endpoint: String,
-    _child: Option<Child>,
-}
-
-/// The emulator's endpoint URL, starting one for this test process if none is named.
-pub fn endpoint() -> String {
-    static EMULATOR: OnceLock<Emulator> = OnceLock::new();
-    EMULATOR
-        .get_or_init(|| match std::env::var("MAYFLY_TEST_ENDPOINT") {
-            Ok(url) if !url.is_empty() => Emulator {
-                endpoint: url,
-                _child: None,
-            },
-            _ => start_emulator(),
-        })
-        .endpoint
-        .clone()
-}
-
-fn start_emulator() -> Emulator {
-    let moto = venv().join("bin/moto_server");
-    assert!(
-        moto.exists(),
-        "{} not found: run `scripts/emulator.sh install` (or scripts/test.sh) first",
-        moto.display()
-    );
-    let log = std::env::temp_dir().join(format!("mayfly-moto-{}.log", std::process::id()));
-    // The wrapper stops moto when this test process exits, however it exits.
-    let script = format!(
-        "'{}' -H 127.0.0.1 -p 0 >'{}' 2>&1 & m=$!; trap 'kill $m 2>/dev/null' EXIT; \
-         while kill -0 {} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done",
-        moto.display(),
-        log.display(),
-        std::process::id()
-    );
-    let child = Command::new("bash")
-        .args(["-c", &script])
-        .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn moto_server");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let port = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(rest) = text.split("Running on http://127.0.0.1:").nth(1) {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            if let Ok(port) = digits.parse::<u16>() {
-                break port;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "moto did not start; log:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let endpoint = format!("http://127.0.0.1:{port}");
-    while http_get(port, "/moto-api/").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "moto on {endpoint} did not answer"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Emulator {
-        endpoint,
-        _child: Some(child),
-    }
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.starts_with("HTTP/1.").then_some(out)
-}
-
-/// SDK configuration for the emulator, with dummy credentials; no process env is touched.
-pub async fn sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint())
-        .region(Region::new(REGION))
-        .credentials_provider(Credentials::new(
-            "testing",
-            "testing",
-            None,
-            None,
-            "mayfly-tests",
-        ))
-        .load()
-        .await
-}
-
-/// Environment for child processes (the `mayfly` binary, the AWS CLI) to reach the emulator.
-pub fn child_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", endpoint()),
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_REGION", REGION.into()),
-        ("AWS_DEFAULT_REGION", REGION.into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-    ]
-}
-
-/// A deployment name no other test (or test process) uses.
-pub fn unique_name(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}-{}-{n}-{:x}",
-        std::process::id() % 100_000,
-        nanos % 0xfffff
-    )
-}
-
-/// Deploys `infra/mayfly.yaml` into the emulator as deployment `name` and waits for it.
-pub fn deploy(name: &str) {
-    deploy_with(name, &[]);
-}
-
-/// Runs the AWS CLI (the virtualenv's) against the emulator; panics naming the call if it
-/// fails, and returns its standard output.
-pub fn aws(args: &[&str]) -> String {
-    let out = Command::new(venv().join("bin/aws"))
-        .args(args)
-        .envs(child_env())
-        .output()
-        .expect("run the AWS CLI");
-    assert!(
-        out.status.success(),
-        "aws {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// [`deploy`] with template parameters besides `DeploymentName`.
-pub fn deploy_with(name: &str, parameters: &[(&str, &str)]) {
-    let template = repo().join("infra/mayfly.yaml");
-    let body = format!("file://{}", template.display());
-    // JSON, as a list parameter's value holds commas.
-    let params: Vec<serde_json::Value> = std::iter::once(("DeploymentName", name))
-        .chain(parameters.iter().copied())
-        .map(|(k, v)| serde_json::json!({"ParameterKey": k, "ParameterValue": v}))
-        .collect();
-    aws(&[
-        "cloudformation",
-        "create-stack",
-        "--stack-name",
-        name,
-        "--template-body",
-        &body,
-        "--capabilities",
-        "CAPABILITY_NAMED_IAM",
-        "--parameters",
-        &serde_json::Value::from(params).to_string(),
-    ]);
-    aws(&[
-        "cloudformation",
-        "wait",
-        "stack-create-complete",
-        "--stack-name",
-        name,
-    ]);
-}
-
-/// Path of a file in the repository.
-pub fn path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// Subnets and security group ids the emulator accepts: its default VPC's.
-pub async fn emulator_network(ec2: &aws_sdk_ec2::Client) -> (Vec<String>, Vec<String>) {
-    let subnets = ec2
-        .describe_subnets()
-        .send()
-        .await
-        .expect("describe subnets");
-    let mut ids: Vec<String> = subnets
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_id().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids.truncate(2);
-    let groups = ec2
-        .describe_security_groups()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("group-name")
-                .values("default")
-                .build(),
-        )
-        .send()
-        .await
-        .expect("describe security groups");
-    let sg: Vec<String> = groups
-        .security_groups()
-        .iter()
-        .filter_map(|g| g.group_id().map(str::to_owned))
-        .take(1)
-        .collect();
-    assert!(
-        !ids.is_empty() && !sg.is_empty(),
-        "the emulator has a default VPC"
-    );
-    (ids, sg)
-}
+pub use emulator::*;
 
 /// Checks what DESIGN §3 step 5 requires of a launch, as EC2 reports it.
 pub async fn assert_launch_shape(ec2: &aws_sdk_ec2::Client, instance_id: &str, cluster: &str) {
@@ -372,4 +141,64 @@ pub fn mayfly(name: &str, args: &[&str]) -> std::process::Output {
         .current_dir(repo())
         .output()
         .expect("run mayfly")
+}
+
+/// The local fleet's binary, `mayfly-fleet`. It is the mayfly-testbed package's, so cargo
+/// names it to that package's tests only (`CARGO_BIN_EXE_mayfly-fleet`); here it is found
+/// beside the `mayfly` binary, in the same target directory. `cargo test --workspace` builds
+/// it (with the testbed's own tests); this package's tests alone do not, so a missing binary,
+/// or one older than the sources it is built from, fails here naming the command that builds
+/// it.
+pub fn fleet_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_mayfly"))
+        .with_file_name(format!("mayfly-fleet{}", std::env::consts::EXE_SUFFIX));
+    let build = "cargo build -p mayfly-testbed";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}. Build the local fleet with `{build}` \
+                 (`cargo test --workspace` builds it too)",
+                bin.display()
+            )
+        });
+    let skip = repo().join("src/bin");
+    for dir in ["src", "crates/mayfly-core/src", "crates/mayfly-testbed/src"] {
+        if let Some((changed, file)) = newest_file(&repo().join(dir), &skip) {
+            assert!(
+                changed <= built,
+                "{} is older than {}: rebuild the local fleet with `{build}` \
+                 (`cargo test --workspace` builds it too)",
+                bin.display(),
+                file.display()
+            );
+        }
+    }
+    bin
+}
+
+/// The most recently modified file under `dir`, leaving out the directory `skip`.
+fn newest_file(dir: &Path, skip: &Path) -> Option<(SystemTime, PathBuf)> {
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            if path == skip {
+                continue;
+            }
+            newest_file(&path, skip)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (t, path))
+        };
+        if let Some(f) = found {
+            if newest.as_ref().is_none_or(|n| f.0 > n.0) {
+                newest = Some(f);
+            }
+        }
+    }
+    newest
 }

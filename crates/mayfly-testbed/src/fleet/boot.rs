@@ -13,7 +13,7 @@ use super::imds::{Control, Imds, ImdsServer, InstanceMetadata};
 use super::session::{self, Session};
 use super::shims::{self, ShimSettings};
 use super::{Fault, FleetConfig, SkipReason};
-use crate::ports::ManagedInstance;
+use mayfly::ports::ManagedInstance;
 
 /// How long after boot an injected spot notice appears.
 const SPOT_NOTICE_DELAY: Duration = Duration::from_secs(1);

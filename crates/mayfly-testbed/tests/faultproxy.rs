@@ -5,6 +5,8 @@
 //! retried except RunInstances, a held call ends on the attempt timeout, DynamoDB and SQS
 //! throttles are recognised by the SDK, and the seeded faults and the stats endpoint.
 
+// The root package's emulator harness (moto, SDK configuration, deployments).
+#[path = "../../../tests/support/emulator.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -17,12 +19,12 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::Filter;
 use mayfly::aws::ec2::Ec2Compute;
 use mayfly::aws::{Clients, Timeouts};
-use mayfly::faultproxy::{FaultProxy, FaultRates, LostResponse, ProxyConfig, ProxyStats};
 use mayfly::names::tags;
 use mayfly::ports::{Compute, ComputeError, LaunchRequest};
 use mayfly::profile::CapacityType;
 use mayfly::ratelimit::{Ec2Limits, Rate};
 use mayfly::sizing::Rung;
+use mayfly_testbed::faultproxy::{FaultProxy, FaultRates, LostResponse, ProxyConfig, ProxyStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 

@@ -1,8 +1,8 @@
 //! `mayfly-faultproxy`: a fault-injecting HTTP proxy in front of the AWS emulator (test
-//! tooling; see `mayfly::faultproxy`). Prints `listening on http://ADDR` on stdout once
-//! ready; point the SDK or the CLI at that URL. On SIGINT or SIGTERM it prints its counters
-//! as one JSON line on stdout and exits 0. `GET /__faultproxy/stats` answers them while it
-//! runs.
+//! tooling; see `mayfly_testbed::faultproxy`). Prints `listening on http://ADDR` on stdout
+//! once ready; point the SDK or the CLI at that URL. On SIGINT or SIGTERM it prints its
+//! counters as one JSON line on stdout and exits 0. `GET /__faultproxy/stats` answers them
+//! while it runs.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use mayfly::faultproxy::{parse_bucket, FaultProxy, FaultRates, LostResponse, ProxyConfig};
 use mayfly::ratelimit::Rate;
+use mayfly_testbed::faultproxy::{parse_bucket, FaultProxy, FaultRates, LostResponse, ProxyConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LostMode {

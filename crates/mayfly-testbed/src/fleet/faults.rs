@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::job::is_token;
+use mayfly::job::is_token;
 
 /// What goes wrong for one job's instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 //! (never-start, exit codes, crashes, spot notices) do what the scheduler's tests rely on;
 //! and mayfly's real rendered user-data runs end to end, reporting to the events queue.
 
+// The root package's emulator harness (moto, SDK configuration, deployments).
+#[path = "../../../tests/support/emulator.rs"]
 mod support;
 
 use std::collections::BTreeMap;
@@ -18,11 +20,11 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine as _;
 use mayfly::events::{EventKind, InstanceEvent};
-use mayfly::fleet::{
-    Faults, Fleet, FleetConfig, FleetReport, InstanceAws, InstanceOutcome, SkipReason, StopReason,
-};
 use mayfly::names::{tags, Names};
 use mayfly::ports::InstanceState;
+use mayfly_testbed::fleet::{
+    Faults, Fleet, FleetConfig, FleetReport, InstanceAws, InstanceOutcome, SkipReason, StopReason,
+};
 
 /// Launches one instance of deployment `name` for `job_id` with `script` as user-data, the
 /// way the scheduler does (tags on create, IMDSv2 required, shutdown terminates).
@@ -285,7 +287,7 @@ async fn wait_for_pid(file: &Path) -> u32 {
 fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| mayfly::fleet::session::parse_stat(&s))
+        .and_then(|s| mayfly_testbed::fleet::session::parse_stat(&s))
         .is_some_and(|(_, state, _)| state != 'Z' && state != 'X')
 }
 

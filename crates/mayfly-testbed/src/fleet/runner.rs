@@ -16,10 +16,10 @@ use super::cloud::{Ec2UserData, UserDataReader};
 use super::imds::{Control, ControlKind};
 use super::session;
 use super::{FleetConfig, FleetError, FleetReport, InstanceOutcome, InstanceReport, StopReason};
-use crate::aws::ec2::Ec2Compute;
-use crate::names::tags;
-use crate::ports::{Compute, InstanceState, ManagedInstance};
-use crate::ratelimit::Ec2Limits;
+use mayfly::aws::ec2::Ec2Compute;
+use mayfly::names::tags;
+use mayfly::ports::{Compute, InstanceState, ManagedInstance};
+use mayfly::ratelimit::Ec2Limits;
 
 /// TerminateInstances tries per shutdown before the instance is left for the reaper.
 const TERMINATE_TRIES: u32 = 3;
@@ -145,7 +145,7 @@ impl Fleet {
     async fn poll(
         &mut self,
         control: &UnboundedSender<Control>,
-    ) -> Result<bool, crate::ports::ComputeError> {
+    ) -> Result<bool, mayfly::ports::ComputeError> {
         let listed = self.compute.list_managed(&self.config.cluster).await?;
         let mut waiting = false;
         for instance in &listed {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::faults::Fault;
-use crate::userdata::shell_quote;
+use mayfly::userdata::shell_quote;
 
 /// What the shims of one instance need to know.
 #[derive(Debug, Clone, PartialEq, Eq)]

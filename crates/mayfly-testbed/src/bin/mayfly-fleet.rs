@@ -5,13 +5,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mayfly::fleet::{self, FleetArgs};
+use mayfly_testbed::fleet::{self, FleetArgs};
 
 fn main() -> ExitCode {
     let args = FleetArgs::parse();
     let level = match args.verbose {
-        0 => "warn,mayfly=info",
-        _ => "warn,mayfly=debug",
+        0 => "warn,mayfly=info,mayfly_testbed=info",
+        _ => "warn,mayfly=debug,mayfly_testbed=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAYFLY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));

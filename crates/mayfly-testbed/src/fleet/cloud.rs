@@ -1,4 +1,4 @@
-//! What the fleet needs from EC2 beyond the [`Compute`](crate::ports::Compute) port: each
+//! What the fleet needs from EC2 beyond the [`Compute`](mayfly::ports::Compute) port: each
 //! instance's user-data (DescribeInstanceAttribute, base64-decoded), and the AWS settings
 //! its scripts get in their environment.
 
@@ -10,8 +10,8 @@ use aws_sdk_ec2::config::ProvideCredentials;
 use aws_sdk_ec2::types::InstanceAttributeName;
 use base64::Engine as _;
 
-use crate::aws::ec2::sdk_error;
-use crate::ports::ComputeError;
+use mayfly::aws::ec2::sdk_error;
+use mayfly::ports::ComputeError;
 
 /// Reads an instance's user-data.
 #[async_trait]

@@ -56,7 +56,7 @@ pub use cloud::{Ec2UserData, InstanceAws, UserDataReader};
 pub use faults::{Fault, Faults};
 pub use runner::Fleet;
 
-use crate::ports::{ComputeError, InstanceState};
+use mayfly::ports::{ComputeError, InstanceState};
 
 /// How the fleet runs.
 #[derive(Debug, Clone)]

@@ -106,7 +106,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<FleetReport, FleetError> {
     let sdk =
-        crate::aws::load_sdk_config(args.region.as_deref(), args.endpoint_url.as_deref(), None)
+        mayfly::aws::load_sdk_config(args.region.as_deref(), args.endpoint_url.as_deref(), None)
             .await;
     let aws = InstanceAws::from_sdk(&sdk)
         .await
