@@ -30,7 +30,8 @@
 //!
 //! [`names`] derives table, queue and tag names from the deployment name.
 //!
-//! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values).
+//! Support: [`duration`] (human durations), [`secrets`] (refusing credential-looking values),
+//! [`clock`] (the moment a fact is observed, for every recorded time).
 //!
 //! The test tooling, the local fleet (`mayfly-fleet`) and the fault proxy
 //! (`mayfly-faultproxy`), is the `mayfly-testbed` crate, a dev-dependency only.
@@ -43,6 +44,7 @@ pub use mayfly_core::{
 
 pub mod aws;
 pub mod cli;
+pub mod clock;
 pub mod cost_report;
 pub mod daemon;
 pub mod emf;

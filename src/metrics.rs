@@ -56,6 +56,16 @@ pub struct PassCounters {
     pub retries: BTreeMap<String, u64>,
     /// Instance events applied to the ledger.
     pub events_applied: u64,
+    /// Attempts ended without their `finished` event (once none of their events could still
+    /// arrive), by cause: `instance_lost`, `spot_interruption`, `boot_timeout`,
+    /// `heartbeat_lost`, `max_runtime`.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Launches found by the repair with their instance already gone, left to the verdict.
+    pub launches_found_gone: u64,
+    /// `launching` attempts recorded from their instance's own event.
+    pub launches_from_events: u64,
+    /// Jobs that succeeded on a `finished` that arrived after their attempt was judged lost.
+    pub late_successes: u64,
 }
 
 impl PassCounters {
@@ -67,7 +77,10 @@ impl PassCounters {
         self.pass_seconds_total += secs;
         self.ingested += u64::from(r.ingest.accepted);
         self.events_applied += u64::from(r.events.applied);
+        self.launches_from_events += u64::from(r.events.adopted);
+        self.late_successes += u64::from(r.events.late_successes);
         let l = &r.launch;
+        self.launches_found_gone += u64::from(l.found_gone);
         self.launches += l.instances.len() as u64;
         for (class, n) in [
             ("capacity", l.capacity_fallbacks),
@@ -90,6 +103,9 @@ impl PassCounters {
             *self.reaps.entry(reason.to_owned()).or_default() += u64::from(n);
         }
         self.lost_jobs += u64::from(c.lost);
+        for (cause, n) in &c.verdicts {
+            *self.verdicts.entry(cause.clone()).or_default() += u64::from(*n);
+        }
         self.requeued += u64::from(c.requeued);
         self.dead += u64::from(c.dead);
         for (cause, n) in r.reconcile.retries.iter().chain(&r.events.retries) {
@@ -259,6 +275,32 @@ impl Metrics {
                 "Instance events applied to the ledger.",
                 Counter,
                 plain(p.events_applied as f64),
+            ),
+            f(
+                "mayfly_verdicts_total",
+                "Attempts ended without their finished event, once none of their events could \
+                 still arrive, by cause.",
+                Counter,
+                by("cause", &p.verdicts),
+            ),
+            f(
+                "mayfly_launches_found_gone_total",
+                "Launches whose instance the repair found already gone (left to the verdict).",
+                Counter,
+                plain(p.launches_found_gone as f64),
+            ),
+            f(
+                "mayfly_launches_from_events_total",
+                "Launching attempts recorded from their instance's own event.",
+                Counter,
+                plain(p.launches_from_events as f64),
+            ),
+            f(
+                "mayfly_late_successes_total",
+                "Jobs that succeeded on a finished event that arrived after their attempt was \
+                 judged lost.",
+                Counter,
+                plain(p.late_successes as f64),
             ),
             f(
                 "mayfly_aws_calls_total",

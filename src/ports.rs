@@ -118,6 +118,9 @@ pub trait Queue: Send + Sync {
     async fn send(&self, body: &str, attributes: &[(&str, &str)]) -> Result<String, QueueError>;
     /// Approximate number of visible messages.
     async fn depth(&self) -> Result<u64, QueueError>;
+    /// Approximate number of messages in flight: received by some reader and neither deleted
+    /// nor back from their visibility timeout (SQS's `ApproximateNumberOfMessagesNotVisible`).
+    async fn in_flight(&self) -> Result<u64, QueueError>;
 }
 
 /// Everything needed to launch one instance for one job attempt.

@@ -6,8 +6,12 @@
 //! pass may be killed with SIGKILL at any moment. The fleet crashes jobs mid-run, never boots
 //! some instances, hangs others past their deadline, and sends spot notices. When every job
 //! is terminal (or the deadline passes), two clean reap passes run and the checks follow:
-//! at most one instance per (job, attempt), every job terminal with a reason, no managed
-//! instance running, the ledger consistent with EC2. The same workload first runs clean, so
+//! at most one instance per (job, attempt), no job run to exit 0 on more than one instance
+//! (from the fleet's own record of what it ran), every job terminal with a reason, no managed
+//! instance running, the ledger consistent with EC2. Lost responses of RunInstances and
+//! ReceiveMessage are frequent and held before the connection drops, so kills land between
+//! a launch and its ledger write and while events are held in flight; jobs are shorter than
+//! a pass. The same workload first runs clean, so
 //! the AWS calls per job can be compared (retry amplification).
 //!
 //! Small in CI (`cargo test --test chaos`); larger runs take arguments:
@@ -67,6 +71,8 @@ struct Config {
     /// Share of jobs whose first attempt meets a fleet fault.
     fleet_fault_rate: f64,
     rates: FaultRates,
+    /// Lost responses of RunInstances and ReceiveMessage (applied upstream, answer lost).
+    launch_and_receive_loss: f64,
     deadline: Duration,
 }
 
@@ -83,6 +89,7 @@ impl Config {
                 timeout: 0.01,
                 lost_response: 0.02,
             },
+            launch_and_receive_loss: 0.1,
             deadline: Duration::from_secs(600),
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -203,6 +210,12 @@ struct Outcome {
     aws_calls: u64,
     passes: u64,
     duplicates: Vec<String>,
+    /// Jobs the fleet ran to exit 0 on more than one instance (its own record).
+    succeeded_twice: Vec<String>,
+    /// How long after an instance's end its job's next attempt launched, for attempts ended
+    /// without a `finished` event (seconds; the grace, the wait for in-flight events, the
+    /// retry backoff and the next pass).
+    retry_delays: Vec<f64>,
     lost: Vec<String>,
     orphans_left: Vec<String>,
     without_reason: Vec<String>,
@@ -213,6 +226,7 @@ struct Outcome {
 impl Outcome {
     fn passed(&self) -> bool {
         self.duplicates.is_empty()
+            && self.succeeded_twice.is_empty()
             && self.lost.is_empty()
             && self.orphans_left.is_empty()
             && self.without_reason.is_empty()
@@ -239,7 +253,9 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
     let started = Instant::now();
     let label = if clean { "clean" } else { "chaos" };
     let name = support::unique_name(label);
-    support::deploy(&name);
+    // A short visibility timeout keeps the run short: a killed pass hides the events it
+    // received, and every verdict waits for them, for this long (production: 6 minutes).
+    support::deploy_with(&name, &[("EventsVisibilityTimeout", "30")]);
     let sdk = support::sdk_config().await;
     let clients = Clients::new(&sdk);
     let names = Names::new(&name);
@@ -295,7 +311,8 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
     let work = std::env::temp_dir().join(format!("mayfly-{name}-fleet"));
     let mut fleet = std::process::Command::new(support::fleet_bin());
     fleet
-        .args(["--name", &name, "--job-seconds", "2", "--poll-ms", "300"])
+        // Jobs shorter than a pass: events arrive while the launching pass is still going.
+        .args(["--name", &name, "--job-seconds", "1", "--poll-ms", "300"])
         .args(["--spot-warning-secs", "2", "-v"])
         .args(["--max-runtime", &(cfg.deadline.as_secs() + 120).to_string()])
         .arg("--work-dir")
@@ -316,15 +333,29 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
     } else {
         cfg.rates
     };
-    let proxy = FaultProxy::start(
-        ProxyConfig::new(support::endpoint())
-            .seed(cfg.seed)
-            .ec2_buckets()
-            .rates(rates)
-            .timeout_hold(Duration::from_secs(3)),
-    )
-    .await
-    .expect("start the fault proxy");
+    let mut proxy = ProxyConfig::new(support::endpoint())
+        .seed(cfg.seed)
+        .ec2_buckets()
+        .rates(rates)
+        .timeout_hold(Duration::from_secs(3))
+        // A lost response is held before the connection drops, so a pass killed meanwhile
+        // dies between the applied call and its next step: between RunInstances and the
+        // ledger write, or holding the events a ReceiveMessage made invisible.
+        .lost_response_hold(Duration::from_millis(1500));
+    if !clean {
+        for op in ["RunInstances", "ReceiveMessage"] {
+            proxy = proxy.op_rates(
+                op,
+                FaultRates {
+                    lost_response: cfg.launch_and_receive_loss,
+                    ..cfg.rates
+                },
+            );
+        }
+    }
+    let proxy = FaultProxy::start(proxy)
+        .await
+        .expect("start the fault proxy");
     let proxy_url = proxy.url();
 
     // The schedulers: each a loop of passes, any of which may be killed mid-step.
@@ -443,6 +474,38 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
                 .push(format!("{job} attempt {attempt}: {}", ids.join(", ")));
         }
     }
+    // The fleet's own record of what it ran: a job that exited 0 on two instances ran twice,
+    // whatever the ledger says.
+    let mut successes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for run in mayfly_testbed::fleet::runs(&work).expect("the fleet's record") {
+        if run.exit_code == 0 {
+            successes
+                .entry(run.job_id)
+                .or_default()
+                .insert(format!("{} (attempt {})", run.instance_id, run.attempt));
+        }
+    }
+    for (job, on) in &successes {
+        if on.len() > 1 {
+            outcome.succeeded_twice.push(format!(
+                "{job} exited 0 on {}",
+                on.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    for j in &ledger_jobs {
+        for pair in j.attempts.windows(2) {
+            let (ended, next) = (&pair[0], &pair[1]);
+            if ended.exit_code.is_some() || ended.instance_id.is_none() {
+                continue;
+            }
+            if let (Some(gone), Some(launched)) = (ended.gone_at, next.launched_at) {
+                outcome
+                    .retry_delays
+                    .push((launched - gone).num_milliseconds() as f64 / 1000.0);
+            }
+        }
+    }
     let submitted: BTreeSet<&str> = jobs.iter().map(|(id, ..)| id.as_str()).collect();
     for id in &submitted {
         match by_id.get(id) {
@@ -533,6 +596,20 @@ fn main() {
         println!("    {kind:<22} {n}");
     }
     println!("  duplicates:           {}", chaos.duplicates.len());
+    println!(
+        "  succeeded more than once: {} (clean run {})",
+        chaos.succeeded_twice.len(),
+        clean.succeeded_twice.len()
+    );
+    let mut delays = chaos.retry_delays.clone();
+    delays.sort_by(f64::total_cmp);
+    if let (Some(median), Some(worst)) = (delays.get(delays.len() / 2), delays.last()) {
+        println!(
+            "  retry after an instance ended without `finished`: median {median:.0}s, worst \
+             {worst:.0}s over {} attempt(s) (grace 70s, events visibility 30s, backoff 2-8s)",
+            delays.len()
+        );
+    }
     println!("  lost jobs:            {}", chaos.lost.len());
     println!("  orphans left:         {}", chaos.orphans_left.len());
     println!(
@@ -557,6 +634,7 @@ fn main() {
     for (what, o) in [("clean", &clean), ("chaos", &chaos)] {
         for (check, list) in [
             ("duplicate instances", &o.duplicates),
+            ("jobs that succeeded more than once", &o.succeeded_twice),
             ("lost jobs", &o.lost),
             ("orphans left running", &o.orphans_left),
             ("terminal jobs without a reason", &o.without_reason),

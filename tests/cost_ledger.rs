@@ -32,6 +32,7 @@ fn world() -> (World, Arc<FakeCompute>, Arc<FakeLedger>) {
         subnets: vec!["subnet-0a1b2c3d4e5f60011".into()],
         security_groups: vec!["sg-0a1b2c3d4e5f60021".into()],
         instance_profile: "mayfly-instance".into(),
+        clock: None,
     };
     (w, ec2, ledger)
 }

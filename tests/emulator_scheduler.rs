@@ -47,6 +47,7 @@ async fn world() -> (World, Clients) {
         subnets,
         security_groups,
         instance_profile: format!("{name}-instance"),
+        clock: None,
     };
     (w, clients)
 }

@@ -9,7 +9,10 @@ use mayfly::events::{EventKind, InstanceEvent, VERSION};
 use mayfly::job::JobState;
 use mayfly::lambda::{handle, ItemFailure, Trigger};
 use serde_json::{json, Value};
-use support::world::{on_fakes as world, request, t0, Fault};
+use std::sync::Arc;
+
+use mayfly::fakes::{FakeLedger, FakeQueue};
+use support::world::{on_fakes as world, request, t0, Fault, World};
 
 fn event(kind: EventKind, job_id: &str, attempt: u32, instance_id: &str) -> InstanceEvent {
     InstanceEvent {
@@ -65,7 +68,11 @@ async fn a_scheduled_event_runs_a_pass() {
 
 #[tokio::test]
 async fn an_sqs_event_applies_its_events_and_returns_only_the_failed_records() {
-    let w = world();
+    let events_dlq = Arc::new(FakeQueue::new());
+    let w = World {
+        events_dlq: events_dlq.clone(),
+        ..world()
+    };
     w.apply_examples().await;
     let running = "cedar-plan:2027-04:eligibility";
     let launching = "harbor-health:2027-04:members";
@@ -98,7 +105,7 @@ async fn an_sqs_event_applies_its_events_and_returns_only_the_failed_records() {
         ),
         ("m-malformed", r#"{"v":1,"type":"started"}"#.into()),
         (
-            "m-too-early",
+            "m-launching",
             event(EventKind::Started, launching, 1, &stray).to_json(),
         ),
     ]);
@@ -106,20 +113,21 @@ async fn an_sqs_event_applies_its_events_and_returns_only_the_failed_records() {
     let handled = handle(&w.scheduler(60), trigger, at)
         .await
         .expect("the batch is handled");
-    // The malformed record and the one the ledger cannot take yet come back; the one that
-    // does not match the ledger is done (it never will).
+    // Every record is done: applied, ignored (it never will match), or moved to the DLQ.
     assert_eq!(
         handled.batch.as_ref().unwrap().batch_item_failures,
-        failures(&["m-malformed", "m-too-early"])
+        failures(&[])
     );
-    assert_eq!(
-        handled.response(),
-        json!({"batchItemFailures": [{"itemIdentifier": "m-malformed"}, {"itemIdentifier": "m-too-early"}]})
-    );
+    assert_eq!(handled.response(), json!({"batchItemFailures": []}));
     let events = handled.events.as_ref().unwrap();
     assert_eq!(
-        (events.received, events.applied, events.malformed),
-        (4, 1, 1)
+        (
+            events.received,
+            events.applied,
+            events.malformed,
+            events.adopted
+        ),
+        (4, 2, 1, 1)
     );
     assert_eq!(events.ignored.values().sum::<u32>(), 1);
     let job = w.job(running).await;
@@ -127,22 +135,66 @@ async fn an_sqs_event_applies_its_events_and_returns_only_the_failed_records() {
         job.current_attempt().unwrap().started_at,
         Some(t0() + Duration::seconds(20))
     );
-    // The malformed record is left to the queue's redrive, not moved by the function.
-    assert_eq!(w.events_dlq.depth().await.unwrap(), 0);
+    // The malformed record is moved to the events DLQ by the function, with the reason: the
+    // events queue has no redrive to do it.
+    let dlq = events_dlq.contents();
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert!(dlq[0]
+        .1
+        .iter()
+        .any(|(k, v)| k == "mayfly-error" && !v.is_empty()));
     assert!(handled.pass.is_some(), "a pass ran after the batch");
 
-    // Delivered again once the repair adopted the instance, it applies and is done.
-    let later = t0() + Duration::minutes(2);
-    w.tick(later).await;
-    assert_eq!(w.job(launching).await.state, JobState::Running);
-    let again = sqs(&[(
-        "m-too-early",
-        event(EventKind::Started, launching, 1, &stray).to_json(),
-    )]);
-    let handled = handle(&w.scheduler(60), again, later).await.unwrap();
+    // The launching job's own `started` proved its launch and named its instance.
+    let adopted = w.job(launching).await;
+    assert_eq!(adopted.state, JobState::Running);
+    let a = adopted.current_attempt().unwrap();
+    assert_eq!(a.instance_id.as_deref(), Some(stray.as_str()));
+    assert!(a.started_at.is_some());
+}
+
+#[tokio::test]
+async fn an_event_the_ledger_cannot_take_yet_comes_back() {
+    let ledger = Arc::new(FakeLedger::new());
+    let w = World {
+        ledger: ledger.clone(),
+        ..world()
+    };
+    w.apply_examples().await;
+    let running = "cedar-plan:2027-05:eligibility";
+    w.submit(&request(running, "cedar-plan", "eligibility", "2027-05", 1))
+        .await;
+    w.tick(t0()).await;
+    let (instance, _) = w.running_on(running).await;
+    let trigger = || {
+        sqs(&[(
+            "m-started",
+            event(EventKind::Started, running, 1, &instance).to_json(),
+        )])
+    };
+    // Every write throttled: the event is not applied, and its record is returned.
+    ledger.throttle_next_writes(10);
+    let handled = handle(&w.scheduler(60), trigger(), t0() + Duration::seconds(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        handled.batch.unwrap().batch_item_failures,
+        failures(&["m-started"])
+    );
+    assert!(w
+        .job(running)
+        .await
+        .current_attempt()
+        .unwrap()
+        .started_at
+        .is_none());
+    ledger.throttle_next_writes(0);
+    let handled = handle(&w.scheduler(60), trigger(), t0() + Duration::seconds(20))
+        .await
+        .unwrap();
     assert!(handled.batch.unwrap().batch_item_failures.is_empty());
     assert!(w
-        .job(launching)
+        .job(running)
         .await
         .current_attempt()
         .unwrap()

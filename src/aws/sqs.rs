@@ -145,27 +145,32 @@ impl Queue for SqsQueue {
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
+        self.count(QueueAttributeName::ApproximateNumberOfMessages)
+            .await
+    }
+
+    async fn in_flight(&self) -> Result<u64, QueueError> {
+        self.count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .await
+    }
+}
+
+impl SqsQueue {
+    /// One of the queue's approximate counts (GetQueueAttributes).
+    async fn count(&self, name: QueueAttributeName) -> Result<u64, QueueError> {
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(name.clone())
             .send()
             .await
             .map_err(queue_error)?;
-        let raw = out
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages))
-            .ok_or_else(|| {
-                QueueError::Other(
-                    "GetQueueAttributes returned no ApproximateNumberOfMessages".into(),
-                )
-            })?;
-        raw.parse().map_err(|_| {
-            QueueError::Other(format!(
-                "ApproximateNumberOfMessages is not a count: {raw:?}"
-            ))
-        })
+        let raw = out.attributes().and_then(|a| a.get(&name)).ok_or_else(|| {
+            QueueError::Other(format!("GetQueueAttributes returned no {}", name.as_str()))
+        })?;
+        raw.parse()
+            .map_err(|_| QueueError::Other(format!("{} is not a count: {raw:?}", name.as_str())))
     }
 }
 

@@ -1,16 +1,22 @@
 //! The `mayfly-lambda` function (the `bootstrap` of a provided.al2023 Lambda): connects to
 //! the deployment once, then serves invocations from the Lambda Runtime API — a scheduled
-//! event runs a pass, an SQS event from the events queue applies its events and runs a pass.
+//! event runs a pass, an SQS event from the events queue applies its events and runs a pass within the
+//! invocation's remaining time.
 //! JSON logs go to stderr; each pass's metrics go to stdout as one CloudWatch Embedded
 //! Metric Format line. Settings come from the environment (see `mayfly-lambda --help`).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use chrono::Utc;
 use clap::Parser;
 use lambda_runtime::{service_fn, Diagnostic, LambdaEvent};
 use mayfly::lambda::{Function, LambdaArgs};
 use serde_json::Value;
+
+/// How long before the function's timeout the pass after an SQS batch stops, so that the
+/// batch's answer reaches Lambda in time.
+const ANSWER_MARGIN_MS: u64 = 5_000;
 
 fn main() -> ExitCode {
     let args = LambdaArgs::parse();
@@ -47,7 +53,16 @@ async fn serve(args: LambdaArgs) -> ExitCode {
     let function = &function;
     let handler = service_fn(move |event: LambdaEvent<Value>| async move {
         let request_id = event.context.request_id.clone();
-        match function.invoke(&event.payload, Utc::now()).await {
+        // Leave the answer time to reach Lambda before the function's timeout.
+        let remaining_ms = event
+            .context
+            .deadline
+            .saturating_sub(Utc::now().timestamp_millis().max(0) as u64);
+        let budget = Duration::from_millis(remaining_ms.saturating_sub(ANSWER_MARGIN_MS));
+        match function
+            .invoke_within(&event.payload, Utc::now(), Some(budget))
+            .await
+        {
             Ok(invoked) => {
                 for line in invoked.emf_lines(function.deployment()) {
                     println!("{line}");

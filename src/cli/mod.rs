@@ -321,9 +321,9 @@ impl PassArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ReapSettings {
     /// How long a running job's instance must stay gone without a `finished` event before
-    /// the attempt is judged lost and retried. Keep it above the events queue's visibility
-    /// timeout (60 s in the infra template), so an event held by a crashed pass comes back
-    /// first.
+    /// the attempt may be judged lost and retried. Even then it is judged only once none of
+    /// its events can still arrive: the events queue read to its end with a long poll and no
+    /// message in flight (docs/events.md).
     #[arg(long, default_value = "2m", env = "MAYFLY_LOST_GRACE")]
     pub lost_grace: crate::duration::Duration,
     /// How long an orphan (a live instance no in-flight job owns) stays marked with the

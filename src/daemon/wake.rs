@@ -108,6 +108,11 @@ impl Queue for Prefetched {
     async fn depth(&self) -> Result<u64, QueueError> {
         self.inner.depth().await
     }
+
+    /// Messages held here for the pass count as in flight, as SQS counts them.
+    async fn in_flight(&self) -> Result<u64, QueueError> {
+        self.inner.in_flight().await
+    }
 }
 
 /// Runs a watcher until the process ends: while `leader` is set and nothing is held, it

@@ -1,5 +1,7 @@
 //! An in-memory SQS queue: messages become invisible when received and come back when their
 //! receipt is not deleted before `expire_receipts` (the visibility timeout, made explicit).
+//! Like SQS, a short poll (no wait) may miss messages that are there (`miss_short_polls`),
+//! and a redrive policy (`redrive_after`) moves a message received too often aside.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -24,6 +26,11 @@ struct State {
     next_id: u64,
     receives: u64,
     deletes: u64,
+    /// Short polls still to come back empty, as SQS's sampled short polls may.
+    short_poll_misses: u32,
+    /// `maxReceiveCount` of a redrive policy, and what it moved aside.
+    redrive_after: Option<u32>,
+    dead_lettered: Vec<Stored>,
 }
 
 /// One queue.
@@ -50,6 +57,27 @@ impl FakeQueue {
         s.visible.extend(back);
     }
 
+    /// Makes the next `n` short polls (receives with no wait) return nothing, whatever is
+    /// visible: SQS answers a short poll from a sample of its servers.
+    pub fn miss_short_polls(&self, n: u32) {
+        self.lock().short_poll_misses = n;
+    }
+
+    /// A redrive policy: a message already received `max_receives` times is moved aside (to
+    /// [`Self::dead_lettered`]) instead of being delivered again.
+    pub fn redrive_after(&self, max_receives: u32) {
+        self.lock().redrive_after = Some(max_receives);
+    }
+
+    /// Bodies of the messages the redrive policy moved aside.
+    pub fn dead_lettered(&self) -> Vec<String> {
+        self.lock()
+            .dead_lettered
+            .iter()
+            .map(|m| m.body.clone())
+            .collect()
+    }
+
     /// Bodies and attributes of every message not yet deleted (visible or in flight).
     pub fn contents(&self) -> Vec<(String, Vec<(String, String)>)> {
         let s = self.lock();
@@ -69,14 +97,22 @@ impl FakeQueue {
 
 #[async_trait]
 impl Queue for FakeQueue {
-    async fn receive(&self, max: u32, _wait: Duration) -> Result<Vec<Message>, QueueError> {
+    async fn receive(&self, max: u32, wait: Duration) -> Result<Vec<Message>, QueueError> {
         let mut s = self.lock();
         s.receives += 1;
+        if wait.is_zero() && s.short_poll_misses > 0 {
+            s.short_poll_misses -= 1;
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         while out.len() < max.min(10) as usize {
             let Some(mut m) = s.visible.pop_front() else {
                 break;
             };
+            if s.redrive_after.is_some_and(|n| m.receive_count >= n) {
+                s.dead_lettered.push(m);
+                continue;
+            }
             m.receive_count += 1;
             s.next_id += 1;
             let receipt = format!("r-{}-{}", m.id, s.next_id);
@@ -124,5 +160,9 @@ impl Queue for FakeQueue {
 
     async fn depth(&self) -> Result<u64, QueueError> {
         Ok(self.lock().visible.len() as u64)
+    }
+
+    async fn in_flight(&self) -> Result<u64, QueueError> {
+        Ok(self.lock().in_flight.len() as u64)
     }
 }

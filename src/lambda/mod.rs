@@ -14,7 +14,8 @@ use clap::Parser;
 use serde_json::Value;
 
 pub use trigger::{
-    handle, BatchResponse, Handled, ItemFailure, LambdaError, SqsAttributes, SqsRecord, Trigger,
+    handle, handle_within, BatchResponse, Handled, ItemFailure, LambdaError, SqsAttributes,
+    SqsRecord, Trigger,
 };
 
 use crate::cli::{App, CliError, GlobalArgs, PassArgs};
@@ -90,11 +91,22 @@ impl Function {
         payload: &Value,
         now: DateTime<Utc>,
     ) -> Result<Invoked, LambdaError> {
+        self.invoke_within(payload, now, None).await
+    }
+
+    /// [`Self::invoke`], with the time the pass after an SQS batch may take (the invocation's
+    /// remaining time less a margin for the answer).
+    pub async fn invoke_within(
+        &self,
+        payload: &Value,
+        now: DateTime<Utc>,
+        pass_budget: Option<std::time::Duration>,
+    ) -> Result<Invoked, LambdaError> {
         let trigger = Trigger::from_payload(payload)?;
         let scheduled = matches!(trigger, Trigger::Scheduled);
         let calls = self.app.calls();
         let (before, throttled_before) = (calls.snapshot(), calls.throttled_snapshot());
-        let mut handled = handle(&self.scheduler, trigger, now).await?;
+        let mut handled = handle_within(&self.scheduler, trigger, now, pass_budget).await?;
         let batch_applied = handled.events.as_ref().map_or(0, |e| u64::from(e.applied));
         let Some(pass) = handled.pass.as_mut() else {
             return Ok(Invoked {

@@ -1,9 +1,12 @@
 //! What invoked the Lambda function, and what it does for each trigger. An EventBridge scheduled event
 //! runs one pass. An SQS event from the events queue applies its records' instance events,
-//! then runs a pass, and answers with the records to deliver again
+//! moves unparseable ones to the events DLQ with the reason, then runs a pass within the
+//! invocation's remaining time, and answers with the records to deliver again
 //! (`{"batchItemFailures":[{"itemIdentifier": messageId}]}`, the partial batch response of
-//! an event source mapping with `ReportBatchItemFailures`): unparseable events and events
-//! that could not be applied yet. Every other record is done, and Lambda deletes it.
+//! an event source mapping with `ReportBatchItemFailures`): the events that could not be
+//! applied yet. Every other record is done, and Lambda deletes it. The pass is cut short
+//! before the function's timeout: an invocation that timed out would have Lambda deliver the
+//! whole batch again, applied events included.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -152,11 +155,23 @@ impl Handled {
     }
 }
 
-/// Handles one invocation at time `now`.
+/// Handles one invocation at time `now`, with no limit on the pass after an SQS batch.
 pub async fn handle(
     scheduler: &Scheduler,
     trigger: Trigger,
     now: DateTime<Utc>,
+) -> Result<Handled, LambdaError> {
+    handle_within(scheduler, trigger, now, None).await
+}
+
+/// Handles one invocation at time `now`; the pass after an SQS batch stops when
+/// `pass_budget` runs out (stopping a pass part-way is safe: every write is conditional and
+/// the next pass repairs a half-done launch), so the batch's answer always reaches Lambda.
+pub async fn handle_within(
+    scheduler: &Scheduler,
+    trigger: Trigger,
+    now: DateTime<Utc>,
+    pass_budget: Option<std::time::Duration>,
 ) -> Result<Handled, LambdaError> {
     match trigger {
         Trigger::Scheduled => {
@@ -170,18 +185,38 @@ pub async fn handle(
         Trigger::Sqs(records) => {
             let messages: Vec<Message> = records.iter().map(SqsRecord::message).collect();
             let (events, fates) = scheduler.apply_events(&messages, now).await?;
-            let batch_item_failures = records
-                .iter()
-                .zip(&fates)
-                .filter(|(_, fate)| **fate != Fate::Done)
-                .map(|(r, _)| ItemFailure {
-                    item_identifier: r.message_id.clone(),
-                })
-                .collect();
-            let pass = match scheduler.tick(TickOptions::default(), now).await {
-                Ok(p) => Some(p),
-                Err(e) => {
+            let mut batch_item_failures = Vec::new();
+            for (r, fate) in records.iter().zip(&fates) {
+                let done = match fate {
+                    Fate::Done => true,
+                    Fate::Again => false,
+                    // Moved aside with the reason by mayfly itself: the events queue has no
+                    // redrive, so that no valid event is ever dead-lettered by counting.
+                    Fate::Malformed(reason) => scheduler.dead_letter_event(&r.body, reason).await,
+                };
+                if !done {
+                    batch_item_failures.push(ItemFailure {
+                        item_identifier: r.message_id.clone(),
+                    });
+                }
+            }
+            let tick = scheduler.tick(TickOptions::default(), now);
+            let ran = match pass_budget {
+                None => Ok(tick.await),
+                Some(budget) => tokio::time::timeout(budget, tick).await,
+            };
+            let pass = match ran {
+                Ok(Ok(p)) => Some(p),
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "The pass after the SQS batch could not run.");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        budget_ms = pass_budget.map_or(0, |b| b.as_millis() as u64),
+                        "The pass after the SQS batch stopped at the invocation's time budget; \
+                         the batch's answer stands and the next pass carries on."
+                    );
                     None
                 }
             };

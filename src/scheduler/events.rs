@@ -11,7 +11,7 @@ use super::policy::decide_failed;
 use super::report::EventsReport;
 use super::Scheduler;
 use crate::events::{EventKind, InstanceEvent};
-use crate::job::{Job, JobState};
+use crate::job::{Job, JobState, PriceSource};
 use crate::ports::{Message, StoreError};
 use crate::profile::Payer;
 use crate::retry::FailureCause;
@@ -22,27 +22,88 @@ enum Outcome {
     Changed,
     Unchanged,
     Ignored(&'static str),
-    /// Not yet applicable (the launch is still being recorded): leave it on the queue.
-    Later,
 }
 
-/// Applies one event to a job in memory.
-fn apply(job: &mut Job, e: &InstanceEvent, payer: Option<&Payer>, now: DateTime<Utc>) -> Outcome {
+/// What applying a job's events settled, beyond the event itself.
+#[derive(Debug, Default, Clone, Copy)]
+struct Settled {
+    /// A `launching` attempt's instance was named by its own event.
+    adopted: bool,
+    /// A `finished` with exit 0 arrived after the attempt had been judged lost, before any
+    /// new attempt launched: the job succeeded after all.
+    late_success: bool,
+}
+
+/// Applies one event to a job in memory. An event of the ledger's current attempt is
+/// evidence whatever the attempt's state: for a `launching` attempt it proves the launch and
+/// names the instance, and a `finished` for an attempt already judged lost (its job queued
+/// for a retry that has not launched, or dead) still settles the job.
+fn apply(
+    job: &mut Job,
+    e: &InstanceEvent,
+    payer: Option<&Payer>,
+    now: DateTime<Utc>,
+    settled: &mut Settled,
+) -> Outcome {
     if e.attempt != job.attempt {
-        return Outcome::Ignored("attempt does not match the ledger");
+        return Outcome::Ignored(if e.attempt < job.attempt {
+            "an earlier attempt's event: the job is on a later attempt"
+        } else {
+            "attempt does not match the ledger"
+        });
     }
     let state = job.state;
-    let Some(attempt) = job.current_attempt_mut() else {
+    let Some(attempt) = job.current_attempt() else {
         return Outcome::Ignored("job has no such attempt");
     };
     match attempt.instance_id.as_deref() {
         Some(id) if id != e.instance_id => {
             return Outcome::Ignored("instance does not match the ledger")
         }
-        None if state == JobState::Launching => return Outcome::Later,
+        None if state == JobState::Launching => {
+            adopt(job, e, now);
+            settled.adopted = true;
+        }
         None => return Outcome::Ignored("attempt has no instance"),
         Some(_) => {}
     }
+    let outcome = record(job, e, payer, now, settled);
+    match outcome {
+        Outcome::Unchanged if settled.adopted => Outcome::Changed,
+        other => other,
+    }
+}
+
+/// A `launching` attempt whose instance reported before the launching pass recorded it (its
+/// RunInstances response was lost, or the pass stopped): the event names the instance, and
+/// the job is running.
+fn adopt(job: &mut Job, e: &InstanceEvent, now: DateTime<Utc>) {
+    if let Some(a) = job.current_attempt_mut() {
+        a.instance_id = Some(e.instance_id.clone());
+        // The launch came no later than the instance's first word.
+        a.launched_at.get_or_insert(e.at);
+        if a.usd_per_hour.is_none() {
+            // A spot rung's price is read after launch, and this launch was never seen.
+            a.price_source = Some(PriceSource::OnDemandFallback {
+                why: "the launch was recorded from the instance's own event".into(),
+            });
+        }
+    }
+    let _ = job.transition(JobState::Running, None, now);
+}
+
+/// Records one event on the current attempt (its instance already matched).
+fn record(
+    job: &mut Job,
+    e: &InstanceEvent,
+    payer: Option<&Payer>,
+    now: DateTime<Utc>,
+    settled: &mut Settled,
+) -> Outcome {
+    let state = job.state;
+    let Some(attempt) = job.current_attempt_mut() else {
+        return Outcome::Ignored("job has no such attempt");
+    };
     match e.event {
         EventKind::Started => {
             if attempt.started_at.is_some() {
@@ -62,7 +123,9 @@ fn apply(job: &mut Job, e: &InstanceEvent, payer: Option<&Payer>, now: DateTime<
                 Some(last) if e.at <= last || (e.at - last).num_seconds() < window => {
                     Outcome::Unchanged
                 }
-                _ if attempt.finished_at.is_some() => Outcome::Unchanged,
+                _ if attempt.finished_at.is_some() || state != JobState::Running => {
+                    Outcome::Unchanged
+                }
                 _ => {
                     attempt.last_heartbeat_at = Some(e.at);
                     Outcome::Changed
@@ -74,6 +137,7 @@ fn apply(job: &mut Job, e: &InstanceEvent, payer: Option<&Payer>, now: DateTime<
                 .reason
                 .as_deref()
                 .is_some_and(|r| r.starts_with("spot interruption"))
+                || state != JobState::Running
             {
                 return Outcome::Unchanged;
             }
@@ -84,7 +148,11 @@ fn apply(job: &mut Job, e: &InstanceEvent, payer: Option<&Payer>, now: DateTime<
             Outcome::Changed
         }
         EventKind::Finished => {
-            if attempt.finished_at.is_some() || state != JobState::Running {
+            if attempt.exit_code.is_some() {
+                return Outcome::Unchanged;
+            }
+            let late = matches!(state, JobState::Queued | JobState::Dead | JobState::Failed);
+            if state != JobState::Running && !late {
                 return Outcome::Unchanged;
             }
             let code = e.exit_code.unwrap_or(-1);
@@ -92,7 +160,31 @@ fn apply(job: &mut Job, e: &InstanceEvent, payer: Option<&Payer>, now: DateTime<
             attempt.started_at.get_or_insert(e.at);
             attempt.exit_code = Some(code);
             attempt.output_tail.clone_from(&e.output_tail);
+            if late {
+                // The attempt was judged lost, yet its `finished` was on the way. Exit 0 is a
+                // success nobody had heard: the job must not run again. Any other exit only
+                // completes the record; the retry already decided stands.
+                if code == 0 {
+                    let why = format!(
+                        "attempt {} finished with exit 0 after it was judged lost; its late \
+                         `finished` event settles the job",
+                        e.attempt
+                    );
+                    if let Some(a) = job.current_attempt_mut() {
+                        a.reason = Some(why);
+                    }
+                    if job.transition(JobState::Succeeded, None, now).is_ok() {
+                        settled.late_success = true;
+                    }
+                }
+                return Outcome::Changed;
+            }
             if code == 0 {
+                if let Some(a) = job.current_attempt_mut() {
+                    // Stopped for a deadline just after it finished: the finish stands.
+                    a.cause = None;
+                    a.reason = None;
+                }
                 let _ = job.transition(JobState::Succeeded, None, now);
             } else {
                 let cause = FailureCause::ExitCode { code };
@@ -114,22 +206,74 @@ pub enum Fate {
     Done,
     /// Not an instance event; the reason names the field.
     Malformed(String),
-    /// Not applied yet (the launch is still being recorded, or the ledger could not be read
-    /// or written): it must be delivered again.
+    /// Not applied yet (the ledger could not be read or written): it must be delivered again.
     Again,
 }
 
-/// Reads the events queue to the end (up to `max_ingest` messages) and applies what it
-/// read: done messages are deleted, malformed ones moved to the events DLQ with the reason.
+/// How long the long poll that confirms the events queue is empty waits: any wait makes SQS
+/// answer from all of its servers, not a sample.
+const CONFIRM_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads the events queue to the end (up to `max_ingest` messages) with short polls and
+/// applies what it read: done messages are deleted, malformed ones moved to the events DLQ
+/// with the reason. Cheap, and enough to keep jobs moving; before a verdict needs to know
+/// that no event is left, [`confirm_quiet`] looks harder.
 pub(super) async fn run(
     s: &Scheduler,
     payers: &super::snapshot::LoadedPayers,
     now: DateTime<Utc>,
 ) -> EventsReport {
     let mut report = EventsReport::default();
+    drain(s, payers, now, Duration::ZERO, &mut report).await;
+    report
+}
+
+/// Whether no instance event can still arrive: reads the events queue to its end with long
+/// polls, applying what it finds, then asks SQS how many messages are in flight (received by
+/// a reader — this one included, for what it could not apply — and not deleted). `Err` says
+/// why an event may still come.
+pub(super) async fn confirm_quiet(
+    s: &Scheduler,
+    payers: &super::snapshot::LoadedPayers,
+    now: DateTime<Utc>,
+    report: &mut EventsReport,
+) -> Result<(), String> {
+    let errors = report.errors.len();
+    drain(s, payers, now, CONFIRM_WAIT, report).await;
+    if report.errors.len() > errors {
+        return Err(format!(
+            "the events queue could not be read to its end ({})",
+            report.errors[errors..].join("; ")
+        ));
+    }
+    if report.received >= s.settings.max_ingest {
+        return Err(format!(
+            "the events queue holds more than one pass reads ({})",
+            s.settings.max_ingest
+        ));
+    }
+    match s.deps.events.in_flight().await {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!(
+            "{n} event message(s) in flight on the events queue (received by a reader that \
+             has not deleted them; one that stopped holds them until their visibility timeout)"
+        )),
+        Err(e) => Err(format!("counting the events in flight: {e}")),
+    }
+}
+
+/// Receives until the queue answers empty (or `max_ingest` is reached), waiting up to `wait`
+/// on each call, then applies and acknowledges what it received.
+async fn drain(
+    s: &Scheduler,
+    payers: &super::snapshot::LoadedPayers,
+    now: DateTime<Utc>,
+    wait: Duration,
+    report: &mut EventsReport,
+) {
     let mut messages: Vec<Message> = Vec::new();
     while report.received < s.settings.max_ingest {
-        match s.deps.events.receive(10, Duration::ZERO).await {
+        match s.deps.events.receive(10, wait).await {
             Ok(batch) if batch.is_empty() => break,
             Ok(batch) => {
                 report.received += batch.len() as u32;
@@ -141,7 +285,10 @@ pub(super) async fn run(
             }
         }
     }
-    let fates = apply_messages(s, payers, &messages, now, &mut report).await;
+    if messages.is_empty() {
+        return;
+    }
+    let fates = apply_messages(s, payers, &messages, now, report).await;
     let mut done = Vec::new();
     for (m, fate) in messages.iter().zip(fates) {
         match fate {
@@ -168,7 +315,6 @@ pub(super) async fn run(
         )),
         Err(e) => report.errors.push(format!("deleting events: {e}")),
     }
-    report
 }
 
 /// Applies event messages however they arrived (read from the events queue by a pass, or
@@ -225,6 +371,7 @@ async fn apply_to_job(
     events.sort_by_key(|(e, _)| (e.at, e.event as u8));
     // A lost condition means another pass wrote first: re-read and re-apply (idempotent).
     for _try in 0..3 {
+        let now = s.moment(now);
         let job = match s.deps.ledger.get(job_id).await {
             Ok(Some(j)) => j,
             Ok(None) => {
@@ -245,8 +392,9 @@ async fn apply_to_job(
         let (mut applied, mut dupes) = (0, 0);
         let mut ignored: Vec<&'static str> = Vec::new();
         let mut acked = Vec::new();
+        let mut settled = Settled::default();
         for (e, i) in &events {
-            match apply(&mut updated, e, payer, now) {
+            match apply(&mut updated, e, payer, now, &mut settled) {
                 Outcome::Changed => {
                     applied += 1;
                     acked.push(*i);
@@ -256,11 +404,19 @@ async fn apply_to_job(
                     acked.push(*i);
                 }
                 Outcome::Ignored(why) => {
-                    tracing::warn!(job_id = %job_id, instance_id = %e.instance_id, attempt = e.attempt, reason = why, "Ignored an instance event.");
+                    if e.event == EventKind::Finished
+                        && e.exit_code == Some(0)
+                        && e.attempt < job.attempt
+                    {
+                        // The one case the scheduler's caution exists to prevent: a success
+                        // reported after a later attempt began. Loud, and counted by reason.
+                        tracing::error!(job_id = %job_id, instance_id = %e.instance_id, attempt = e.attempt, current_attempt = job.attempt, "A finished event with exit 0 arrived after a later attempt began.");
+                    } else {
+                        tracing::warn!(job_id = %job_id, instance_id = %e.instance_id, attempt = e.attempt, reason = why, "Ignored an instance event.");
+                    }
                     ignored.push(why);
                     acked.push(*i);
                 }
-                Outcome::Later => {}
             }
         }
         let failed = updated.state == JobState::Failed && job.state != JobState::Failed;
@@ -283,6 +439,18 @@ async fn apply_to_job(
                     report.errors.push(format!("writing job {job_id}: {e}"));
                     return;
                 }
+            }
+            let instance_id = updated
+                .current_attempt()
+                .and_then(|a| a.instance_id.as_deref())
+                .unwrap_or_default();
+            if settled.adopted {
+                tracing::info!(job_id = %job_id, %instance_id, attempt = updated.attempt, "Recorded a launch from its instance's own event.");
+                report.adopted += 1;
+            }
+            if settled.late_success {
+                tracing::warn!(job_id = %job_id, %instance_id, attempt = updated.attempt, "A finished event arrived after its attempt was judged lost; the job succeeded on it.");
+                report.late_successes += 1;
             }
             if failed {
                 // The failure is on record; now the retry policy moves it on.

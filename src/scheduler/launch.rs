@@ -73,8 +73,16 @@ fn launch_request(
     }
 }
 
-/// Writes `job` (already changed in memory) conditional on `expected`.
-async fn save(s: &Scheduler, job: &Job, expected: u64, report: &mut LaunchReport) -> bool {
+/// Writes `job` (already changed in memory) conditional on `expected`, stamped with the
+/// moment of the write (a repair judges a launch stale from it).
+async fn save(
+    s: &Scheduler,
+    job: &mut Job,
+    expected: u64,
+    now: DateTime<Utc>,
+    report: &mut LaunchReport,
+) -> bool {
+    job.updated_at = Some(s.moment(now));
     match s.deps.ledger.update(job, expected).await {
         Ok(()) => true,
         Err(StoreError::Conflict(_)) => {
@@ -178,10 +186,10 @@ async fn mark_running(
         }
         a.instance_id = Some(launched.instance_id.clone());
         a.availability_zone.clone_from(&launched.availability_zone);
-        a.launched_at = Some(launched.launched_at.unwrap_or(now));
+        a.launched_at = Some(launched.launched_at.unwrap_or_else(|| s.moment(now)));
     }
     if let Some(expected) = transition(job, JobState::Running, None, now) {
-        if save(s, job, expected, report).await {
+        if save(s, job, expected, now, report).await {
             let instance_type = job
                 .current_attempt()
                 .and_then(|a| a.rung.as_ref())
@@ -208,13 +216,13 @@ async fn fail_fast(
     tracing::warn!(job_id = %job.job_id, reason = %reason, "Launch failed on configuration; the job is dead.");
     if let Some(a) = job.current_attempt_mut() {
         a.reason = Some(reason.clone());
-        a.finished_at = Some(now);
+        a.finished_at = Some(s.moment(now));
     }
     report.config_failures += 1;
     if let Some(expected) = transition(job, JobState::Failed, Some(reason.clone()), now) {
-        if save(s, job, expected, report).await {
+        if save(s, job, expected, now, report).await {
             if let Some(expected) = transition(job, JobState::Dead, Some(reason), now) {
-                save(s, job, expected, report).await;
+                save(s, job, expected, now, report).await;
             }
         }
     }
@@ -243,7 +251,7 @@ async fn launch_ladder(
             let expected = job.version;
             job.version += 1;
             job.updated_at = Some(now);
-            if !save(s, job, expected, report).await {
+            if !save(s, job, expected, now, report).await {
                 return Flow::Continue;
             }
         }
@@ -278,7 +286,7 @@ async fn launch_ladder(
                     Some(format!("{code}: {message}")),
                     now,
                 ) {
-                    save(s, job, expected, report).await;
+                    save(s, job, expected, now, report).await;
                 }
                 return Flow::StopPass;
             }
@@ -306,11 +314,11 @@ async fn launch_ladder(
     );
     if let Some(a) = job.current_attempt_mut() {
         a.reason = Some(reason.clone());
-        a.finished_at = Some(now);
+        a.finished_at = Some(s.moment(now));
     }
     if let Some(expected) = transition(job, JobState::Queued, Some(reason), now) {
         job.not_before = Some(now + chrono::Duration::seconds(60));
-        save(s, job, expected, report).await;
+        save(s, job, expected, now, report).await;
     }
     Flow::Continue
 }
@@ -333,7 +341,7 @@ pub(super) async fn execute(
         let reason = (mark.to == JobState::Blocked)
             .then(|| "a lower-tier job of this batch is dead or cancelled".to_owned());
         if let Some(expected) = transition(&mut job, mark.to, reason, now) {
-            if save(s, &job, expected, &mut report).await {
+            if save(s, &mut job, expected, now, &mut report).await {
                 report.marks += 1;
             }
         }
@@ -363,7 +371,7 @@ pub(super) async fn execute(
         let Some(expected) = transition(&mut job, JobState::Launching, None, now) else {
             continue;
         };
-        if !save(s, &job, expected, &mut report).await {
+        if !save(s, &mut job, expected, now, &mut report).await {
             continue;
         }
         if let Flow::StopPass =
@@ -386,9 +394,10 @@ pub(super) async fn repair(
 ) -> LaunchReport {
     let mut report = LaunchReport::default();
     for job in jobs.iter_mut().filter(|j| j.state == JobState::Launching) {
+        // Stale counted from the last write's moment to this one, not from a pass's start.
         let stale = job
             .updated_at
-            .is_none_or(|t| now - t >= s.settings.repair_after);
+            .is_none_or(|t| s.moment(now) - t >= s.settings.repair_after);
         let Some((rung, number)) = job
             .current_attempt()
             .and_then(|a| a.rung.clone().map(|r| (r, a.number)))
@@ -432,21 +441,23 @@ pub(super) async fn repair(
                 InstanceState::Terminated | InstanceState::ShuttingDown
             )
         }) {
-            // It launched and is already gone without a word: the attempt is lost. Its bill
-            // ended some time before now; now is the best bound mayfly has.
+            // It launched and is already gone, and the ledger never heard from it. Its events
+            // may still be on the queue (or held by a reader that stopped): record the
+            // instance as this attempt's and as gone, and let the reconciler end the attempt
+            // only once none of its events can still arrive. A `finished` that comes first
+            // settles the job.
+            let seen = s.moment(now);
             if let Some(a) = job.current_attempt_mut() {
                 a.instance_id = Some(ended.instance_id.clone());
                 a.availability_zone.clone_from(&ended.availability_zone);
-                a.launched_at = ended.launched_at.or(Some(now));
-                a.ended_at = Some(now);
+                a.launched_at = ended.launched_at.or(a.launched_at).or(Some(seen));
+                a.gone_at = Some(a.launched_at.map_or(seen, |l| l.max(seen)));
             }
-            if let Some(expected) = transition(
-                job,
-                JobState::Queued,
-                Some("instance ended before reporting".into()),
-                now,
-            ) {
-                save(s, job, expected, &mut report).await;
+            if let Some(expected) = transition(job, JobState::Running, None, now) {
+                if save(s, job, expected, now, &mut report).await {
+                    tracing::warn!(job_id = %job.job_id, instance_id = %ended.instance_id, attempt = job.attempt, "A launch's instance ended before its launch was recorded; its events decide the attempt.");
+                    report.found_gone += 1;
+                }
             }
             continue;
         }
@@ -462,7 +473,7 @@ pub(super) async fn repair(
         let expected = job.version;
         job.version += 1;
         job.updated_at = Some(now);
-        if !save(s, job, expected, &mut report).await {
+        if !save(s, job, expected, now, &mut report).await {
             continue;
         }
         *budget -= 1;

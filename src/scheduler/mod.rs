@@ -17,6 +17,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use crate::catalog::Catalog;
+use crate::clock::{Clock, SystemClock};
 use crate::job::Job;
 use crate::ports::{Compute, ConfigStore, Ledger, Queue, StoreError};
 use crate::profile::{GlobalCaps, Payer};
@@ -118,6 +119,8 @@ pub struct Scheduler {
     pub deps: Deps,
     pub settings: Settings,
     pub catalog: &'static Catalog,
+    /// Tells the moment a fact is observed, for the times a pass records.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Scheduler {
@@ -126,7 +129,14 @@ impl Scheduler {
             deps,
             settings,
             catalog: Catalog::shipped(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The moment now, for a time to record: the clock's, never earlier than `floor` (the
+    /// pass's start), so a pass driven at a chosen time records nothing before it.
+    pub fn moment(&self, floor: DateTime<Utc>) -> DateTime<Utc> {
+        self.clock.now().max(floor)
     }
 
     /// Runs one pass at time `now`.
@@ -149,8 +159,9 @@ impl Scheduler {
         let mut budget = self.settings.max_launches;
         if !opts.dry_run && !opts.skip_reconcile {
             report.reconcile = self
-                .reconcile_step(&payers.valid, &mut jobs, &report.events, now)
+                .reconcile_step(&payers, &mut jobs, &report.events, now)
                 .await;
+            report.merge_reconcile_events();
         }
         if !opts.dry_run {
             let repaired = launch::repair(self, &payers.valid, &mut jobs, now, &mut budget).await;
@@ -190,8 +201,9 @@ impl Scheduler {
         report.events = events::run(self, &payers, now).await;
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
         report.reconcile = self
-            .reconcile_step(&payers.valid, &mut jobs, &report.events, now)
+            .reconcile_step(&payers, &mut jobs, &report.events, now)
             .await;
+        report.merge_reconcile_events();
         report.count_states(&jobs);
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
@@ -201,7 +213,7 @@ impl Scheduler {
     /// pass's reading of the events queue) drained it.
     async fn reconcile_step(
         &self,
-        payers: &[Payer],
+        payers: &snapshot::LoadedPayers,
         jobs: &mut [Job],
         events: &EventsReport,
         now: DateTime<Utc>,
@@ -232,6 +244,23 @@ impl Scheduler {
         Ok((report, fates))
     }
 
+    /// Moves an unparseable instance event to the events DLQ with the reason; says whether
+    /// it is there (the caller may then acknowledge it).
+    pub async fn dead_letter_event(&self, body: &str, reason: &str) -> bool {
+        match self
+            .deps
+            .events_dlq
+            .send(body, &[(crate::names::ERROR_ATTRIBUTE, reason)])
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, reason, "Cannot move a malformed event to the events DLQ; it will be delivered again.");
+                false
+            }
+        }
+    }
+
     /// Reconciles only (`mayfly reap`): applies pending instance events (unless a dry run),
     /// then compares the ledger with this deployment's instances and acts on what differs.
     pub async fn reap(
@@ -251,7 +280,7 @@ impl Scheduler {
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
         Ok(reconcile::run(
             self,
-            &payers.valid,
+            &payers,
             &mut jobs,
             now,
             ReconcileOptions {

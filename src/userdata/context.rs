@@ -14,6 +14,8 @@ use crate::secrets;
 
 /// How often the script polls for a spot interruption notice (AWS suggests every 5 s).
 const SPOT_POLL_SECS: u64 = 5;
+/// How long an instance tries to send `started`: a minute, then it gives up and ends.
+const STARTED_SEND_SECS: u64 = 60;
 
 /// The deployment-wide settings every instance script needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,11 @@ pub struct Limits {
     /// Max runtime plus grace: when the instance shuts itself down regardless.
     pub deadline_secs: u64,
     pub output_tail_bytes: usize,
+    /// How long the instance keeps trying to send `started` before it gives up (and ends).
+    pub started_send_secs: u64,
+    /// How long it keeps trying to send `finished`: most of the deadline's grace, which is
+    /// what is left after a job that used its whole runtime.
+    pub finished_send_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -234,6 +241,9 @@ fn limits(
         max_runtime_secs,
         deadline_secs: max_runtime_secs.saturating_add(env.deadline_grace_secs),
         output_tail_bytes: MAX_OUTPUT_TAIL_BYTES,
+        started_send_secs: STARTED_SEND_SECS,
+        // The job is stopped at max runtime, and killed 30 s later if it ignores that.
+        finished_send_secs: env.deadline_grace_secs.saturating_sub(60).max(30),
     })
 }
 

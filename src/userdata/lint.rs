@@ -15,6 +15,8 @@ const BARE_NUMBERS: &[&str] = &[
     "limits.max_runtime_secs",
     "limits.deadline_secs",
     "limits.output_tail_bytes",
+    "limits.started_send_secs",
+    "limits.finished_send_secs",
 ];
 
 /// Refuses a template that interpolates a value without a quoting helper (other than the

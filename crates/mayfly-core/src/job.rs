@@ -250,8 +250,11 @@ impl JobState {
                 | (Blocked, Queued | Launching | Cancelled | Dead)
                 | (Launching, Running | Failed | Queued | Cancelled)
                 | (Running, Succeeded | Failed | Cancelled)
-                | (Failed, Queued | Dead | Cancelled)
+                | (Failed, Queued | Dead | Cancelled | Succeeded)
                 | (Dead | Cancelled, Queued)
+                // A `finished` with exit 0 that arrives after its attempt was judged lost,
+                // before a new attempt launched: the job succeeded, and must not run again.
+                | (Queued | Dead, Succeeded)
         )
     }
 }

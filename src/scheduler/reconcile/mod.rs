@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 
 pub use super::report::{Finding, InstanceFinding, ReconcileReport};
+use super::snapshot::LoadedPayers;
 use super::Scheduler;
 use crate::job::{Job, JobState};
 use crate::names::tags;
@@ -69,22 +70,27 @@ fn secs(d: chrono::Duration) -> String {
 /// Reconciles `jobs` (the pass's snapshot, updated in place) with the managed instances.
 pub(super) async fn run(
     s: &Scheduler,
-    payers: &[Payer],
+    payers: &LoadedPayers,
     jobs: &mut [Job],
     now: DateTime<Utc>,
     opts: ReconcileOptions,
 ) -> ReconcileReport {
+    let listed = s.deps.compute.list_managed(&s.settings.cluster).await;
     let mut r = Reconciler {
         s,
-        payers,
-        now,
+        payers: &payers.valid,
+        loaded: payers,
+        // What EC2 just said is true now: the moment the listing returned, not the pass's
+        // start, is when an instance was seen gone.
+        now: s.moment(now),
         opts,
+        quiet: None,
         report: ReconcileReport {
             dry_run: opts.dry_run,
             ..ReconcileReport::default()
         },
     };
-    let instances = match s.deps.compute.list_managed(&s.settings.cluster).await {
+    let instances = match listed {
         Ok(found) => found,
         Err(e) => {
             r.report
@@ -134,14 +140,40 @@ pub(super) async fn run(
 struct Reconciler<'a> {
     s: &'a Scheduler,
     payers: &'a [Payer],
+    loaded: &'a LoadedPayers,
     now: DateTime<Utc>,
     opts: ReconcileOptions,
+    /// Whether no instance event can still arrive, once asked this pass (see [`Self::quiet`]).
+    quiet: Option<Result<(), String>>,
     report: ReconcileReport,
 }
 
 impl Reconciler<'_> {
     fn payer(&self, payer_id: &str) -> Option<&Payer> {
         self.payers.iter().find(|p| p.id() == payer_id)
+    }
+
+    /// Whether no instance event can still arrive, so that an attempt may be ended without
+    /// its `finished` event: asked once per pass, and only when a verdict waits on it. The
+    /// events queue is read to its end with a long poll (a short poll samples only some of
+    /// SQS's servers and can come back empty while messages wait), what it returns is
+    /// applied, and then no message may be in flight (received by a reader that has not
+    /// deleted it: one that died holds it until its visibility timeout). `Err` says why not.
+    async fn quiet(&mut self) -> Result<(), String> {
+        if let Some(known) = &self.quiet {
+            return known.clone();
+        }
+        let mut events = crate::scheduler::report::EventsReport::default();
+        let verdict =
+            crate::scheduler::events::confirm_quiet(self.s, self.loaded, self.now, &mut events)
+                .await;
+        if events.received > 0 || !events.errors.is_empty() {
+            self.report.events = Some(events);
+        }
+        // Events applied just now may have been the ones a verdict waited for.
+        self.now = self.s.moment(self.now);
+        self.quiet = Some(verdict.clone());
+        verdict
     }
 
     /// A `running` job: its instance live and within its deadlines, overdue, or gone.
@@ -166,7 +198,7 @@ impl Reconciler<'_> {
     /// Writes `job` with its version bumped, conditional on `expected`.
     async fn save(&mut self, job: &mut Job, expected: u64) -> Result<(), String> {
         job.version = expected + 1;
-        job.updated_at = Some(self.now);
+        job.updated_at = Some(self.s.moment(self.now));
         match self.s.deps.ledger.update(job, expected).await {
             Ok(()) => Ok(()),
             Err(StoreError::Conflict(_)) => {

@@ -1,12 +1,15 @@
 //! Timed out: a `running` job whose live instance missed a deadline — no `started` within the
 //! payer's boot timeout, no heartbeat within the heartbeat timeout, or running past its
 //! maximum runtime (plus one heartbeat timeout of slack, as the instance enforces the limit
-//! itself). The attempt fails, its instance is terminated, and the retry policy applies.
+//! itself). Its instance is terminated at once (it bills), and the deadline is recorded as the
+//! attempt's cause; the attempt ends as any gone instance's does ([`super::lost`]), once none
+//! of its events can still arrive: a missing heartbeat may be one held in flight, and a
+//! `finished` sent just before the stop still settles the job.
 
 use chrono::{DateTime, Utc};
 
 use super::{finding, secs, Reconciler};
-use crate::job::Job;
+use crate::job::{Job, JobState};
 use crate::ports::ManagedInstance;
 use crate::profile::Payer;
 use crate::retry::FailureCause;
@@ -37,9 +40,95 @@ impl Reconciler<'_> {
                     FailureCause::MaxRuntime => Finding::MaxRuntime,
                     _ => Finding::HeartbeatTimeout,
                 };
-                self.fail_attempt(job, cause, kind, why, Some(i)).await;
+                self.stop_overdue(job, cause, kind, why, i).await;
             }
         }
+    }
+
+    /// Terminates an overdue instance and records the deadline it missed (its cause) and the
+    /// moment it was stopped (its `gone_at` and the end of its bill), in one conditional
+    /// write on the job as the ledger has it now.
+    async fn stop_overdue(
+        &mut self,
+        job: &mut Job,
+        cause: FailureCause,
+        kind: Finding,
+        why: String,
+        inst: &ManagedInstance,
+    ) {
+        let key = (job.job_id.clone(), job.attempt);
+        let note = |r: &mut Self, action: String| {
+            r.report.findings.push(finding(
+                Some(inst),
+                Some((&key.0, key.1)),
+                kind,
+                why.clone(),
+                action,
+            ));
+        };
+        if self.opts.dry_run {
+            note(
+                self,
+                format!(
+                    "would terminate {} and end the attempt ({cause}) once none of its events \
+                     can still arrive",
+                    inst.instance_id
+                ),
+            );
+            return;
+        }
+        let fresh = match self.s.deps.ledger.get(&job.job_id).await {
+            Ok(Some(j)) => j,
+            Ok(None) => return,
+            Err(e) => {
+                self.report
+                    .errors
+                    .push(format!("reading job {}: {e}", job.job_id));
+                return;
+            }
+        };
+        let same = fresh.state == JobState::Running
+            && fresh.attempt == job.attempt
+            && fresh
+                .current_attempt()
+                .and_then(|a| a.instance_id.as_deref())
+                == Some(inst.instance_id.as_str());
+        if !same {
+            *job = fresh;
+            note(self, "none: the job moved on meanwhile".into());
+            return;
+        }
+        let mut action = self.terminate(inst).await;
+        if !action.starts_with("terminated") {
+            note(self, action);
+            return;
+        }
+        tracing::warn!(job_id = %key.0, attempt = key.1, instance_id = %inst.instance_id, cause = %cause, evidence = %why, "Stopped an overdue instance; its attempt ends once none of its events can still arrive.");
+        match kind {
+            Finding::BootTimeout => self.report.boot_timeouts += 1,
+            Finding::HeartbeatTimeout => self.report.heartbeat_timeouts += 1,
+            Finding::MaxRuntime => self.report.max_runtime += 1,
+            _ => {}
+        }
+        let mut updated = fresh.clone();
+        let now = self.s.moment(self.now);
+        if let Some(a) = updated.current_attempt_mut() {
+            a.reason = Some(cause.to_string());
+            a.cause = Some(cause);
+            a.gone_at.get_or_insert(now);
+            a.ended_at = Some(now);
+        }
+        match self.save(&mut updated, fresh.version).await {
+            Ok(()) => {
+                *job = updated;
+                action.push_str(&format!(
+                    "; the attempt ends after {} once none of its events can still arrive",
+                    secs(self.s.settings.lost_grace)
+                ));
+            }
+            Err(e) => action.push_str(&format!("; {e}")),
+        }
+        note(self, action);
     }
 }
 

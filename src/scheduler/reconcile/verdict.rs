@@ -1,6 +1,7 @@
-//! Ending an attempt the reconciler judged (lost or timed out): re-read the job, record the
-//! failure, terminate the instance, apply the retry policy and feed the payer's circuit
-//! breaker; and `failed` jobs whose retry decision a stopped pass never recorded.
+//! Ending an attempt the reconciler judged, once none of its events can still arrive (see
+//! [`super::lost`]): re-read the job, record the failure, apply the retry policy and feed the
+//! payer's circuit breaker; and `failed` jobs whose retry decision a stopped pass never
+//! recorded.
 
 use std::collections::{HashMap, HashSet};
 
@@ -68,16 +69,17 @@ impl Reconciler<'_> {
         let never_started = updated
             .current_attempt()
             .is_some_and(crate::job::Attempt::never_started);
-        let now = self.now;
+        let now = self.s.moment(self.now);
         if let Some(a) = updated.current_attempt_mut() {
             a.reason = Some(cause.to_string());
             a.cause = Some(cause.clone());
-            // The end of the attempt's bill: now for an instance terminated below, or when it
-            // was first seen gone.
-            a.ended_at = Some(match live {
+            // The end of the attempt's bill: now for an instance terminated below, else when
+            // the reconciler stopped it or first saw it gone; never before its launch.
+            let end = match live {
                 Some(_) => now,
-                None => a.gone_at.unwrap_or(now),
-            });
+                None => a.ended_at.or(a.gone_at).unwrap_or(now),
+            };
+            a.ended_at = Some(a.launched_at.map_or(end, |l| l.max(end)));
         }
         let expected = updated.version;
         if updated
@@ -91,12 +93,17 @@ impl Reconciler<'_> {
             report(self, e);
             return;
         }
-        match kind {
-            Finding::Lost => self.report.lost += 1,
-            Finding::BootTimeout => self.report.boot_timeouts += 1,
-            Finding::HeartbeatTimeout => self.report.heartbeat_timeouts += 1,
-            Finding::MaxRuntime => self.report.max_runtime += 1,
-            _ => {}
+        *self
+            .report
+            .verdicts
+            .entry(cause.label().to_owned())
+            .or_default() += 1;
+        // A deadline's verdict was counted when the reconciler stopped the instance.
+        if matches!(
+            cause,
+            FailureCause::InstanceLost | FailureCause::SpotInterruption
+        ) {
+            self.report.lost += 1;
         }
         let mut action = match live {
             Some(i) => self.terminate(i).await,

@@ -32,6 +32,9 @@ pub struct LaunchReport {
     /// (job id, instance id, instance type) of every instance now recorded as running.
     pub instances: Vec<(String, String, String)>,
     pub adopted: u32,
+    /// Launches whose instance the repair found already gone: recorded, and judged by the
+    /// reconciler once none of their events can still arrive.
+    pub found_gone: u32,
     pub replayed: u32,
     pub capacity_fallbacks: u32,
     pub throttled: bool,
@@ -50,6 +53,7 @@ impl LaunchReport {
     pub fn merge(&mut self, other: LaunchReport) {
         self.instances.extend(other.instances);
         self.adopted += other.adopted;
+        self.found_gone += other.found_gone;
         self.replayed += other.replayed;
         self.capacity_fallbacks += other.capacity_fallbacks;
         self.throttled |= other.throttled;
@@ -118,6 +122,13 @@ impl PassReport {
                 .and_then(|v| v.get("code").and_then(|c| c.as_str().map(str::to_owned)))
                 .unwrap_or_default();
             *self.plan.reasons.entry(code).or_default() += 1;
+        }
+    }
+
+    /// Counts the events the reconcile read before a verdict with the pass's own.
+    pub(in crate::scheduler) fn merge_reconcile_events(&mut self) {
+        if let Some(more) = &self.reconcile.events {
+            self.events.merge(more);
         }
     }
 

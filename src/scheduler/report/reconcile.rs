@@ -57,6 +57,9 @@ pub struct ReconcileReport {
     pub max_runtime: u32,
     pub orphans_marked: u32,
     pub orphans_terminated: u32,
+    /// Attempts ended without their `finished` event, by cause.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub verdicts: BTreeMap<String, u32>,
     /// Jobs the retry policy queued again, and those it declared dead.
     pub requeued: u32,
     pub dead: u32,
@@ -70,6 +73,10 @@ pub struct ReconcileReport {
     /// Every instance that is not simply healthy, and every job whose instance is gone.
     pub findings: Vec<InstanceFinding>,
     pub errors: Vec<String>,
+    /// Instance events read (with a long poll) and applied before a verdict, to be sure none
+    /// of the judged attempts' events was still on the way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<super::EventsReport>,
 }
 
 impl InstanceFinding {

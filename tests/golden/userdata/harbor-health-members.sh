@@ -52,16 +52,26 @@ event_body() {
     "$1" "$job_id" "$attempt" "$instance_id" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${2:-}"
 }
 
-# Sends one event, trying three times; returns 1 if it never got through.
+# Sends one event ($1: type) until SQS takes it or $2 seconds have passed, pausing 1, 2, 4 …
+# up to 30 s between tries; $3 holds the type's extra members, and $4, if given, the members
+# to use from the second try on. Returns 1 if it never got through.
 send_event() {
-  local body try
-  body="$(event_body "$1" "${2:-}")"
-  for try in 1 2 3; do
+  local body pause=1 until=$((SECONDS + $2))
+  body="$(event_body "$1" "${3:-}")"
+  while true; do
     if mayfly_aws --region "$region" sqs send-message --queue-url "$queue_url" \
       --message-body "$body" >/dev/null; then
       return 0
     fi
-    sleep "$try"
+    if ((SECONDS + pause > until)); then
+      break
+    fi
+    say "the $1 event did not get through; trying again in ${pause}s"
+    sleep "$pause"
+    pause=$((pause * 2 > 30 ? 30 : pause * 2))
+    if [[ -n "${4:-}" ]]; then
+      body="$(event_body "$1" "$4")"
+    fi
   done
   say "could not send the $1 event"
   return 1
@@ -90,14 +100,14 @@ done
 
 say "job $job_id attempt $attempt on $instance_id"
 
-# 3. Report `started`. Without the events queue the job cannot report, so it does not run:
-# the scheduler sees the instance gone without `finished` and retries.
-send_event started || die "cannot reach the events queue"
+# 3. Report `started`, trying for a minute. Without the events queue the job cannot report,
+# so it does not run: the scheduler sees the instance gone without `finished` and retries.
+send_event started 60 || die "cannot reach the events queue"
 
 # 4. Heartbeats while the job runs.
 (
   while sleep 60 >/dev/null 2>&1; do
-    send_event heartbeat || true
+    send_event heartbeat 5 || true
   done
 ) </dev/null &
 heartbeat_pid=$!
@@ -106,7 +116,7 @@ heartbeat_pid=$!
 (
   while sleep 5 >/dev/null 2>&1; do
     if notice="$(imds_get meta-data/spot/instance-action)"; then
-      send_event interrupted ",\"notice\":$(printf '%s' "$notice" | head -c 1024 | json_string utf8_clean)" || true
+      send_event interrupted 30 ",\"notice\":$(printf '%s' "$notice" | head -c 1024 | json_string utf8_clean)" || true
       break
     fi
   done
@@ -139,11 +149,13 @@ fi
 duration=$(($(date +%s) - start))
 kill "$heartbeat_pid" "$spot_pid" 2>/dev/null || true
 
-# 8. Report `finished` with the exit code, duration and the output's last bytes. If the
-# tail is refused, the event goes again with an ASCII-only tail.
+# 8. Report `finished` with the exit code, duration and the output's last bytes, trying for
+# minutes (within the deadline): a `finished` that never arrives runs the job again. From the
+# second try on the tail is ASCII only, in case its text was what SQS refused.
 say "job exited with $rc after ${duration}s"
-send_event finished "$(finished_members "$rc" "$duration" utf8_clean)" ||
-  send_event finished "$(finished_members "$rc" "$duration" ascii_only)" ||
+send_event finished 240 \
+  "$(finished_members "$rc" "$duration" utf8_clean)" \
+  "$(finished_members "$rc" "$duration" ascii_only)" ||
   say "could not report finished"
 
 # 9. Shut down; the instance's shutdown behaviour is terminate.

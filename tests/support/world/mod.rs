@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use mayfly::catalog::Catalog;
+use mayfly::clock::{Clock, ManualClock};
 use mayfly::fakes::{FakeCompute, FakeConfigStore, FakeLedger, FakeQueue};
 use mayfly::job::{Job, JobState};
 use mayfly::ports::{ConfigStore, LaunchRequest, Ledger, ManagedInstance, Queue};
@@ -45,6 +46,8 @@ pub struct World {
     pub subnets: Vec<String>,
     pub security_groups: Vec<String>,
     pub instance_profile: String,
+    /// The scheduler's clock, when a test drives it; otherwise a pass records its own time.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 /// A deployment on the in-memory fakes, with the network names the fakes accept.
@@ -62,6 +65,7 @@ pub fn on_fakes() -> World {
         subnets: vec!["subnet-0a1b2c3d4e5f60011".into()],
         security_groups: vec!["sg-0a1b2c3d4e5f60021".into()],
         instance_profile: "mayfly-instance".into(),
+        clock: None,
     }
 }
 
@@ -83,7 +87,14 @@ impl World {
         };
         let mut settings = Settings::new(self.cluster.clone());
         settings.max_launches = max_launches;
-        Scheduler::new(deps, settings)
+        let mut scheduler = Scheduler::new(deps, settings);
+        // Passes are driven at chosen times: unless a test sets a clock, the moments they
+        // record are those times (a clock at the epoch never wins over the pass's own).
+        scheduler.clock = self
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(ManualClock::at(DateTime::<Utc>::UNIX_EPOCH)));
+        scheduler
     }
 
     pub async fn tick(&self, at: DateTime<Utc>) -> PassReport {

@@ -31,23 +31,33 @@ pub async fn boot_timeout_terminates_and_retries(w: &World) {
     assert_eq!(early.reconcile.healthy, 1, "{early}");
     assert!(live(&w.instance(&w.cluster, &iid).await));
 
+    // Overdue: the instance is stopped at once, and the deadline recorded as the cause.
     let late = w.tick(launched + Duration::minutes(9)).await;
     assert_eq!(late.reconcile.boot_timeouts, 1, "{late}");
-    assert_eq!(
-        late.reconcile.retries,
-        [("boot_timeout".to_owned(), 1)].into(),
-        "{late}"
-    );
     assert_eq!(late.reconcile.terminated, vec![iid.clone()], "{late}");
     let f = &late.reconcile.findings[0];
     assert_eq!(f.finding, Finding::BootTimeout);
     assert!(f.why.contains("boot timeout 8m"), "{}", f.why);
     assert!(!live(&w.instance(&w.cluster, &iid).await));
+    // The attempt ends once none of its events can still arrive, after the lost grace (2m).
+    let job = w.job(&id).await;
+    assert_eq!(job.state, JobState::Running, "{:?}", job.reason);
+    let judged = w.tick(launched + Duration::minutes(12)).await;
+    assert_eq!(
+        judged.reconcile.retries,
+        [("boot_timeout".to_owned(), 1)].into(),
+        "{judged}"
+    );
+    assert_eq!(
+        judged.reconcile.verdicts,
+        [("boot_timeout".to_owned(), 1)].into(),
+        "{judged}"
+    );
     let job = w.job(&id).await;
     assert_eq!(job.state, JobState::Queued, "{:?}", job.reason);
     assert!(job.reason.as_deref().unwrap().contains("boot timeout"));
     let not_before = job.not_before.expect("backoff");
-    assert!(not_before > launched + Duration::minutes(9));
+    assert!(not_before > launched + Duration::minutes(12));
 
     // After the backoff, attempt 2 launches on a new instance.
     let retry = w.tick(not_before + Duration::seconds(1)).await;
@@ -87,6 +97,8 @@ pub async fn heartbeat_and_max_runtime_deadlines(w: &World) {
             assert!(r.reconcile.terminated.contains(&quiet_iid), "{r}");
         }
     }
+    // The long job was stopped past its limit; its attempt ends after the lost grace.
+    w.tick(started + Duration::minutes(40)).await;
     let q = w.job(&quiet).await;
     assert_eq!(
         q.attempts[0].cause,
@@ -273,11 +285,13 @@ pub async fn circuit_breaker_pauses_after_consecutive_boot_failures(w: &World) {
     .await;
     let r = w.tick(launched + Duration::minutes(9)).await;
     assert_eq!(r.reconcile.boot_timeouts, 2, "{r}");
+    // The failures count once the attempts end, after the lost grace.
+    w.tick(launched + Duration::minutes(12)).await;
     let row = w.config.get("cedar-plan").await.unwrap().unwrap();
     assert_eq!(row.boot_failures, 2);
     assert!(row.paused.is_none());
     // The retried attempts fail to boot too: the third consecutive failure trips it.
-    let mut t = launched + Duration::minutes(9);
+    let mut t = launched + Duration::minutes(12);
     let mut paused = None;
     for _ in 0..6 {
         t += Duration::minutes(10);

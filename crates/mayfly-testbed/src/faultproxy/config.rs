@@ -67,10 +67,16 @@ pub struct ProxyConfig {
     /// Operations the rate-based faults may hit; `None` for every recognised operation.
     /// Buckets apply whatever this says.
     pub ops: Option<BTreeSet<String>>,
+    /// Rates for particular operations, in place of `rates` (e.g. more lost responses on
+    /// RunInstances and ReceiveMessage, the calls whose loss strands a launch or hides events).
+    pub op_rates: BTreeMap<String, FaultRates>,
     /// How long a timeout fault holds the request before dropping the connection (default
     /// 30 s: longer than mayfly's attempt timeouts, so the client gives up first).
     pub timeout_hold: Duration,
     pub lost_response: LostResponse,
+    /// How long a lost response is held (the call already applied upstream) before the
+    /// connection drops: a client killed meanwhile dies between the call and its next step.
+    pub lost_response_hold: Duration,
 }
 
 impl ProxyConfig {
@@ -83,8 +89,10 @@ impl ProxyConfig {
             buckets: BTreeMap::new(),
             rates: FaultRates::default(),
             ops: None,
+            op_rates: BTreeMap::new(),
             timeout_hold: Duration::from_secs(30),
             lost_response: LostResponse::Drop,
+            lost_response_hold: Duration::ZERO,
         }
     }
 
@@ -117,6 +125,12 @@ impl ProxyConfig {
         self
     }
 
+    /// Faults `operation` at these rates instead of the common ones.
+    pub fn op_rates(mut self, operation: impl Into<String>, rates: FaultRates) -> Self {
+        self.op_rates.insert(operation.into(), rates);
+        self
+    }
+
     /// Limits the rate-based faults to these operations.
     pub fn ops<I, S>(mut self, ops: I) -> Self
     where
@@ -134,6 +148,11 @@ impl ProxyConfig {
 
     pub fn lost_response(mut self, how: LostResponse) -> Self {
         self.lost_response = how;
+        self
+    }
+
+    pub fn lost_response_hold(mut self, hold: Duration) -> Self {
+        self.lost_response_hold = hold;
         self
     }
 

@@ -39,9 +39,11 @@ pub(super) struct Shared {
     pub(super) client: HttpClient,
     seed: u64,
     buckets: BTreeMap<String, TokenBucket>,
+    op_rates: BTreeMap<String, FaultRates>,
     pub(super) live: Mutex<Live>,
     timeout_hold: Duration,
     lost_response: LostResponse,
+    lost_response_hold: Duration,
     /// Requests seen per operation: the index of a request in its operation's sequence.
     seq: Mutex<BTreeMap<String, u64>>,
     pub(super) stats: Mutex<ProxyStats>,
@@ -79,12 +81,14 @@ impl Shared {
                 .iter()
                 .map(|(op, rate)| (op.clone(), TokenBucket::with_rate(*rate)))
                 .collect(),
+            op_rates: config.op_rates.clone(),
             live: Mutex::new(Live {
                 rates: config.rates,
                 ops: config.ops.clone(),
             }),
             timeout_hold: config.timeout_hold,
             lost_response: config.lost_response,
+            lost_response_hold: config.lost_response_hold,
             seq: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(ProxyStats::default()),
             next_request_id: AtomicU64::new(0),
@@ -126,7 +130,7 @@ impl Shared {
         if live.ops.as_ref().is_some_and(|ops| !ops.contains(name)) {
             return None;
         }
-        let r = live.rates;
+        let r = self.op_rates.get(name).copied().unwrap_or(live.rates);
         let u = roll(self.seed, name, index);
         if u < r.error {
             Some(Fault::Error)
@@ -186,6 +190,7 @@ impl Shared {
                         s.lost_responses += 1;
                     });
                     debug!(operation = %name, "Forwarded, then lost the response.");
+                    tokio::time::sleep(self.lost_response_hold).await;
                     match self.lost_response {
                         LostResponse::Drop => Outcome::Drop,
                         LostResponse::BadGateway => {

@@ -126,6 +126,7 @@ async fn start(
             region: config.aws.region.clone(),
             job_seconds: config.job_seconds,
             fault,
+            record: config.work_dir.join(super::RUNS_FILE),
         },
     )?;
     let reclaim_at = (fault == Some(Fault::Spot)).then(|| {

@@ -58,6 +58,41 @@ pub use runner::Fleet;
 
 use mayfly::ports::{ComputeError, InstanceState};
 
+/// The fleet's record of what it ran, in its work directory: one line per run of the
+/// stand-in `payer-etl` that ended with a code of its own — job id, attempt, instance id,
+/// exit code. What the chaos test counts jobs that succeeded more than once from.
+pub const RUNS_FILE: &str = "runs.log";
+
+/// One line of [`RUNS_FILE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub job_id: String,
+    pub attempt: String,
+    pub instance_id: String,
+    pub exit_code: i32,
+}
+
+/// Reads the record of what the fleet ran in `work_dir` (empty if it ran nothing).
+pub fn runs(work_dir: &std::path::Path) -> std::io::Result<Vec<Run>> {
+    let text = match std::fs::read_to_string(work_dir.join(RUNS_FILE)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            Some(Run {
+                job_id: f.next()?.to_owned(),
+                attempt: f.next()?.to_owned(),
+                instance_id: f.next()?.to_owned(),
+                exit_code: f.next()?.parse().ok()?,
+            })
+        })
+        .collect())
+}
+
 /// How the fleet runs.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {

@@ -24,6 +24,9 @@ pub struct ShimSettings {
     /// How long the stand-in ETL works before it succeeds.
     pub job_seconds: Duration,
     pub fault: Option<Fault>,
+    /// The fleet's record of what it ran ([`super::runs`]): the stand-in appends a line when
+    /// it exits with a code of its own.
+    pub record: std::path::PathBuf,
 }
 
 /// Writes `shutdown`, `poweroff` and `payer-etl` into `bin_dir` (created if needed).
@@ -72,6 +75,14 @@ pub fn payer_etl_script(s: &ShimSettings) -> String {
     // A loop that prints as it works must not spin when the job takes no time.
     let loop_step = format!("{:.3}", (s.job_seconds.as_secs_f64() / 3.0).max(0.5));
     let fault = s.fault.map_or_else(|| "none".to_owned(), |f| f.to_string());
+    // One line per exit: job, attempt, instance, code (short appends do not interleave).
+    let record = |code: &str| {
+        format!(
+            "printf '%s %s %s %s\\n' \"${{MAYFLY_JOB_ID:--}}\" \"${{MAYFLY_ATTEMPT:--}}\" {id} {code} >>{file}\n",
+            id = shell_quote(&s.instance_id),
+            file = shell_quote(&s.record.to_string_lossy()),
+        )
+    };
     let mut out = format!(
         r#"#!/bin/bash
 # Local fleet stand-in for the payers' ETL programs (real AMIs put `payer-etl` on PATH).
@@ -92,14 +103,16 @@ done < <(env | LC_ALL=C sort | grep '^MAYFLY_' || true)
             let _ = write!(
                 out,
                 "for n in 1 2 3; do\n  sleep {step}\n  say \"step $n/3 done\"\ndone\n\
-                 say 'finished: 0 errors'\nexit 0\n"
+                 say 'finished: 0 errors'\n{}exit 0\n",
+                record("0")
             );
         }
         Some(Fault::Exit(code)) => {
             out.push_str(&first_step);
             let _ = write!(
                 out,
-                "say 'step 2/3 failed (injected fault), exiting with {code}' >&2\nexit {code}\n"
+                "say 'step 2/3 failed (injected fault), exiting with {code}' >&2\n{}exit {code}\n",
+                record(&code.to_string())
             );
         }
         Some(Fault::Hang) => {
@@ -142,6 +155,8 @@ mod tests {
             region: "us-east-1".into(),
             job_seconds: Duration::from_millis(30),
             fault,
+            record: std::env::temp_dir()
+                .join(format!("mayfly-shims-{}-runs.log", std::process::id())),
         }
     }
 
@@ -182,6 +197,36 @@ mod tests {
         );
         assert!(!out.contains("hidden"), "{out}");
         assert!(out.contains("step 3/3 done"), "{out}");
+    }
+
+    #[test]
+    fn payer_etl_records_each_exit_in_the_fleets_record() {
+        let dir = std::env::temp_dir().join(format!("mayfly-shims-rec-{}", std::process::id()));
+        let mut s = settings(None);
+        s.record = dir.join(crate::fleet::RUNS_FILE);
+        write(&dir, &s).unwrap();
+        for _ in 0..2 {
+            let out = Command::new(dir.join("payer-etl"))
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("MAYFLY_JOB_ID", "cedar-plan:2026-11-01:claims")
+                .env("MAYFLY_ATTEMPT", "2")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let runs = crate::fleet::runs(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            runs[0],
+            crate::fleet::Run {
+                job_id: "cedar-plan:2026-11-01:claims".into(),
+                attempt: "2".into(),
+                instance_id: "i-0123456789abcdef0".into(),
+                exit_code: 0,
+            }
+        );
     }
 
     #[test]
