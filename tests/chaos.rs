@@ -18,6 +18,9 @@
 //!
 //!   cargo test --test chaos -- --jobs 200 --seed 7
 //!
+//! `--bin-dir DIR` runs the `mayfly` and `mayfly-fleet` binaries found in DIR instead of the
+//! build's (a copy, so that long runs are not disturbed by rebuilding meanwhile).
+//!
 //! It runs the local fleet's binary, of the mayfly-testbed package: `cargo test --workspace`
 //! builds it; run alone, this test needs `cargo build -p mayfly-testbed` first.
 //!
@@ -26,7 +29,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,6 +74,8 @@ struct Config {
     /// Share of jobs whose first attempt meets a fleet fault.
     fleet_fault_rate: f64,
     rates: FaultRates,
+    /// Where `mayfly` and `mayfly-fleet` are (default: this build's).
+    bin_dir: Option<PathBuf>,
     /// Lost responses of RunInstances and ReceiveMessage (applied upstream, answer lost).
     launch_and_receive_loss: f64,
     deadline: Duration,
@@ -90,6 +95,7 @@ impl Config {
                 lost_response: 0.02,
             },
             launch_and_receive_loss: 0.1,
+            bin_dir: None,
             deadline: Duration::from_secs(600),
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -108,7 +114,33 @@ impl Config {
         if let Some(s) = value("--deadline-secs").and_then(|v| v.parse().ok()) {
             c.deadline = Duration::from_secs(s);
         }
+        c.bin_dir = value("--bin-dir").map(PathBuf::from);
         c
+    }
+
+    fn mayfly_bin(&self) -> PathBuf {
+        self.bin_dir.as_ref().map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_mayfly")),
+            |d| d.join("mayfly"),
+        )
+    }
+
+    fn fleet_bin(&self) -> PathBuf {
+        self.bin_dir
+            .as_ref()
+            .map_or_else(support::fleet_bin, |d| d.join("mayfly-fleet"))
+    }
+
+    /// `mayfly --name NAME ARGS…`, run to completion.
+    fn mayfly(&self, name: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(self.mayfly_bin())
+            .arg("--name")
+            .arg(name)
+            .args(args)
+            .envs(support::child_env())
+            .current_dir(support::repo())
+            .output()
+            .expect("run mayfly")
     }
 }
 
@@ -262,7 +294,7 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
     let (subnets, sgs) = support::emulator_network(&clients.ec2).await;
     let dir = std::env::temp_dir().join(format!("mayfly-{name}"));
     write_profiles(&name, &subnets, &sgs, &dir);
-    let apply = support::mayfly(&name, &["payers", "apply", &dir.display().to_string()]);
+    let apply = cfg.mayfly(&name, &["payers", "apply", &dir.display().to_string()]);
     assert!(
         apply.status.success(),
         "{}",
@@ -280,7 +312,7 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
         })
         .collect();
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let submit = support::mayfly(&name, &["submit", "--file", &file.display().to_string()]);
+    let submit = cfg.mayfly(&name, &["submit", "--file", &file.display().to_string()]);
     assert!(
         submit.status.success(),
         "{}",
@@ -309,7 +341,7 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
         }
     }
     let work = std::env::temp_dir().join(format!("mayfly-{name}-fleet"));
-    let mut fleet = std::process::Command::new(support::fleet_bin());
+    let mut fleet = std::process::Command::new(cfg.fleet_bin());
     fleet
         // Jobs shorter than a pass: events arrive while the launching pass is still going.
         .args(["--name", &name, "--job-seconds", "1", "--poll-ms", "300"])
@@ -365,12 +397,12 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
     let mut slots = Vec::new();
     for slot in 0..cfg.schedulers {
         let (stop, kills, passes) = (stop.clone(), kills.clone(), passes.clone());
-        let (name, url) = (name.clone(), proxy_url.clone());
+        let (name, url, bin) = (name.clone(), proxy_url.clone(), cfg.mayfly_bin());
         let mut rng = Rng(cfg.seed.wrapping_mul(31).wrapping_add(slot as u64));
         let kill_rate = if clean { 0.0 } else { cfg.kill_rate };
         slots.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mayfly"))
+                let mut child = tokio::process::Command::new(&bin)
                     .args(["--name", &name, "--endpoint-url", &url, "tick"])
                     .args(["--lost-grace", "70s", "--orphan-grace", "10s"])
                     .envs(support::child_env())
@@ -443,7 +475,7 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
 
     // Two clean reap passes: the first marks what is left, the second terminates it.
     for _ in 0..2 {
-        let reap = support::mayfly(&name, &["reap", "--orphan-grace", "0s"]);
+        let reap = cfg.mayfly(&name, &["reap", "--orphan-grace", "0s"]);
         if !reap.status.success() {
             eprintln!("reap: {}", String::from_utf8_lossy(&reap.stdout));
         }

@@ -19,8 +19,12 @@ use aws_sdk_ec2::config::Credentials;
 pub const REGION: &str = "us-east-1";
 
 /// The repository's root: the nearest directory holding the infra template, from the
-/// including package's own directory up.
+/// including package's own directory up, or `MAYFLY_REPO` when set.
 pub fn repo() -> PathBuf {
+    // A long run (the chaos test) may point at a snapshot of the repository instead.
+    if let Some(dir) = std::env::var_os("MAYFLY_REPO") {
+        return PathBuf::from(dir);
+    }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest
         .ancestors()
