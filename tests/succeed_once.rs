@@ -202,11 +202,11 @@ fn template_max_receive_count() -> Option<u32> {
         .find("\n  EventsQueue:")
         .expect("EventsQueue in the template")
         + 1;
-    // The resource runs to the next line indented by exactly two spaces.
+    // The resource runs to the next line indented by two spaces or fewer.
     let block: Vec<&str> = text[start..]
         .lines()
         .enumerate()
-        .take_while(|(i, l)| *i == 0 || !(l.starts_with("  ") && !l.starts_with("   ")))
+        .take_while(|(i, l)| *i == 0 || l.trim().is_empty() || l.len() - l.trim_start().len() > 2)
         .map(|(_, l)| l)
         .collect();
     block
