@@ -19,7 +19,8 @@
 //!   cargo test --test chaos -- --jobs 200 --seed 7
 //!
 //! `--bin-dir DIR` runs the `mayfly` and `mayfly-fleet` binaries found in DIR instead of the
-//! build's (a copy, so that long runs are not disturbed by rebuilding meanwhile).
+//! build's (a copy, so that long runs are not disturbed by rebuilding meanwhile);
+//! `--no-clean` skips the clean run (for seed sweeps that want only the checks).
 //!
 //! It runs the local fleet's binary, of the mayfly-testbed package: `cargo test --workspace`
 //! builds it; run alone, this test needs `cargo build -p mayfly-testbed` first.
@@ -76,6 +77,8 @@ struct Config {
     rates: FaultRates,
     /// Where `mayfly` and `mayfly-fleet` are (default: this build's).
     bin_dir: Option<PathBuf>,
+    /// Skip the clean run (`--no-clean`): seed sweeps that only want the checks.
+    no_clean: bool,
     /// Lost responses of RunInstances and ReceiveMessage (applied upstream, answer lost).
     launch_and_receive_loss: f64,
     deadline: Duration,
@@ -96,6 +99,7 @@ impl Config {
             },
             launch_and_receive_loss: 0.1,
             bin_dir: None,
+            no_clean: false,
             deadline: Duration::from_secs(600),
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -115,6 +119,7 @@ impl Config {
             c.deadline = Duration::from_secs(s);
         }
         c.bin_dir = value("--bin-dir").map(PathBuf::from);
+        c.no_clean = args.iter().any(|a| a == "--no-clean");
         c
     }
 
@@ -608,10 +613,22 @@ fn main() {
     let cfg = Config::from_args();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     eprintln!(
-        "chaos: {} jobs, seed {}, {} schedulers; clean run first",
-        cfg.jobs, cfg.seed, cfg.schedulers
+        "chaos: {} jobs, seed {}, {} schedulers{}",
+        cfg.jobs,
+        cfg.seed,
+        cfg.schedulers,
+        if cfg.no_clean {
+            ""
+        } else {
+            "; clean run first"
+        }
     );
-    let clean = rt.block_on(run(&cfg, true));
+    // Without the clean run the call ratios compare with nothing (they print as 0).
+    let clean = if cfg.no_clean {
+        Outcome::default()
+    } else {
+        rt.block_on(run(&cfg, true))
+    };
     let chaos = rt.block_on(run(&cfg, false));
 
     let per_job = |o: &Outcome| o.aws_calls as f64 / o.jobs.max(1) as f64;

@@ -276,7 +276,9 @@ async fn scheduled_and_sqs_invocations_run_passes_against_the_emulator() {
         .iter()
         .any(|t| t.key() == Some("mayfly:job-id") && t.value() == Some(job_id)));
 
-    // An SQS event: the job's `started` event is applied; the malformed record comes back.
+    // An SQS event: the job's `started` event is applied; the malformed record is moved to
+    // the events DLQ with the reason (the events queue has no redrive to do it), so no
+    // record comes back.
     let started = InstanceEvent {
         v: VERSION,
         event: EventKind::Started,
@@ -309,9 +311,32 @@ async fn scheduled_and_sqs_invocations_run_passes_against_the_emulator() {
         );
     };
     assert_eq!(id, "req-sqs");
-    assert_eq!(
-        body,
-        json!({"batchItemFailures": [{"itemIdentifier": "msg-malformed"}]})
+    assert_eq!(body, json!({"batchItemFailures": []}));
+    let dlq_url = clients
+        .sqs
+        .get_queue_url()
+        .queue_name(names.events_dlq())
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let moved = clients
+        .sqs
+        .receive_message()
+        .queue_url(dlq_url)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap();
+    let moved = moved.messages();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].body(), Some("{\"v\":1,\"type\":\"started\"}"));
+    assert!(
+        moved[0]
+            .message_attributes()
+            .is_some_and(|a| a.contains_key("mayfly-error")),
+        "{moved:?}"
     );
     let job = ledger.get(job_id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Running);
