@@ -100,7 +100,7 @@ impl Config {
             launch_and_receive_loss: 0.1,
             bin_dir: None,
             no_clean: false,
-            deadline: Duration::from_secs(600),
+            deadline: Duration::from_secs(900),
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let value = |name: &str| {
