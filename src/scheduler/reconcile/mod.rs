@@ -137,6 +137,13 @@ pub(super) async fn run(
     r.report
 }
 
+/// What a consistent re-read of a job found (see [`Reconciler::reread`]).
+enum Reread {
+    Fresh(Job),
+    Moved(Job),
+    Gone,
+}
+
 struct Reconciler<'a> {
     s: &'a Scheduler,
     payers: &'a [Payer],
@@ -192,6 +199,31 @@ impl Reconciler<'_> {
                 self.live(job, i).await;
             }
             inst => self.gone(job, &iid, inst).await,
+        }
+    }
+
+    /// Re-reads `job` (a consistent read) before acting on it. `Fresh` when the ledger still
+    /// has it `running` on the same attempt and instance; `Moved` with the ledger's copy when
+    /// another writer moved it on; `Gone` when it cannot be read (the error is reported).
+    async fn reread(&mut self, job: &Job) -> Reread {
+        let fresh = match self.s.deps.ledger.get(&job.job_id).await {
+            Ok(Some(j)) => j,
+            Ok(None) => return Reread::Gone,
+            Err(e) => {
+                self.report
+                    .errors
+                    .push(format!("reading job {}: {e}", job.job_id));
+                return Reread::Gone;
+            }
+        };
+        let instance = |j: &Job| j.current_attempt().and_then(|a| a.instance_id.clone());
+        let same = fresh.state == JobState::Running
+            && fresh.attempt == job.attempt
+            && instance(&fresh) == instance(job);
+        if same {
+            Reread::Fresh(fresh)
+        } else {
+            Reread::Moved(fresh)
         }
     }
 

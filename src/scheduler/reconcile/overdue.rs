@@ -8,8 +8,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{finding, secs, Reconciler};
-use crate::job::{Job, JobState};
+use super::{finding, secs, Reconciler, Reread};
+use crate::job::Job;
 use crate::ports::ManagedInstance;
 use crate::profile::Payer;
 use crate::retry::FailureCause;
@@ -77,27 +77,15 @@ impl Reconciler<'_> {
             );
             return;
         }
-        let fresh = match self.s.deps.ledger.get(&job.job_id).await {
-            Ok(Some(j)) => j,
-            Ok(None) => return,
-            Err(e) => {
-                self.report
-                    .errors
-                    .push(format!("reading job {}: {e}", job.job_id));
+        let fresh = match self.reread(job).await {
+            Reread::Fresh(j) => j,
+            Reread::Moved(j) => {
+                *job = j;
+                note(self, "none: the job moved on meanwhile".into());
                 return;
             }
+            Reread::Gone => return,
         };
-        let same = fresh.state == JobState::Running
-            && fresh.attempt == job.attempt
-            && fresh
-                .current_attempt()
-                .and_then(|a| a.instance_id.as_deref())
-                == Some(inst.instance_id.as_str());
-        if !same {
-            *job = fresh;
-            note(self, "none: the job moved on meanwhile".into());
-            return;
-        }
         let mut action = self.terminate(inst).await;
         if !action.starts_with("terminated") {
             note(self, action);

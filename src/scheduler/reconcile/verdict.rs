@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{finding, Reconciler};
+use super::{finding, Reconciler, Reread};
 use crate::job::{Job, JobState};
 use crate::ports::{ManagedInstance, StoreError};
 use crate::retry::FailureCause;
@@ -44,27 +44,15 @@ impl Reconciler<'_> {
             return;
         }
         // Act only on what the ledger says now.
-        let fresh = match self.s.deps.ledger.get(&job.job_id).await {
-            Ok(Some(j)) => j,
-            Ok(None) => return,
-            Err(e) => {
-                self.report
-                    .errors
-                    .push(format!("reading job {}: {e}", job.job_id));
+        let fresh = match self.reread(job).await {
+            Reread::Fresh(j) => j,
+            Reread::Moved(j) => {
+                *job = j;
+                report(self, "none: the job moved on meanwhile".into());
                 return;
             }
+            Reread::Gone => return,
         };
-        let same = fresh.state == JobState::Running
-            && fresh.attempt == job.attempt
-            && fresh
-                .current_attempt()
-                .and_then(|a| a.instance_id.as_deref())
-                == job.current_attempt().and_then(|a| a.instance_id.as_deref());
-        if !same {
-            *job = fresh;
-            report(self, "none: the job moved on meanwhile".into());
-            return;
-        }
         let mut updated = fresh.clone();
         let never_started = updated
             .current_attempt()
