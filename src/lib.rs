@@ -9,9 +9,11 @@
 //! - [`jobs_file`]: JSON-lines job files for `submit` and the offline `plan`.
 //! - [`summary`]: the compact planning projection of a ledger job.
 //! - [`sizing`]: right-sizing a job to instance types and its fallback ladder.
+//! - [`quota`]: EC2's vCPU quotas per family group, and which one a launch counts against.
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
 //! - [`plan_view`]: the text rendering of plans and reasons.
 //! - [`simulate`]: capacity planning on a virtual clock, mayfly beside a generic ASG.
+//! - [`state_reason`]: why EC2 ended an instance, and what that means for its attempt.
 //! - [`ports`]: the narrow interfaces to the config table, ledger, queues and EC2.
 //! - [`aws`]: the adapters implementing the ports on the AWS SDK, and call counting.
 //! - [`fakes`]: stateful in-memory implementations of every port, for tests.
@@ -38,8 +40,8 @@
 
 pub use mayfly_core::simulate;
 pub use mayfly_core::{
-    catalog, cost, duration, job, jobs_file, plan, plan_view, profile, retry, secrets, sizing,
-    summary,
+    catalog, cost, duration, job, jobs_file, plan, plan_view, profile, quota, retry, secrets,
+    sizing, state_reason, summary,
 };
 
 pub mod aws;

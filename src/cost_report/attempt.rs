@@ -177,6 +177,8 @@ mod tests {
             reason: None,
             version: 1,
             attempts,
+            bounces: 0,
+            profile_refused_since: None,
             updated_at: None,
         }
     }

@@ -44,6 +44,8 @@ fn job(id: &str, payer: &str, day: u32, secs: i64, state: JobState) -> Job {
         reason: None,
         version: 3,
         attempts: vec![attempt],
+        bounces: 0,
+        profile_refused_since: None,
         updated_at: None,
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::retry::FailureCause;
 use crate::secrets;
 use crate::sizing::Rung;
+use crate::state_reason::StateReason;
 
 /// Bounds on what a request may carry.
 pub const MAX_PARAMS: usize = 32;
@@ -323,6 +324,24 @@ pub struct Attempt {
     /// in the write that ends the attempt; the end of its bill when there is no `finished`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
+    /// Rungs of the ladder this attempt did not launch on, in the order tried, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<Fallback>,
+    /// Why EC2 ended the attempt's instance, as DescribeInstances said when it was seen gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<StateReason>,
+}
+
+/// A rung of an attempt's ladder that did not launch, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fallback {
+    pub rung: Rung,
+    /// The AWS error code RunInstances answered; for a rung skipped without a call, the code
+    /// an earlier launch of the same pass met for the rung's quota or purchase option.
+    pub code: String,
+    /// Skipped without a RunInstances call: the pass already knew the answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// Where an attempt's price per hour came from.
@@ -354,7 +373,29 @@ impl Attempt {
     pub fn never_started(&self) -> bool {
         self.instance_id.is_some() && self.started_at.is_none()
     }
+
+    /// Whether the attempt counts against the retry policy's `max_attempts`: it had an
+    /// instance that could run the job. A launch that got no instance (no capacity on any
+    /// rung, a quota, a configuration error) spends no retry, nor does an instance EC2 ended
+    /// before it started for capacity or configuration ([`FailureCause::is_launch_failure`]).
+    pub fn spends_retry(&self) -> bool {
+        self.instance_id.is_some()
+            && !self
+                .cause
+                .as_ref()
+                .is_some_and(FailureCause::is_launch_failure)
+    }
+
+    /// A launch that ended without an instance (a bounce): it has ended and has no instance.
+    pub fn bounced(&self) -> bool {
+        self.instance_id.is_none() && self.finished_at.is_some()
+    }
 }
+
+/// How many bounced attempts (launches that got no instance) a job keeps on record; older
+/// ones are dropped (and counted in [`Job::bounces`]) so a job waiting out a quota for days
+/// stays far below DynamoDB's item size limit.
+pub const BOUNCES_KEPT: usize = 10;
 
 /// A job as the ledger keeps it. The ledger, not the queue, is the source of truth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -389,6 +430,15 @@ pub struct Job {
     pub version: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// Launches that got no instance over the job's life (each its own attempt number; none
+    /// spends a retry). Only the last [`BOUNCES_KEPT`] stay in `attempts`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bounces: u32,
+    /// When RunInstances first refused the payer's instance profile as invalid, in the
+    /// current run of such refusals: right after a profile is created IAM may not have
+    /// propagated it yet, so the launch is retried for a bounded time from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_refused_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -421,13 +471,35 @@ impl Job {
             reason: None,
             version: 0,
             attempts: Vec::new(),
+            bounces: 0,
+            profile_refused_since: None,
             updated_at: Some(now),
         }
     }
 
-    /// Attempts counted by the retry policy: those since the last manual retry.
+    /// Attempts counted by the retry policy: those since the last manual retry that had an
+    /// instance able to run the job ([`Attempt::spends_retry`]).
     pub fn attempts_in_budget(&self) -> u32 {
-        self.attempt.saturating_sub(self.attempt_base)
+        let spent = self
+            .attempts
+            .iter()
+            .filter(|a| a.number > self.attempt_base && a.spends_retry())
+            .count();
+        u32::try_from(spent).unwrap_or(u32::MAX)
+    }
+
+    /// Adds a new attempt, dropping the oldest bounced ones beyond [`BOUNCES_KEPT`].
+    pub fn push_attempt(&mut self, attempt: Attempt) {
+        self.attempts.push(attempt);
+        let bounced = self.attempts.iter().filter(|a| a.bounced()).count();
+        let mut extra = bounced.saturating_sub(BOUNCES_KEPT);
+        self.attempts.retain(|a| {
+            let drop = extra > 0 && a.bounced();
+            if drop {
+                extra -= 1;
+            }
+            !drop
+        });
     }
 
     pub fn input_bytes(&self) -> Option<u64> {
@@ -540,6 +612,67 @@ mod tests {
                 "succeeded -> {next}"
             );
         }
+    }
+
+    #[test]
+    fn only_attempts_with_an_instance_spend_retries() {
+        let now = Utc::now();
+        let mut job = Job::from_request(request(), now);
+        let bounce = |n| Attempt {
+            number: n,
+            finished_at: Some(now),
+            reason: Some("VcpuLimitExceeded: quota".into()),
+            ..Attempt::default()
+        };
+        for n in 1..=3 {
+            job.push_attempt(bounce(n));
+        }
+        job.push_attempt(Attempt {
+            number: 4,
+            instance_id: Some("i-4".into()),
+            cause: Some(FailureCause::InstanceLost),
+            ..Attempt::default()
+        });
+        job.attempt = 4;
+        assert_eq!(job.attempts_in_budget(), 1);
+        job.push_attempt(Attempt {
+            number: 5,
+            instance_id: Some("i-5".into()),
+            cause: Some(FailureCause::NoCapacity {
+                code: "Server.InsufficientInstanceCapacity".into(),
+            }),
+            ..Attempt::default()
+        });
+        job.attempt = 5;
+        assert_eq!(job.attempts_in_budget(), 1, "EC2 ended that launch");
+        // A manual retry starts a fresh budget.
+        job.attempt_base = 5;
+        assert_eq!(job.attempts_in_budget(), 0);
+    }
+
+    #[test]
+    fn old_bounces_are_dropped_and_instances_kept() {
+        let now = Utc::now();
+        let mut job = Job::from_request(request(), now);
+        job.push_attempt(Attempt {
+            number: 1,
+            instance_id: Some("i-1".into()),
+            finished_at: Some(now),
+            ..Attempt::default()
+        });
+        for n in 2..=(BOUNCES_KEPT as u32 + 5) {
+            job.push_attempt(Attempt {
+                number: n,
+                finished_at: Some(now),
+                ..Attempt::default()
+            });
+        }
+        assert_eq!(job.attempts.len(), BOUNCES_KEPT + 1);
+        assert_eq!(
+            job.attempts[0].number, 1,
+            "the attempt with an instance stays"
+        );
+        assert_eq!(job.attempts[1].number, 6, "the oldest bounces went first");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
 //! - [`plan_view`]: the text rendering of plans and reasons.
 //! - [`retry`]: the retry decision after a failed attempt (backoff with jitter, or dead).
+//! - [`quota`]: EC2's vCPU quotas, and which one an instance type counts against.
+//! - [`state_reason`]: why EC2 ended an instance, and what that means for its attempt.
 //! - [`cost`]: what an attempt's instance cost (per-second billing, 60 s minimum, volumes),
 //!   productive time vs overhead.
 //! - [`simulate`]: capacity planning: the planner on a virtual clock with a modelled fleet,
@@ -26,8 +28,10 @@ pub mod jobs_file;
 pub mod plan;
 pub mod plan_view;
 pub mod profile;
+pub mod quota;
 pub mod retry;
 pub mod secrets;
 pub mod simulate;
 pub mod sizing;
+pub mod state_reason;
 pub mod summary;

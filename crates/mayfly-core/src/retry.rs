@@ -22,6 +22,12 @@ pub enum FailureCause {
     InstanceLost,
     /// The job ran past its maximum runtime.
     MaxRuntime,
+    /// EC2 ended the instance before it started for lack of capacity (its `StateReason`):
+    /// the launch got no usable instance, so the retry moves on to the next rung.
+    NoCapacity { code: String },
+    /// EC2 could not start the instance as configured (its `StateReason`: a KMS key, a
+    /// snapshot, the EBS volume limit): the payer waits for its launch settings to be fixed.
+    LaunchRefused { code: String, message: String },
 }
 
 impl std::fmt::Display for FailureCause {
@@ -33,13 +39,23 @@ impl std::fmt::Display for FailureCause {
             FailureCause::HeartbeatLost => f.write_str("heartbeat lost"),
             FailureCause::InstanceLost => f.write_str("instance lost without a `finished` event"),
             FailureCause::MaxRuntime => f.write_str("maximum runtime exceeded"),
+            FailureCause::NoCapacity { code } => {
+                write!(f, "EC2 ended the instance before it started: {code}")
+            }
+            FailureCause::LaunchRefused { code, message } if message.is_empty() => {
+                write!(f, "EC2 could not start the instance: {code}")
+            }
+            FailureCause::LaunchRefused { code, message } => {
+                write!(f, "EC2 could not start the instance: {code}: {message}")
+            }
         }
     }
 }
 
 impl FailureCause {
     /// The cause's stable name (its serde tag): `exit_code`, `spot_interruption`,
-    /// `boot_timeout`, `heartbeat_lost`, `instance_lost`, `max_runtime`.
+    /// `boot_timeout`, `heartbeat_lost`, `instance_lost`, `max_runtime`, `no_capacity`,
+    /// `launch_refused`.
     pub fn label(&self) -> &'static str {
         match self {
             FailureCause::ExitCode { .. } => "exit_code",
@@ -48,7 +64,18 @@ impl FailureCause {
             FailureCause::HeartbeatLost => "heartbeat_lost",
             FailureCause::InstanceLost => "instance_lost",
             FailureCause::MaxRuntime => "max_runtime",
+            FailureCause::NoCapacity { .. } => "no_capacity",
+            FailureCause::LaunchRefused { .. } => "launch_refused",
         }
+    }
+
+    /// EC2 ended the launch, not the job: the instance never had a chance to run it, so the
+    /// attempt spends no retry ([`crate::job::Attempt::spends_retry`]).
+    pub fn is_launch_failure(&self) -> bool {
+        matches!(
+            self,
+            FailureCause::NoCapacity { .. } | FailureCause::LaunchRefused { .. }
+        )
     }
 }
 
@@ -65,8 +92,10 @@ pub enum Decision {
     Dead { reason: String },
 }
 
-/// Decides after attempt `attempt` (1-based) failed with `cause` at `now`.
-/// Infrastructure causes are always worth another attempt; exit codes only when listed.
+/// Decides after a failed attempt, `attempt` being the attempts spent so far (1-based, the
+/// failed one included unless it was a launch failure, which spends none) failed with `cause`
+/// at `now`. Infrastructure causes are always worth another attempt; exit codes only when
+/// listed.
 pub fn decide(
     policy: &RetryPolicy,
     job_id: &str,
@@ -74,6 +103,16 @@ pub fn decide(
     cause: &FailureCause,
     now: DateTime<Utc>,
 ) -> Decision {
+    if cause.is_launch_failure() {
+        let next = match cause {
+            FailureCause::NoCapacity { .. } => "retrying on the next rung",
+            _ => "waiting for the launch settings to be fixed",
+        };
+        return Decision::Retry {
+            not_before: now + backoff(policy, job_id, attempt.max(1)),
+            reason: format!("{cause}; {next} (no retry spent)"),
+        };
+    }
     let retryable = match cause {
         FailureCause::ExitCode { code } => policy.retryable_exit_codes.contains(code),
         FailureCause::MaxRuntime => false,
@@ -146,6 +185,24 @@ mod tests {
             decide(&policy(), "j", 3, &FailureCause::SpotInterruption, now),
             Decision::Dead { .. }
         ));
+    }
+
+    #[test]
+    fn launch_failures_spend_no_retry() {
+        let now = Utc::now();
+        let no_capacity = FailureCause::NoCapacity {
+            code: "Server.InsufficientInstanceCapacity".into(),
+        };
+        // However many attempts were spent, a launch EC2 ended is retried.
+        match decide(&policy(), "j", 3, &no_capacity, now) {
+            Decision::Retry { reason, not_before } => {
+                assert!(reason.contains("next rung"), "{reason}");
+                assert!(not_before > now);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(no_capacity.is_launch_failure());
+        assert!(!FailureCause::InstanceLost.is_launch_failure());
     }
 
     #[test]
