@@ -37,8 +37,12 @@ pub struct PassCounters {
     pub ingested: u64,
     /// Instances recorded as running for a job (new launches, adoptions and replays).
     pub launches: u64,
-    /// Launch failures by class: `capacity` (moved down the ladder), `quota`,
-    /// `configuration`, `transient` (outcome unknown), `conflict` (lost a ledger write).
+    /// Launch failures by class: `capacity` (moved down the ladder), `quota` (a vCPU quota
+    /// full: its rungs left out for the pass), `spot_unavailable` (spot's service-linked role
+    /// missing: spot rungs left out), `profile_not_ready` (instance profile refused while IAM
+    /// may propagate it: retried), `configuration` and `denied` (the job waits, the payer is
+    /// paused), `credentials` (the scheduler's credentials refused: the pass stops launching),
+    /// `transient` (outcome unknown), `conflict` (lost a ledger write).
     pub launch_failures: BTreeMap<String, u64>,
     /// Passes that stopped launching because EC2 (or the client-side bucket) throttled.
     pub throttled_passes: u64,
@@ -52,13 +56,15 @@ pub struct PassCounters {
     pub requeued: u64,
     pub dead: u64,
     /// Jobs queued again for another attempt, by the failed attempt's cause
-    /// (`exit_code`, `spot_interruption`, `boot_timeout`, `heartbeat_lost`, `instance_lost`).
+    /// (`exit_code`, `spot_interruption`, `boot_timeout`, `heartbeat_lost`, `instance_lost`,
+    /// `no_capacity`, `launch_refused`).
     pub retries: BTreeMap<String, u64>,
     /// Instance events applied to the ledger.
     pub events_applied: u64,
     /// Attempts ended without their `finished` event (once none of their events could still
     /// arrive), by cause: `instance_lost`, `spot_interruption`, `boot_timeout`,
-    /// `heartbeat_lost`, `max_runtime`.
+    /// `heartbeat_lost`, `max_runtime`, and for an instance EC2 ended before it started,
+    /// `no_capacity` or `launch_refused`.
     pub verdicts: BTreeMap<String, u64>,
     /// Launches found by the repair with their instance already gone, left to the verdict.
     pub launches_found_gone: u64,
@@ -85,7 +91,11 @@ impl PassCounters {
         for (class, n) in [
             ("capacity", l.capacity_fallbacks),
             ("quota", l.quota_stops),
+            ("spot_unavailable", l.spot_refusals),
+            ("profile_not_ready", l.profile_retries),
             ("configuration", l.config_failures),
+            ("denied", l.denied),
+            ("credentials", l.credential_failures),
             ("transient", l.transient),
             ("conflict", l.conflicts),
         ] {

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::job::{Job, JobState};
 use crate::profile::PayerProfile;
 use crate::sizing::Rung;
+use crate::state_reason::StateReason;
 
 /// A failure of the config store or the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +25,10 @@ pub enum StoreError {
     /// The stored item could not be read back as a mayfly record.
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The caller may not do this; the text names the operation, the table and the grant
+    /// that allows it. Nothing was written, and trying again changes nothing.
+    #[error("{0}")]
+    Denied(String),
     /// Any other failure; whether it was applied is unknown.
     #[error("{0}")]
     Other(String),
@@ -35,6 +40,9 @@ pub struct StoredPayer {
     pub profile: PayerProfile,
     /// Why the payer is paused, if it is (operator or circuit breaker).
     pub paused: Option<String>,
+    /// The pause was the circuit breaker's: applying a changed profile lifts it, as the fix
+    /// it waits for. An operator's pause stays until `payers resume`.
+    pub paused_by_breaker: bool,
     /// Optimistic-concurrency version of the row.
     pub version: u64,
     pub updated_at: DateTime<Utc>,
@@ -56,12 +64,21 @@ pub trait ConfigStore: Send + Sync {
         expected: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
-    /// Pauses (`Some(reason)`) or resumes (`None`) a payer, conditional on `expected`.
-    /// Resuming also clears the boot-failure count.
+    /// Pauses (`Some(reason)`, an operator's pause) or resumes (`None`) a payer, conditional
+    /// on `expected`. Resuming also clears the boot-failure count.
     async fn set_paused(
         &self,
         payer_id: &str,
         paused: Option<&str>,
+        expected: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+    /// Pauses a payer on the circuit breaker's behalf, conditional on `expected`: as
+    /// `set_paused(Some(reason))`, marked [`StoredPayer::paused_by_breaker`].
+    async fn breaker_pause(
+        &self,
+        payer_id: &str,
+        reason: &str,
         expected: u64,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
@@ -103,6 +120,10 @@ pub struct Message {
 pub enum QueueError {
     #[error("throttled: {0}")]
     Throttled(String),
+    /// The caller may not do this; the text names the operation, the queue and the grant
+    /// that allows it. Trying again changes nothing.
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     Other(String),
 }
@@ -156,12 +177,31 @@ pub enum ComputeError {
     /// Rate limited: stop launching for this pass.
     #[error("throttled: {code}")]
     Throttled { code: String },
-    /// An account limit (vCPU quota, instance limit): wait for capacity to free up.
+    /// An account limit (a vCPU quota, the spot instance count): no launch that counts
+    /// against the same quota goes this pass; rungs of other quotas may.
     #[error("quota: {code}: {message}")]
     Quota { code: String, message: String },
-    /// The request itself is wrong (bad AMI, subnet, profile…): fail the job fast.
+    /// Spot cannot be used as the account is (its spot service-linked role is missing and
+    /// may not be created): configuration of the spot rungs; the on-demand ones may launch.
+    #[error("spot unavailable: {code}: {message}")]
+    SpotUnavailable { code: String, message: String },
+    /// The instance profile was refused as invalid. Right after it is created (or a role is
+    /// added to it) IAM may not have propagated it yet: retried for a bounded time, then
+    /// configuration.
+    #[error("instance profile not usable yet: {code}: {message}")]
+    ProfileNotReady { code: String, message: String },
+    /// The request itself is wrong (bad AMI, subnet, security group…): the payer's launch
+    /// settings need an operator; its jobs wait.
     #[error("configuration: {code}: {message}")]
     Configuration { code: String, message: String },
+    /// Not permitted; the message names the operation, the resource and the grant of
+    /// `infra/mayfly.yaml` that allows it. Configuration, never retried as transient.
+    #[error("denied: {code}: {message}")]
+    Denied { code: String, message: String },
+    /// The scheduler's own credentials were refused (expired or invalid): no launch of this
+    /// pass can work, and no payer is to blame; the jobs wait.
+    #[error("credentials refused: {code}: {message}")]
+    Credentials { code: String, message: String },
     /// The same client token was used with different parameters.
     #[error("idempotent parameter mismatch: {message}")]
     IdempotentMismatch { message: String },
@@ -205,6 +245,8 @@ pub struct ManagedInstance {
     pub spot: bool,
     pub launched_at: Option<DateTime<Utc>>,
     pub tags: BTreeMap<String, String>,
+    /// Why EC2 last changed the instance's state (with a terminated instance: why it ended).
+    pub state_reason: Option<StateReason>,
 }
 
 impl ManagedInstance {

@@ -46,8 +46,8 @@ async fn throttling_stops_the_pass() {
 }
 
 #[tokio::test]
-async fn configuration_error_fails_the_job() {
-    world::configuration_error_fails_the_job(&world()).await;
+async fn configuration_error_pauses_the_payer_and_loses_no_job() {
+    world::configuration_error_pauses_the_payer_and_loses_no_job(&world()).await;
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! - [`ec2`]: [`ports::Compute`](crate::ports::Compute) on EC2, with error classification.
 //! - [`sqs`]: [`ports::Queue`](crate::ports::Queue) on SQS.
 //! - [`dynamo`]: the config table, the job ledger and the leader lease on DynamoDB.
+//! - [`permissions`]: denied calls, named with the grant of `infra/mayfly.yaml` they need.
 //!
 //! Every client has time limits ([`Timeouts`]); RunInstances goes through its own EC2 client
 //! without SDK retries ([`launch_client`]).
@@ -12,6 +13,7 @@
 pub mod counting;
 pub mod dynamo;
 pub mod ec2;
+pub mod permissions;
 pub mod sqs;
 
 use std::time::Duration;

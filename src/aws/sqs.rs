@@ -1,6 +1,8 @@
 //! [`Queue`] on SQS: receive in batches of up to 10 with the receive count, delete in batches
 //! of 10 reporting the receipts that failed, send with string attributes, and the queue
-//! depth. Errors are classified by AWS error code.
+//! depth. Errors are classified by AWS error code; a denial (by code, or an HTTP 403 whose
+//! body has none the SDK can read, as the emulator answers) names the operation, the queue
+//! and the grant it needs.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use aws_sdk_sqs::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use tracing::{instrument, warn};
 
+use crate::aws::permissions;
 use crate::ports::{Message, Queue, QueueError};
 
 /// SQS's batch limit for ReceiveMessage and DeleteMessageBatch.
@@ -44,7 +47,7 @@ impl SqsQueue {
             .queue_name(name)
             .send()
             .await
-            .map_err(queue_error)?;
+            .map_err(|e| queue_error("GetQueueUrl", name, e))?;
         match out.queue_url() {
             Some(url) if !url.is_empty() => Ok(Self::new(client, url)),
             _ => Err(QueueError::Other(format!(
@@ -74,7 +77,7 @@ impl Queue for SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(queue_error)?;
+            .map_err(|e| queue_error("ReceiveMessage", &self.url, e))?;
         Ok(out.messages().iter().filter_map(to_message).collect())
     }
 
@@ -102,7 +105,7 @@ impl Queue for SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(queue_error)?;
+                .map_err(|e| queue_error("DeleteMessage", &self.url, e))?;
             for entry in out.failed() {
                 warn!(
                     id = entry.id(),
@@ -138,7 +141,10 @@ impl Queue for SqsQueue {
                 .map_err(|e| QueueError::Other(e.to_string()))?;
             call = call.message_attributes(*name, value);
         }
-        let out = call.send().await.map_err(queue_error)?;
+        let out = call
+            .send()
+            .await
+            .map_err(|e| queue_error("SendMessage", &self.url, e))?;
         out.message_id()
             .map(str::to_owned)
             .ok_or_else(|| QueueError::Other("SendMessage returned no message id".into()))
@@ -165,7 +171,7 @@ impl SqsQueue {
             .attribute_names(name.clone())
             .send()
             .await
-            .map_err(queue_error)?;
+            .map_err(|e| queue_error("GetQueueAttributes", &self.url, e))?;
         let raw = out.attributes().and_then(|a| a.get(&name)).ok_or_else(|| {
             QueueError::Other(format!("GetQueueAttributes returned no {}", name.as_str()))
         })?;
@@ -200,11 +206,22 @@ fn is_throttle_code(code: &str) -> bool {
     )
 }
 
-/// Classifies an SDK failure by its AWS error code.
-pub fn queue_error<E>(err: SdkError<E, HttpResponse>) -> QueueError
+/// Classifies an SDK failure of SQS `operation` on `queue` (its URL or name): a denial
+/// names both and the grant it needs; throttling is told apart; anything else is an error.
+pub fn queue_error<E>(operation: &str, queue: &str, err: SdkError<E, HttpResponse>) -> QueueError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    if let Some(code) = permissions::denial_code(&err) {
+        let message = err.message().unwrap_or_default();
+        return QueueError::Denied(permissions::denied(
+            "sqs",
+            operation,
+            &format!("queue {queue}"),
+            &code,
+            message,
+        ));
+    }
     match err.code() {
         Some(code) if is_throttle_code(code) => QueueError::Throttled(code.to_owned()),
         _ => QueueError::Other(DisplayErrorContext(&err).to_string()),
@@ -236,6 +253,30 @@ mod tests {
             .message_id("m-2")
             .build();
         assert_eq!(to_message(&no_receipt), None);
+    }
+
+    #[test]
+    fn denials_name_the_operation_queue_and_role() {
+        use aws_sdk_sqs::error::ErrorMetadata;
+        use aws_sdk_sqs::operation::send_message::SendMessageError;
+        use aws_smithy_runtime_api::http::StatusCode;
+        use aws_smithy_types::body::SdkBody;
+
+        // The emulator's denial: 403 with an XML body, so no code.
+        let err = SdkError::service_error(
+            SendMessageError::generic(ErrorMetadata::builder().build()),
+            HttpResponse::new(StatusCode::try_from(403).unwrap(), SdkBody::empty()),
+        );
+        match queue_error("SendMessage", "https://q/intake", err) {
+            QueueError::Denied(why) => {
+                assert!(
+                    why.starts_with("sqs:SendMessage on queue https://q/intake"),
+                    "{why}"
+                );
+                assert!(why.contains("policy queues"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

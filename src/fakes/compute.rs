@@ -1,24 +1,37 @@
 //! An in-memory EC2: keeps instances with their tags, honours client tokens as EC2 does (the
 //! same token and parameters return the same instance; different parameters are an
 //! `IdempotentParameterMismatch`), and can be scripted to fail.
+//!
+//! It answers as EC2 does, with EC2's error codes and messages, classified by the same
+//! function as the EC2 adapter's ([`crate::aws::ec2::classify`]): images that do not exist,
+//! instance profiles IAM has not propagated yet, an account without the spot service-linked
+//! role, running-vCPU quotas per family group, expired credentials, denied operations; and
+//! instances EC2 ends before they start carry their `StateReason`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::Utc;
 
+use crate::aws::ec2::classify;
+use crate::aws::permissions;
+use crate::catalog::Catalog;
 use crate::names::tags;
 use crate::ports::{
     Compute, ComputeError, InstanceState, LaunchRequest, Launched, ManagedInstance,
 };
 use crate::profile::CapacityType;
+use crate::quota::QuotaKey;
+use crate::state_reason::StateReason;
 
 /// A scripted launch failure.
 #[derive(Debug, Clone)]
 pub enum LaunchFault {
     /// Fail with this error; nothing is launched.
     Fail(ComputeError),
+    /// Fail with this EC2 error code and message, classified as the EC2 adapter classifies.
+    Code(String, String),
     /// Launch the instance, then lose the response (the caller sees a transient error).
     LoseResponse,
 }
@@ -29,6 +42,18 @@ struct State {
     tokens: HashMap<String, (String, String)>,
     next_faults: VecDeque<LaunchFault>,
     type_faults: HashMap<String, ComputeError>,
+    /// Images that do not exist (deregistered, or never there).
+    missing_images: HashSet<String>,
+    /// Instance profiles IAM has not propagated to EC2 yet.
+    unpropagated_profiles: HashSet<String>,
+    /// The account has no spot service-linked role, and the caller may not create it.
+    no_spot_role: bool,
+    /// Running-vCPU quotas; a quota not set is unlimited.
+    vcpu_quotas: HashMap<QuotaKey, u32>,
+    /// Every call is refused as with expired credentials.
+    credentials_expired: bool,
+    /// Operations the caller is not authorized to make.
+    denied: HashSet<String>,
     next_id: u64,
     /// Spot prices by instance type; a type without one has no spot price.
     spot_prices: HashMap<String, f64>,
@@ -82,6 +107,65 @@ impl FakeCompute {
         };
     }
 
+    /// Makes `image_id` not exist (`false`) or exist again (`true`).
+    pub fn set_image(&self, image_id: &str, exists: bool) {
+        let mut s = self.lock();
+        if exists {
+            s.missing_images.remove(image_id);
+        } else {
+            s.missing_images.insert(image_id.to_owned());
+        }
+    }
+
+    /// Makes the instance profile `name` invisible to EC2 (`false`, as right after it is
+    /// created, before IAM propagated it) or visible (`true`).
+    pub fn set_profile_propagated(&self, name: &str, propagated: bool) {
+        let mut s = self.lock();
+        if propagated {
+            s.unpropagated_profiles.remove(name);
+        } else {
+            s.unpropagated_profiles.insert(name.to_owned());
+        }
+    }
+
+    /// Whether the account has the spot service-linked role (or the caller may create it).
+    pub fn set_spot_role(&self, present: bool) {
+        self.lock().no_spot_role = !present;
+    }
+
+    /// Sets (`Some`) or lifts (`None`) the running-vCPU quota `key`.
+    pub fn set_vcpu_quota(&self, key: QuotaKey, vcpus: Option<u32>) {
+        let mut s = self.lock();
+        match vcpus {
+            Some(n) => s.vcpu_quotas.insert(key, n),
+            None => s.vcpu_quotas.remove(&key),
+        };
+    }
+
+    /// Refuses every call as EC2 does with expired credentials (`true`), or stops (`false`).
+    pub fn set_credentials_expired(&self, expired: bool) {
+        self.lock().credentials_expired = expired;
+    }
+
+    /// Refuses `operation` (`RunInstances`, …) as not authorized (`true`), or allows it.
+    pub fn set_denied(&self, operation: &str, denied: bool) {
+        let mut s = self.lock();
+        if denied {
+            s.denied.insert(operation.to_owned());
+        } else {
+            s.denied.remove(operation);
+        }
+    }
+
+    /// Ends an instance as EC2 does on its own, with a `StateReason`
+    /// (`Server.InsufficientInstanceCapacity`, `Client.InvalidKMSKey.InvalidState`, …).
+    pub fn end_instance(&self, instance_id: &str, code: &str, message: &str) {
+        if let Some(i) = self.lock().instances.get_mut(instance_id) {
+            i.state = InstanceState::Terminated;
+            i.state_reason = Some(StateReason::new(code, message));
+        }
+    }
+
     /// Starts an instance that mayfly did not launch (an orphan, or another deployment's).
     pub fn inject(&self, instance_type: &str, tag_pairs: &[(&str, &str)]) -> String {
         let mut s = self.lock();
@@ -98,6 +182,7 @@ impl FakeCompute {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            state_reason: None,
         };
         s.instances.insert(id.clone(), inst);
         id
@@ -108,10 +193,17 @@ impl FakeCompute {
         self.lock().instances.values().cloned().collect()
     }
 
-    /// Sets an instance's state, as the instance itself or the cloud would.
+    /// Sets an instance's state, as the instance itself or the cloud would (a shutdown from
+    /// inside the instance, for a terminated one).
     pub fn set_state(&self, instance_id: &str, state: InstanceState) {
         if let Some(i) = self.lock().instances.get_mut(instance_id) {
             i.state = state;
+            if state == InstanceState::Terminated {
+                i.state_reason = Some(StateReason::new(
+                    "Client.InstanceInitiatedShutdown",
+                    "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+                ));
+            }
         }
     }
 
@@ -136,18 +228,124 @@ impl FakeCompute {
     }
 }
 
+impl State {
+    /// The refusals every call meets first: expired credentials, a denied operation.
+    fn refuse(
+        &self,
+        operation: &'static str,
+        resource: impl FnOnce() -> String,
+    ) -> Result<(), ComputeError> {
+        if self.credentials_expired {
+            return Err(classify(
+                "AuthFailure",
+                "AWS was not able to validate the provided access credentials",
+            ));
+        }
+        if self.denied.contains(operation) {
+            let (code, message) = (
+                "UnauthorizedOperation",
+                "You are not authorized to perform this operation.",
+            );
+            return Err(ComputeError::Denied {
+                code: code.into(),
+                message: permissions::denied("ec2", operation, &resource(), code, message),
+            });
+        }
+        Ok(())
+    }
+
+    /// What EC2 checks of a launch's account and settings, with EC2's codes and messages.
+    fn check_launch(&self, req: &LaunchRequest) -> Result<(), ComputeError> {
+        if self.missing_images.contains(&req.image_id) {
+            return Err(classify(
+                "InvalidAMIID.NotFound",
+                &format!("The image id '[{}]' does not exist", req.image_id),
+            ));
+        }
+        if self.unpropagated_profiles.contains(&req.instance_profile) {
+            return Err(classify(
+                "InvalidParameterValue",
+                &format!(
+                    "Value ({}) for parameter iamInstanceProfile.name is invalid. Invalid IAM \
+                     Instance Profile name",
+                    req.instance_profile
+                ),
+            ));
+        }
+        let spot = req.rung.capacity == CapacityType::Spot;
+        if spot && self.no_spot_role {
+            return Err(classify(
+                "AuthFailure.ServiceLinkedRoleCreationNotPermitted",
+                "The provided credentials do not have permission to create the service-linked \
+                 role for EC2 Spot Instances.",
+            ));
+        }
+        let Some(key) = QuotaKey::of(&req.rung.instance_type, req.rung.capacity) else {
+            return Ok(());
+        };
+        let Some(&limit) = self.vcpu_quotas.get(&key) else {
+            return Ok(());
+        };
+        let catalog = Catalog::shipped();
+        let vcpus = |t: &str| catalog.get(t).map_or(0, |t| t.vcpus);
+        let in_use: u32 = self
+            .instances
+            .values()
+            .filter(|i| i.state.is_live())
+            .filter(|i| QuotaKey::of(&i.instance_type, capacity_of(i)) == Some(key))
+            .map(|i| vcpus(&i.instance_type))
+            .sum();
+        if in_use + vcpus(&req.rung.instance_type) <= limit {
+            return Ok(());
+        }
+        Err(if spot {
+            classify(
+                "MaxSpotInstanceCountExceeded",
+                "Max spot instance count exceeded",
+            )
+        } else {
+            classify(
+                "VcpuLimitExceeded",
+                &format!(
+                    "You have requested more vCPU capacity than your current vCPU limit of \
+                     {limit} allows for the instance bucket that the specified instance type \
+                     belongs to. Please visit http://aws.amazon.com/contact-us/ec2-request to \
+                     request an adjustment to this limit."
+                ),
+            )
+        })
+    }
+}
+
+fn capacity_of(i: &ManagedInstance) -> CapacityType {
+    if i.spot {
+        CapacityType::Spot
+    } else {
+        CapacityType::OnDemand
+    }
+}
+
 #[async_trait]
 impl Compute for FakeCompute {
     async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
         let mut s = self.lock();
         s.run_instances += 1;
+        s.refuse("RunInstances", || {
+            format!(
+                "image {}, subnet {}, instance profile {}",
+                req.image_id, req.rung.subnet, req.instance_profile
+            )
+        })?;
         let fault = s.next_faults.pop_front();
-        if let Some(LaunchFault::Fail(e)) = fault {
-            return Err(e);
+        match &fault {
+            Some(LaunchFault::Fail(e)) => return Err(e.clone()),
+            Some(LaunchFault::Code(code, message)) => return Err(classify(code, message)),
+            _ => {}
         }
         if let Some(e) = s.type_faults.get(&req.rung.instance_type) {
             return Err(e.clone());
         }
+        s.check_launch(req)?;
         let print = fingerprint(req);
         let id = match s.tokens.get(&req.client_token) {
             Some((p, _)) if *p != print => {
@@ -170,6 +368,7 @@ impl Compute for FakeCompute {
                     spot: req.rung.capacity == CapacityType::Spot,
                     launched_at: Some(Utc::now()),
                     tags: req.tags.iter().cloned().collect(),
+                    state_reason: None,
                 };
                 s.instances.insert(id.clone(), inst);
                 s.tokens
@@ -197,6 +396,9 @@ impl Compute for FakeCompute {
     async fn list_managed(&self, cluster: &str) -> Result<Vec<ManagedInstance>, ComputeError> {
         let mut s = self.lock();
         s.describes += 1;
+        s.refuse("DescribeInstances", || {
+            format!("instances of cluster {cluster}")
+        })?;
         Ok(s.instances
             .values()
             .filter(|i| i.tag(tags::CLUSTER) == Some(cluster))
@@ -212,6 +414,7 @@ impl Compute for FakeCompute {
     ) -> Result<Vec<ManagedInstance>, ComputeError> {
         let mut s = self.lock();
         s.describes += 1;
+        s.refuse("DescribeInstances", || format!("instances of job {job_id}"))?;
         let attempt = attempt.to_string();
         Ok(s.instances
             .values()
@@ -227,9 +430,16 @@ impl Compute for FakeCompute {
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), ComputeError> {
         let mut s = self.lock();
         s.terminates += 1;
+        s.refuse("TerminateInstances", || {
+            format!("instances {}", instance_ids.join(" "))
+        })?;
         for id in instance_ids {
             if let Some(i) = s.instances.get_mut(id) {
                 i.state = InstanceState::Terminated;
+                i.state_reason = Some(StateReason::new(
+                    "Client.UserInitiatedShutdown",
+                    "Client.UserInitiatedShutdown: User initiated shutdown",
+                ));
             }
         }
         Ok(())

@@ -57,6 +57,7 @@ impl ConfigStore for FakeConfigStore {
             }
         }
         let paused = current.and_then(|r| r.paused.clone());
+        let paused_by_breaker = current.is_some_and(|r| r.paused_by_breaker);
         let boot_failures = current.map_or(0, |r| r.boot_failures);
         let version = expected.unwrap_or(0) + 1;
         rows.insert(
@@ -64,6 +65,7 @@ impl ConfigStore for FakeConfigStore {
             StoredPayer {
                 profile: profile.clone(),
                 paused,
+                paused_by_breaker,
                 version,
                 updated_at: now,
                 boot_failures,
@@ -90,9 +92,26 @@ impl ConfigStore for FakeConfigStore {
             row.boot_failures = 0;
         }
         row.paused = paused.map(str::to_owned);
+        row.paused_by_breaker = false;
         row.version += 1;
         row.updated_at = now;
         Ok(row.version)
+    }
+
+    async fn breaker_pause(
+        &self,
+        payer_id: &str,
+        reason: &str,
+        expected: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let version = self
+            .set_paused(payer_id, Some(reason), expected, now)
+            .await?;
+        if let Some(row) = lock(&self.rows).get_mut(payer_id) {
+            row.paused_by_breaker = true;
+        }
+        Ok(version)
     }
 
     async fn add_boot_failure(&self, payer_id: &str) -> Result<u32, StoreError> {

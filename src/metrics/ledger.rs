@@ -35,7 +35,8 @@ pub struct LedgerGauges {
     /// Paused payers and why.
     pub paused_payers: BTreeMap<String, String>,
     /// Failed attempts since midnight UTC by cause (`exit_code`, `spot_interruption`,
-    /// `boot_timeout`, `heartbeat_lost`, `instance_lost`, `max_runtime`).
+    /// `boot_timeout`, `heartbeat_lost`, `instance_lost`, `max_runtime`, `no_capacity`,
+    /// `launch_refused`).
     pub failures_today: BTreeMap<String, u64>,
     /// Cost of instance time since midnight UTC (compute and root volume), in USD, from each
     /// attempt's recorded price; attempts still running count up to now.
@@ -157,6 +158,7 @@ mod tests {
             version: 1,
             updated_at: at("2026-11-28T00:00:00Z"),
             boot_failures: 0,
+            paused_by_breaker: false,
         }
     }
 

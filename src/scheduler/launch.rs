@@ -2,18 +2,28 @@
 //! RunInstances each, walking the fallback ladder on capacity errors; and finish launches a
 //! crashed pass left in `launching` by adopting the attempt's instance (found by its tags) or,
 //! only if there is none, replaying RunInstances with the same client token.
+//!
+//! What EC2 answers decides what comes next, by what it means: no capacity or a full quota
+//! moves to the next rung (a full quota, or spot refused, leaves out every rung it covers for
+//! the rest of the pass); a launch that got no instance puts the job back to waiting and
+//! spends no retry ([`bounce`]).
+
+mod bounce;
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use super::learned::Learned;
 use super::report::LaunchReport;
 use super::Scheduler;
-use crate::job::{Attempt, Job, JobState, PriceSource};
+use crate::aws::permissions;
+use crate::job::{Attempt, Fallback, Job, JobState, PriceSource};
 use crate::names::tags;
 use crate::plan::Plan;
 use crate::ports::{ComputeError, InstanceState, LaunchRequest, Launched, StoreError};
 use crate::profile::{CapacityType, Payer};
+use crate::retry::FailureCause;
 use crate::sizing::{self, Rung};
 
 /// EC2's ClientToken for one (job, attempt, rung): at most 64 ASCII characters, stable across
@@ -75,7 +85,7 @@ fn launch_request(
 
 /// Writes `job` (already changed in memory) conditional on `expected`, stamped with the
 /// moment of the write (a repair judges a launch stale from it).
-async fn save(
+pub(super) async fn save(
     s: &Scheduler,
     job: &mut Job,
     expected: u64,
@@ -99,7 +109,7 @@ async fn save(
     }
 }
 
-fn transition(
+pub(super) fn transition(
     job: &mut Job,
     to: JobState,
     reason: Option<String>,
@@ -188,6 +198,7 @@ async fn mark_running(
         a.availability_zone.clone_from(&launched.availability_zone);
         a.launched_at = Some(launched.launched_at.unwrap_or_else(|| s.moment(now)));
     }
+    job.profile_refused_since = None;
     if let Some(expected) = transition(job, JobState::Running, None, now) {
         if save(s, job, expected, now, report).await {
             let instance_type = job
@@ -205,7 +216,9 @@ async fn mark_running(
     }
 }
 
-/// Ends the attempt as failed (not retryable: a configuration error) and the job as dead.
+/// Ends the attempt as failed and the job as dead: the same client token was used with other
+/// parameters, so the attempt's instance may exist unseen, and another attempt could run the
+/// job twice.
 async fn fail_fast(
     s: &Scheduler,
     job: &mut Job,
@@ -213,7 +226,7 @@ async fn fail_fast(
     now: DateTime<Utc>,
     report: &mut LaunchReport,
 ) {
-    tracing::warn!(job_id = %job.job_id, reason = %reason, "Launch failed on configuration; the job is dead.");
+    tracing::warn!(job_id = %job.job_id, reason = %reason, "Launch failed with a client token reused with other parameters; the job is dead.");
     if let Some(a) = job.current_attempt_mut() {
         a.reason = Some(reason.clone());
         a.finished_at = Some(s.moment(now));
@@ -228,7 +241,20 @@ async fn fail_fast(
     }
 }
 
-/// Tries the ladder from rung `start` with one RunInstances per rung until one launches.
+/// Notes on the attempt that `rung` did not launch, and why.
+fn fell_back(job: &mut Job, rung: &Rung, code: &str, skipped: bool) {
+    if let Some(a) = job.current_attempt_mut() {
+        a.fallbacks.push(Fallback {
+            rung: rung.clone(),
+            code: code.to_owned(),
+            skipped,
+        });
+    }
+}
+
+/// Tries the ladder from rung `start` (the rung the attempt records) with one RunInstances
+/// per rung until one launches, leaving out the rungs this pass already knows refused.
+#[allow(clippy::too_many_arguments)]
 async fn launch_ladder(
     s: &Scheduler,
     payer: &Payer,
@@ -237,11 +263,19 @@ async fn launch_ladder(
     start: usize,
     now: DateTime<Utc>,
     report: &mut LaunchReport,
+    learned: &mut Learned,
 ) -> Flow {
     let attempt = job.attempt;
+    let mut recorded = start;
     for (i, rung) in ladder.iter().enumerate().skip(start) {
+        if let Some(code) = learned.skip(rung) {
+            let code = code.to_owned();
+            fell_back(job, rung, &code, true);
+            report.rungs_skipped += 1;
+            continue;
+        }
         let token = client_token(&job.job_id, attempt, rung);
-        if i > start {
+        if i != recorded {
             // A new rung is a new launch: record it (and its token) before calling EC2.
             if let Some(a) = job.current_attempt_mut() {
                 a.rung = Some(rung.clone());
@@ -254,11 +288,14 @@ async fn launch_ladder(
             if !save(s, job, expected, now, report).await {
                 return Flow::Continue;
             }
+            recorded = i;
         }
         let user_data = match s.deps.user_data.render(payer, job, attempt) {
             Ok(u) => u,
             Err(e) => {
-                fail_fast(s, job, format!("user-data: {e}"), now, report).await;
+                // The payer's template cannot render this job: its settings need an operator.
+                let reason = format!("user-data: {e}");
+                bounce::refuse_payer(s, job, reason, now, report, learned).await;
                 return Flow::Continue;
             }
         };
@@ -270,7 +307,22 @@ async fn launch_ladder(
             }
             Err(ComputeError::Capacity { code, .. }) => {
                 tracing::info!(job_id = %job.job_id, rung = %rung, %code, "No capacity on this rung; trying the next.");
+                fell_back(job, rung, &code, false);
                 report.capacity_fallbacks += 1;
+            }
+            Err(ComputeError::Quota { code, message }) => {
+                // EC2 names no quota: the one this rung counts against is full. Only the
+                // launches that count against it wait; rungs of other quotas may go.
+                tracing::info!(job_id = %job.job_id, rung = %rung, %code, %message, "A vCPU quota is full; leaving its rungs out this pass.");
+                learned.quota_full(rung, &code);
+                fell_back(job, rung, &code, false);
+                report.quota_stops += 1;
+            }
+            Err(ComputeError::SpotUnavailable { code, message }) => {
+                tracing::error!(job_id = %job.job_id, %code, %message, fix = permissions::SPOT_ROLE_FIX, "Spot refused for this account; launching on demand instead.");
+                learned.spot_refused(&code);
+                fell_back(job, rung, &code, false);
+                report.spot_refusals += 1;
             }
             Err(ComputeError::Throttled { code }) => {
                 // The job stays `launching`; the next pass repairs it with the same token.
@@ -278,26 +330,28 @@ async fn launch_ladder(
                 report.throttled = true;
                 return Flow::StopPass;
             }
-            Err(ComputeError::Quota { code, message }) => {
-                report.quota_stops += 1;
-                if let Some(expected) = transition(
-                    job,
-                    JobState::Queued,
-                    Some(format!("{code}: {message}")),
-                    now,
-                ) {
-                    save(s, job, expected, now, report).await;
-                }
+            Err(ComputeError::ProfileNotReady { code, message }) => {
+                bounce::profile_not_ready(s, job, &code, &message, now, report, learned).await;
+                return Flow::Continue;
+            }
+            Err(ComputeError::Configuration { code, message }) => {
+                report.config_failures += 1;
+                let reason = format!("{code}: {message}");
+                bounce::refuse_payer(s, job, reason, now, report, learned).await;
+                return Flow::Continue;
+            }
+            Err(ComputeError::Denied { code, message }) => {
+                report.denied += 1;
+                let reason = format!("{code}: {message}");
+                bounce::refuse_payer(s, job, reason, now, report, learned).await;
+                return Flow::Continue;
+            }
+            Err(ComputeError::Credentials { code, message }) => {
+                bounce::credentials_refused(s, job, &code, &message, now, report, learned).await;
                 return Flow::StopPass;
             }
-            Err(
-                e @ (ComputeError::Configuration { .. } | ComputeError::IdempotentMismatch { .. }),
-            ) => {
-                let reason = match &e {
-                    ComputeError::Configuration { code, message } => format!("{code}: {message}"),
-                    other => other.to_string(),
-                };
-                fail_fast(s, job, reason, now, report).await;
+            Err(e @ ComputeError::IdempotentMismatch { .. }) => {
+                fail_fast(s, job, e.to_string(), now, report).await;
                 return Flow::Continue;
             }
             Err(ComputeError::Transient { code, message }) => {
@@ -308,19 +362,22 @@ async fn launch_ladder(
             }
         }
     }
-    let reason = format!(
-        "no capacity on any of {} rung(s)",
-        ladder.len().saturating_sub(start)
-    );
-    if let Some(a) = job.current_attempt_mut() {
-        a.reason = Some(reason.clone());
-        a.finished_at = Some(s.moment(now));
-    }
-    if let Some(expected) = transition(job, JobState::Queued, Some(reason), now) {
-        job.not_before = Some(now + chrono::Duration::seconds(60));
-        save(s, job, expected, now, report).await;
-    }
+    bounce::no_rung_launched(s, job, now, report).await;
     Flow::Continue
+}
+
+/// The ladder of a job's next attempt: the planner's, except after EC2 took back the last
+/// attempt's instance for lack of capacity, when it starts after that rung (and wraps).
+fn ladder_for(job: &Job, planned: &[Rung]) -> Vec<Rung> {
+    let mut ladder = planned.to_vec();
+    let last = job
+        .current_attempt()
+        .filter(|a| matches!(a.cause, Some(FailureCause::NoCapacity { .. })))
+        .and_then(|a| a.rung.as_ref());
+    if let Some(p) = last.and_then(|r| ladder.iter().position(|x| x == r)) {
+        ladder.rotate_left(p + 1);
+    }
+    ladder
 }
 
 /// Applies the plan's marks, then launches its jobs in rank order.
@@ -330,6 +387,7 @@ pub(super) async fn execute(
     jobs: &[Job],
     plan: &Plan<'_>,
     now: DateTime<Utc>,
+    learned: &mut Learned,
 ) -> LaunchReport {
     let mut report = LaunchReport::default();
     let by_id: HashMap<&str, &Job> = jobs.iter().map(|j| (j.job_id.as_str(), j)).collect();
@@ -353,19 +411,42 @@ pub(super) async fn execute(
         ) else {
             continue;
         };
+        if learned.credentials_refused {
+            break;
+        }
         let mut job = (*job).clone();
-        let rung = &launch.ladder[0];
+        let ladder = ladder_for(&job, &launch.ladder);
+        // Rungs this pass already knows refused are left out before anything is written.
+        let Some(first) = ladder.iter().position(|r| learned.skip(r).is_none()) else {
+            report.launches_deferred += 1;
+            continue;
+        };
+        if learned.is_paused(&job.payer_id) {
+            report.launches_deferred += 1;
+            continue;
+        }
+        let rung = &ladder[first];
         let token = client_token(&job.job_id, launch.attempt, rung);
         job.attempt = launch.attempt;
         job.not_before = None;
         let (usd_per_hour, price_source) = price(s, rung);
-        job.attempts.push(Attempt {
+        let fallbacks = ladder[..first]
+            .iter()
+            .map(|r| Fallback {
+                rung: r.clone(),
+                code: learned.skip(r).unwrap_or_default().to_owned(),
+                skipped: true,
+            })
+            .collect();
+        report.rungs_skipped += first as u32;
+        job.push_attempt(Attempt {
             number: launch.attempt,
             rung: Some(rung.clone()),
             client_token: Some(token),
             usd_per_hour,
             price_source,
             root_volume_gib: Some(payer.profile.launch.root_volume_gib),
+            fallbacks,
             ..Attempt::default()
         });
         let Some(expected) = transition(&mut job, JobState::Launching, None, now) else {
@@ -374,9 +455,18 @@ pub(super) async fn execute(
         if !save(s, &mut job, expected, now, &mut report).await {
             continue;
         }
-        if let Flow::StopPass =
-            launch_ladder(s, payer, &mut job, &launch.ladder, 0, now, &mut report).await
-        {
+        let flow = launch_ladder(
+            s,
+            payer,
+            &mut job,
+            &ladder,
+            first,
+            now,
+            &mut report,
+            learned,
+        )
+        .await;
+        if let Flow::StopPass = flow {
             break;
         }
     }
@@ -391,6 +481,7 @@ pub(super) async fn repair(
     jobs: &mut [Job],
     now: DateTime<Utc>,
     budget: &mut u32,
+    learned: &mut Learned,
 ) -> LaunchReport {
     let mut report = LaunchReport::default();
     for job in jobs.iter_mut().filter(|j| j.state == JobState::Launching) {
@@ -452,6 +543,7 @@ pub(super) async fn repair(
                 a.availability_zone.clone_from(&ended.availability_zone);
                 a.launched_at = ended.launched_at.or(a.launched_at).or(Some(seen));
                 a.gone_at = Some(a.launched_at.map_or(seen, |l| l.max(seen)));
+                a.state_reason.clone_from(&ended.state_reason);
             }
             if let Some(expected) = transition(job, JobState::Running, None, now) {
                 if save(s, job, expected, now, &mut report).await {
@@ -461,7 +553,7 @@ pub(super) async fn repair(
             }
             continue;
         }
-        if *budget == 0 {
+        if *budget == 0 || learned.credentials_refused || learned.is_paused(&job.payer_id) {
             continue;
         }
         let Some(kind) = payer.kind(&job.kind) else {
@@ -491,8 +583,8 @@ pub(super) async fn repair(
             0
         });
         report.replayed += 1;
-        if let Flow::StopPass = launch_ladder(s, payer, job, &ladder, start, now, &mut report).await
-        {
+        let flow = launch_ladder(s, payer, job, &ladder, start, now, &mut report, learned).await;
+        if let Flow::StopPass = flow {
             *budget = 0;
         }
     }

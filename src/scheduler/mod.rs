@@ -2,9 +2,11 @@
 //! launches a crashed pass left half-done, plan, launch, and report. Every ledger write is conditional on the job's
 //! version, and every launch is idempotent, so overlapping passes cannot launch twice.
 
+mod breaker;
 mod events;
 mod ingest;
 mod launch;
+mod learned;
 mod ops;
 mod policy;
 pub mod reconcile;
@@ -157,6 +159,7 @@ impl Scheduler {
         }
         let mut jobs = load_snapshot(self.deps.ledger.as_ref()).await?;
         let mut budget = self.settings.max_launches;
+        let mut learned = learned::Learned::default();
         if !opts.dry_run && !opts.skip_reconcile {
             report.reconcile = self
                 .reconcile_step(&payers, &mut jobs, &report.events, now)
@@ -164,7 +167,15 @@ impl Scheduler {
             report.merge_reconcile_events();
         }
         if !opts.dry_run {
-            let repaired = launch::repair(self, &payers.valid, &mut jobs, now, &mut budget).await;
+            let repaired = launch::repair(
+                self,
+                &payers.valid,
+                &mut jobs,
+                now,
+                &mut budget,
+                &mut learned,
+            )
+            .await;
             report.launch.merge(repaired);
         }
         let summaries = crate::summary::JobSummary::of_all(&jobs);
@@ -180,7 +191,8 @@ impl Scheduler {
         let plan = crate::plan::plan(&snapshot);
         report.record_plan(&plan);
         if !opts.dry_run {
-            let launched = launch::execute(self, &payers.valid, &jobs, &plan, now).await;
+            let launched =
+                launch::execute(self, &payers.valid, &jobs, &plan, now, &mut learned).await;
             report.launch.merge(launched);
         }
         report.count_states(&jobs);

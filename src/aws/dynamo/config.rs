@@ -1,7 +1,8 @@
 //! [`ConfigStore`] on DynamoDB: the payer config table (`{name}-payers`, key `payer_id`).
 //!
 //! A row holds `profile` (the profile as JSON), `version`, `updated_at` (RFC 3339),
-//! `paused` (the reason; absent when running) and `boot_failures` (absent when none). Every
+//! `paused` (the reason; absent when running), `paused_by` (`breaker` for the circuit
+//! breaker's pause; absent for an operator's) and `boot_failures` (absent when none). Every
 //! write is conditional on the stored version, or on the row not existing.
 
 use async_trait::async_trait;
@@ -61,10 +62,17 @@ impl DynamoConfigStore {
                 Some((attr::PROFILE, json)),
             ),
             RowChange::Pause(reason) => (
-                format!("{common}, #field = :field"),
+                format!("{common}, #field = :field REMOVE #paused_by"),
                 Some((attr::PAUSED, reason)),
             ),
-            RowChange::Resume => (format!("{common} REMOVE #field, #boot_failures"), None),
+            RowChange::BreakerPause(reason) => (
+                format!("{common}, #field = :field, #paused_by = :breaker"),
+                Some((attr::PAUSED, reason)),
+            ),
+            RowChange::Resume => (
+                format!("{common} REMOVE #field, #boot_failures, #paused_by"),
+                None,
+            ),
         };
         let mut call = self
             .client
@@ -84,6 +92,15 @@ impl DynamoConfigStore {
             None => call
                 .expression_attribute_names("#field", attr::PAUSED)
                 .expression_attribute_names("#boot_failures", attr::BOOT_FAILURES),
+        };
+        call = match change {
+            RowChange::Profile(_) => call,
+            RowChange::BreakerPause(_) => call
+                .expression_attribute_names("#paused_by", attr::PAUSED_BY)
+                .expression_attribute_values(":breaker", s(BREAKER)),
+            RowChange::Pause(_) | RowChange::Resume => {
+                call.expression_attribute_names("#paused_by", attr::PAUSED_BY)
+            }
         };
         call = match expected {
             None => call
@@ -110,9 +127,15 @@ impl DynamoConfigStore {
 enum RowChange<'a> {
     /// The profile as JSON; `paused` is left as it is.
     Profile(&'a str),
+    /// An operator's pause.
     Pause(&'a str),
+    /// The circuit breaker's pause (`paused_by` = `breaker`).
+    BreakerPause(&'a str),
     Resume,
 }
+
+/// `paused_by` of a pause the circuit breaker made.
+const BREAKER: &str = "breaker";
 
 #[async_trait]
 impl ConfigStore for DynamoConfigStore {
@@ -196,6 +219,23 @@ impl ConfigStore for DynamoConfigStore {
     }
 
     #[instrument(skip(self), fields(table = %self.table))]
+    async fn breaker_pause(
+        &self,
+        payer_id: &str,
+        reason: &str,
+        expected: u64,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.write(
+            payer_id,
+            RowChange::BreakerPause(reason),
+            Some(expected),
+            now,
+        )
+        .await
+    }
+
+    #[instrument(skip(self), fields(table = %self.table))]
     async fn add_boot_failure(&self, payer_id: &str) -> Result<u32, StoreError> {
         let out = self
             .client
@@ -276,9 +316,11 @@ fn payer_from_item(item: &Item) -> Result<StoredPayer, StoreError> {
     };
     let boot_failures =
         number(item, attr::BOOT_FAILURES).map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX));
+    let paused_by_breaker = paused.is_some() && string(item, attr::PAUSED_BY) == Some(BREAKER);
     Ok(StoredPayer {
         profile,
         paused,
+        paused_by_breaker,
         version,
         updated_at,
         boot_failures,

@@ -9,7 +9,9 @@
 //!
 //! This module holds what they share: the attribute names, attribute conversion and the
 //! classification of SDK errors. Every write is conditional on the stored version (or on the
-//! item not existing). Errors are classified by AWS error code and SDK error variant.
+//! item not existing). Errors are classified by AWS error code and SDK error variant; a
+//! denial (by code, or an HTTP 403 whose body has none the SDK can read, as the emulator
+//! answers) names the operation, the table and the grant it needs.
 
 mod config;
 mod lease;
@@ -27,6 +29,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+use crate::aws::permissions;
 use crate::ports::StoreError;
 
 type Item = HashMap<String, AttributeValue>;
@@ -46,6 +49,7 @@ mod attr {
     pub const BATCH: &str = "batch";
     pub const DOC: &str = "doc";
     pub const BOOT_FAILURES: &str = "boot_failures";
+    pub const PAUSED_BY: &str = "paused_by";
 }
 
 fn page_limit(n: u32) -> i32 {
@@ -93,6 +97,16 @@ fn store_error<E>(op: &str, table: &str, err: SdkError<E, HttpResponse>) -> Stor
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    if let Some(code) = permissions::denial_code(&err) {
+        let message = err.message().unwrap_or_default();
+        return StoreError::Denied(permissions::denied(
+            "dynamodb",
+            op,
+            &format!("table {table}"),
+            &code,
+            message,
+        ));
+    }
     match err.code() {
         Some("ConditionalCheckFailedException") => {
             StoreError::Conflict(format!("{op} on {table}: the condition did not hold"))
@@ -125,6 +139,26 @@ mod tests {
             .build();
         let raw = HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::empty());
         SdkError::service_error(PutItemError::generic(meta), raw)
+    }
+
+    #[test]
+    fn denials_name_the_operation_table_and_role() {
+        for err in [
+            service_error("AccessDeniedException"),
+            // The emulator's denial: 403 with an XML body, so no code.
+            SdkError::service_error(
+                PutItemError::generic(ErrorMetadata::builder().build()),
+                HttpResponse::new(StatusCode::try_from(403).unwrap(), SdkBody::empty()),
+            ),
+        ] {
+            match store_error("PutItem", "d-jobs", err) {
+                StoreError::Denied(why) => {
+                    assert!(why.starts_with("dynamodb:PutItem on table d-jobs"), "{why}");
+                    assert!(why.contains("SchedulerRole"), "{why}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

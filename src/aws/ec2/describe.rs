@@ -8,8 +8,9 @@ use aws_sdk_ec2::types::{Filter, Instance, InstanceLifecycleType, InstanceStateN
 use chrono::{DateTime, Utc};
 use tracing::warn;
 
-use super::{sdk_error, Ec2Compute};
+use super::{sdk_error_on, Ec2Compute};
 use crate::ports::{ComputeError, InstanceState, ManagedInstance};
+use crate::state_reason::StateReason;
 
 impl Ec2Compute {
     /// Every instance matching `filters`, following every page.
@@ -29,7 +30,9 @@ impl Ec2Compute {
                 .set_next_token(token.clone())
                 .send()
                 .await
-                .map_err(sdk_error)?;
+                .map_err(sdk_error_on("DescribeInstances", || {
+                    "every instance (EC2 allows describes on no narrower resource)".to_owned()
+                }))?;
             for reservation in page.reservations() {
                 out.extend(reservation.instances().iter().filter_map(managed_instance));
             }
@@ -108,6 +111,9 @@ fn managed_instance(i: &Instance) -> Option<ManagedInstance> {
         spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
         launched_at: i.launch_time().and_then(to_chrono),
         tags,
+        state_reason: i
+            .state_reason()
+            .and_then(|r| Some(StateReason::new(r.code()?, r.message().unwrap_or_default()))),
     })
 }
 
@@ -130,6 +136,12 @@ mod tests {
                     .build(),
             )
             .launch_time(aws_smithy_types::DateTime::from_secs(1_700_000_000))
+            .state_reason(
+                aws_sdk_ec2::types::StateReason::builder()
+                    .code("Client.VolumeLimitExceeded")
+                    .message("Client.VolumeLimitExceeded: Volume limit exceeded")
+                    .build(),
+            )
             .tags(Tag::builder().key(tags::CLUSTER).value("c1").build())
             .tags(Tag::builder().value("no key").build())
             .build();
@@ -141,6 +153,10 @@ mod tests {
         assert_eq!(m.launched_at.map(|t| t.timestamp()), Some(1_700_000_000));
         assert_eq!(m.tag(tags::CLUSTER), Some("c1"));
         assert_eq!(m.tags.len(), 1);
+        assert_eq!(
+            m.state_reason.map(|r| r.code),
+            Some("Client.VolumeLimitExceeded".to_owned())
+        );
         assert!(managed_instance(&Instance::builder().build()).is_none());
         assert_eq!(
             instance_state(Some(&InstanceStateName::from("hibernating"))),

@@ -15,7 +15,7 @@
 mod describe;
 mod errors;
 
-pub use errors::{classify, sdk_error};
+pub use errors::{classify, sdk_error, sdk_error_on};
 
 use std::sync::Arc;
 
@@ -161,11 +161,24 @@ impl Compute for Ec2Compute {
             );
         }
         self.limits.run_instances.acquire().await;
-        let out = call.send().await.map_err(sdk_error).inspect_err(|e| {
-            if matches!(e, ComputeError::Throttled { .. }) {
-                self.limits.run_instances.drain(tokio::time::Instant::now());
-            }
-        })?;
+        let resource = || {
+            format!(
+                "image {}, subnet {}, security groups {}, instance profile {}",
+                req.image_id,
+                req.rung.subnet,
+                req.security_groups.join(" "),
+                req.instance_profile
+            )
+        };
+        let out = call
+            .send()
+            .await
+            .map_err(sdk_error_on("RunInstances", resource))
+            .inspect_err(|e| {
+                if matches!(e, ComputeError::Throttled { .. }) {
+                    self.limits.run_instances.drain(tokio::time::Instant::now());
+                }
+            })?;
         let Some(instance) = out.instances().first() else {
             // EC2 accepted the call but named no instance: what it left behind is unknown, so
             // the caller's repair path (lookup by tags) has to find out.
@@ -226,7 +239,9 @@ impl Compute for Ec2Compute {
                 .set_instance_ids(Some(chunk.to_vec()))
                 .send()
                 .await
-                .map_err(sdk_error)?;
+                .map_err(sdk_error_on("TerminateInstances", || {
+                    format!("instances {}", chunk.join(" "))
+                }))?;
             info!(instance_ids = ?chunk, "Terminated instances.");
         }
         Ok(())
@@ -249,7 +264,9 @@ impl Compute for Ec2Compute {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(sdk_error),
+                .map_err(sdk_error_on("CreateTags", || {
+                    format!("instance {instance_id}")
+                })),
             None => self
                 .client
                 .delete_tags()
@@ -258,7 +275,9 @@ impl Compute for Ec2Compute {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(sdk_error),
+                .map_err(sdk_error_on("DeleteTags", || {
+                    format!("instance {instance_id}")
+                })),
         }
     }
 
@@ -281,7 +300,9 @@ impl Compute for Ec2Compute {
             .max_results(MIN_PAGE_SIZE)
             .send()
             .await
-            .map_err(sdk_error)?;
+            .map_err(sdk_error_on("DescribeSpotPriceHistory", || {
+                format!("{instance_type} in {availability_zone}")
+            }))?;
         // With StartTime now, EC2 answers the price in effect now; take the most recent.
         let latest = out
             .spot_price_history()

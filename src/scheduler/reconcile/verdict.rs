@@ -1,21 +1,24 @@
 //! Ending an attempt the reconciler judged, once none of its events can still arrive (see
-//! [`super::lost`]): re-read the job, record the failure, apply the retry policy and feed the
-//! payer's circuit breaker; and `failed` jobs whose retry decision a stopped pass never
-//! recorded.
+//! [`super::lost`]): re-read the job, record the failure (with EC2's `StateReason` when it
+//! gave one), apply the retry policy and feed the payer's circuit breaker (or pause the payer
+//! at once when EC2 could not start the instance as configured); and `failed` jobs whose
+//! retry decision a stopped pass never recorded.
 
 use std::collections::{HashMap, HashSet};
 
 use super::{finding, Reconciler, Reread};
 use crate::job::{Job, JobState};
-use crate::ports::{ManagedInstance, StoreError};
+use crate::ports::ManagedInstance;
 use crate::retry::FailureCause;
+use crate::scheduler::breaker::{self, Paused};
 use crate::scheduler::policy::decide_failed;
 use crate::scheduler::report::Finding;
+use crate::state_reason::StateReason;
 
 impl Reconciler<'_> {
     /// Ends the job's current attempt with `cause`: re-reads the job, records the failure
-    /// (conditional write), terminates the instance, applies the retry policy, and feeds the
-    /// payer's circuit breaker.
+    /// (conditional write) with `ec2_says`, the instance's `StateReason`, terminates the
+    /// instance, applies the retry policy, and feeds the payer's circuit breaker.
     pub(super) async fn fail_attempt(
         &mut self,
         job: &mut Job,
@@ -23,6 +26,7 @@ impl Reconciler<'_> {
         kind: Finding,
         why: String,
         inst: Option<&ManagedInstance>,
+        ec2_says: Option<StateReason>,
     ) {
         let key = (job.job_id.clone(), job.attempt);
         let live = inst.filter(|i| i.state.is_live());
@@ -59,7 +63,15 @@ impl Reconciler<'_> {
             .is_some_and(crate::job::Attempt::never_started);
         let now = self.s.moment(self.now);
         if let Some(a) = updated.current_attempt_mut() {
-            a.reason = Some(cause.to_string());
+            if let Some(r) = ec2_says {
+                a.state_reason = Some(r);
+            }
+            // EC2's own word on why the instance ended is part of the reason, unless the
+            // cause is made of it already.
+            a.reason = Some(match &a.state_reason {
+                Some(r) if !cause.is_launch_failure() => format!("{cause} (EC2: {r})"),
+                _ => cause.to_string(),
+            });
             a.cause = Some(cause.clone());
             // The end of the attempt's bill: now for an instance terminated below, else when
             // the reconciler stopped it or first saw it gone; never before its launch.
@@ -101,6 +113,14 @@ impl Reconciler<'_> {
             || (matches!(cause, FailureCause::InstanceLost) && never_started);
         if boot_failure {
             self.breaker(&updated).await;
+        }
+        if let FailureCause::LaunchRefused { .. } = &cause {
+            let reason = format!(
+                "launch refused: {cause} (job {} attempt {}); fix the payer's launch settings \
+                 and `mayfly payers apply` them, or fix the account and `mayfly payers resume {}`",
+                updated.job_id, updated.attempt, updated.payer_id
+            );
+            self.pause(&updated.payer_id, &reason).await;
         }
         action.push_str("; ");
         action.push_str(&self.apply_policy(&mut updated, &cause).await);
@@ -164,43 +184,20 @@ impl Reconciler<'_> {
         if threshold == 0 || count < threshold {
             return;
         }
-        // Pause with the reason, unless already paused (keep an operator's reason).
-        for _ in 0..3 {
-            let row = match config.get(&job.payer_id).await {
-                Ok(Some(row)) => row,
-                Ok(None) => return,
-                Err(e) => {
-                    self.report
-                        .errors
-                        .push(format!("reading payer {}: {e}", job.payer_id));
-                    return;
-                }
-            };
-            if row.paused.is_some() {
-                return;
-            }
-            let reason = format!(
-                "circuit breaker: {count} consecutive boot failures (last: job {} attempt {}); \
-                 fix the launch settings, then `mayfly payers resume {}`",
-                job.job_id, job.attempt, job.payer_id
-            );
-            match config
-                .set_paused(&job.payer_id, Some(&reason), row.version, self.now)
-                .await
-            {
-                Ok(_) => {
-                    tracing::error!(payer_id = %job.payer_id, count, "Circuit breaker paused the payer.");
-                    self.report.paused_payers.push(job.payer_id.clone());
-                    return;
-                }
-                Err(StoreError::Conflict(_)) => continue,
-                Err(e) => {
-                    self.report
-                        .errors
-                        .push(format!("pausing payer {}: {e}", job.payer_id));
-                    return;
-                }
-            }
+        let reason = format!(
+            "circuit breaker: {count} consecutive boot failures (last: job {} attempt {}); \
+             fix the launch settings, then `mayfly payers resume {}`",
+            job.job_id, job.attempt, job.payer_id
+        );
+        self.pause(&job.payer_id, &reason).await;
+    }
+
+    /// Pauses a payer with `reason` unless it is paused already (an operator's reason stays).
+    async fn pause(&mut self, payer_id: &str, reason: &str) {
+        match breaker::pause(self.s, payer_id, reason, self.now).await {
+            Ok(Paused::Now) => self.report.paused_payers.push(payer_id.to_owned()),
+            Ok(Paused::Already) => {}
+            Err(e) => self.report.errors.push(e),
         }
     }
 

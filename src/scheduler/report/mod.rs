@@ -38,11 +38,30 @@ pub struct LaunchReport {
     pub replayed: u32,
     pub capacity_fallbacks: u32,
     pub throttled: bool,
+    /// RunInstances answers that a vCPU quota is full (the rungs of that quota are left out
+    /// for the rest of the pass).
     pub quota_stops: u32,
+    /// Spot refused for want of its service-linked role (the spot rungs are left out).
+    pub spot_refusals: u32,
+    /// Rungs left out without a RunInstances call: the pass already knew the answer.
+    pub rungs_skipped: u32,
+    /// Planned launches left for a later pass: every rung's quota or purchase option was
+    /// refused already this pass, or the payer was paused by it.
+    pub launches_deferred: u32,
+    /// Instance profiles refused as invalid while IAM may still propagate them (retried).
+    pub profile_retries: u32,
+    /// Launches refused on the payer's settings (a bad image, subnet, security group…):
+    /// the job waits, the payer is paused.
     pub config_failures: u32,
+    /// Launches refused as not permitted: the job waits, the payer is paused.
+    pub denied: u32,
+    /// Launches refused on the scheduler's own credentials: no more launches this pass.
+    pub credential_failures: u32,
     pub transient: u32,
     pub conflicts: u32,
     pub marks: u32,
+    /// Payers the circuit breaker paused for a refused launch.
+    pub paused_payers: Vec<String>,
     pub errors: Vec<String>,
     /// Spot prices read this pass, by (instance type, AZ): one DescribeSpotPriceHistory each.
     #[serde(skip)]
@@ -58,10 +77,17 @@ impl LaunchReport {
         self.capacity_fallbacks += other.capacity_fallbacks;
         self.throttled |= other.throttled;
         self.quota_stops += other.quota_stops;
+        self.spot_refusals += other.spot_refusals;
+        self.rungs_skipped += other.rungs_skipped;
+        self.launches_deferred += other.launches_deferred;
+        self.profile_retries += other.profile_retries;
         self.config_failures += other.config_failures;
+        self.denied += other.denied;
+        self.credential_failures += other.credential_failures;
         self.transient += other.transient;
         self.conflicts += other.conflicts;
         self.marks += other.marks;
+        self.paused_payers.extend(other.paused_payers);
         self.errors.extend(other.errors);
         self.spot_prices.extend(other.spot_prices);
     }
@@ -198,6 +224,30 @@ impl fmt::Display for PassReport {
             l.conflicts,
             if l.throttled { ", throttled" } else { "" }
         )?;
+        let refused = [
+            (l.quota_stops, "quota full"),
+            (l.spot_refusals, "spot refused"),
+            (l.rungs_skipped, "rung(s) skipped as already refused"),
+            (l.launches_deferred, "launch(es) deferred"),
+            (l.profile_retries, "instance profile not usable yet"),
+            (l.denied, "denied"),
+            (l.credential_failures, "credentials refused"),
+        ];
+        let refused: Vec<String> = refused
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        if !refused.is_empty() {
+            writeln!(f, "           {}", refused.join(", "))?;
+        }
+        if !l.paused_payers.is_empty() {
+            writeln!(
+                f,
+                "           paused by the circuit breaker: {}",
+                l.paused_payers.join(", ")
+            )?;
+        }
         for (job, instance, ty) in &l.instances {
             writeln!(f, "           {job} → {instance} ({ty})")?;
         }

@@ -1,5 +1,6 @@
 //! Scenarios of intake and launch: the first pass, duplicates and malformed requests, crashes
-//! around RunInstances, capacity fallback, throttling, configuration errors, dry runs.
+//! around RunInstances, capacity fallback, throttling, configuration errors (the job waits,
+//! the payer is paused), dry runs.
 
 use chrono::Duration;
 use mayfly::job::JobState;
@@ -261,37 +262,68 @@ pub async fn throttling_stops_the_pass(w: &World) {
     assert_eq!(w.live_instances().await.len(), 2);
 }
 
-/// A configuration error fails the job fast, with the AWS error code.
-pub async fn configuration_error_fails_the_job(w: &World) {
+/// A configuration error loses no job: the job waits with the AWS code and message, the
+/// circuit breaker pauses the payer with them (nothing of it launches meanwhile), and once
+/// the payer is resumed the job launches, its budget of retries untouched.
+pub async fn configuration_error_pauses_the_payer_and_loses_no_job(w: &World) {
     w.apply_examples().await;
-    w.submit(&request(
-        "cedar-plan:2027-05:eligibility",
-        "cedar-plan",
-        "eligibility",
-        "2027-05",
-        1,
-    ))
-    .await;
+    let id = "cedar-plan:2027-05:eligibility";
+    w.submit(&request(id, "cedar-plan", "eligibility", "2027-05", 1))
+        .await;
     w.compute.script(Fault::Before(ComputeError::Configuration {
         code: "InvalidAMIID.NotFound".into(),
-        message: "The image id does not exist".into(),
+        message: "The image id '[ami-0a1b2c3d4e5f60003]' does not exist".into(),
     }));
     let report = w.tick(t0()).await;
     assert_eq!(report.launch.config_failures, 1, "{report}");
-    let job = w.job("cedar-plan:2027-05:eligibility").await;
-    assert_eq!(job.state, JobState::Dead);
-    assert!(
-        job.reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("InvalidAMIID.NotFound"),
-        "{:?}",
+    assert_eq!(report.launch.paused_payers, ["cedar-plan"], "{report}");
+    let job = w.job(id).await;
+    assert_eq!(
+        job.state,
+        JobState::Queued,
+        "waiting, not dead: {:?}",
         job.reason
     );
-    assert!(w
-        .instances_of("cedar-plan:2027-05:eligibility")
+    assert_eq!(
+        job.reason.as_deref(),
+        Some("InvalidAMIID.NotFound: The image id '[ami-0a1b2c3d4e5f60003]' does not exist")
+    );
+    assert!(w.instances_of(id).await.is_empty());
+    let row = w.config.get("cedar-plan").await.unwrap().unwrap();
+    let paused = row.paused.clone().expect("the payer is paused");
+    assert!(
+        paused.contains("InvalidAMIID.NotFound") && paused.contains(id),
+        "{paused}"
+    );
+    assert!(row.paused_by_breaker);
+
+    // Paused: later passes launch nothing of it, and say why.
+    let calls = w.compute.calls().len();
+    let held = w.tick(t0() + Duration::minutes(2)).await;
+    assert!(held.launch.instances.is_empty(), "{held}");
+    assert_eq!(held.plan.reasons.get("payer_paused"), Some(&1), "{held}");
+    assert_eq!(
+        w.compute.calls().len(),
+        calls,
+        "no RunInstances while paused"
+    );
+
+    // `mayfly payers resume`: it launches, and the refused launch spent no retry.
+    w.config
+        .set_paused("cedar-plan", None, row.version, t0())
         .await
-        .is_empty());
+        .unwrap();
+    let resumed = w.tick(t0() + Duration::minutes(3)).await;
+    assert_eq!(resumed.launch.instances.len(), 1, "{resumed}");
+    let job = w.job(id).await;
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.attempt, 2);
+    assert_eq!(
+        job.attempts_in_budget(),
+        1,
+        "only the launch with an instance counts"
+    );
+    assert_eq!(w.instances_of(id).await.len(), 1);
 }
 
 /// A dry run (and the live plan) changes nothing: same queue, same ledger, no instance.
