@@ -10,10 +10,13 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::aws::ec2::classify;
+use crate::aws::permissions::SPOT_ROLE_FIX;
 use crate::catalog::Catalog;
 use crate::cost_report::{job_lines, AttemptLine};
-use crate::job::{Job, JobState};
+use crate::job::{Attempt, Job, JobState};
 use crate::plan::{self, Reason, Snapshot};
+use crate::ports::ComputeError;
 use crate::ports::{ConfigStore, Ledger, StoreError};
 use crate::profile::GlobalCaps;
 use crate::scheduler::{load_payers, load_snapshot};
@@ -117,6 +120,7 @@ pub async fn explain(
     let mut out = base(&job, lines);
     if job.state.is_terminal() || job.state.is_in_flight() {
         finished_or_in_flight(&job, &mut out, ctx.now);
+        launch_history(&job, &mut out);
         return Ok(out);
     }
     let payers = load_payers(config, ctx.catalog, ctx.caps).await?;
@@ -158,7 +162,74 @@ pub async fn explain(
             a.reason.as_deref().unwrap_or_default()
         ));
     }
+    launch_history(&job, &mut out);
     Ok(out)
+}
+
+/// The rungs the last attempt did not launch on and why (with the fix when spot was
+/// refused), and the launches that got no instance: none of those spent a retry.
+fn launch_history(job: &Job, out: &mut Explanation) {
+    if let Some(a) = job.attempts.last().filter(|a| !a.fallbacks.is_empty()) {
+        out.details.push(fallbacks(a));
+        let spot = a
+            .fallbacks
+            .iter()
+            .find(|f| matches!(classify(&f.code, ""), ComputeError::SpotUnavailable { .. }));
+        if let Some(f) = spot {
+            out.details.push(format!(
+                "spot was skipped: {}; to fix it, {SPOT_ROLE_FIX}",
+                f.code
+            ));
+        }
+    }
+    if job.bounces > 0 {
+        let kept: Vec<String> = job
+            .attempts
+            .iter()
+            .filter(|a| a.bounced())
+            .map(|a| {
+                format!(
+                    "attempt {}: {}",
+                    a.number,
+                    a.reason.as_deref().unwrap_or("no reason recorded")
+                )
+            })
+            .collect();
+        let dropped = (job.bounces as usize).saturating_sub(kept.len());
+        let earlier = if dropped > 0 {
+            format!(" ({dropped} earlier not kept)")
+        } else {
+            String::new()
+        };
+        out.details.push(format!(
+            "{} launch(es) got no instance and spent no retry{earlier}; {} attempt(s) with an \
+             instance count against the retry policy:\n{}",
+            job.bounces,
+            job.attempts_in_budget(),
+            kept.join("\n")
+        ));
+    }
+}
+
+/// "attempt 3 did not launch on: c7i.large/subnet-a/spot: InsufficientInstanceCapacity; …"
+fn fallbacks(a: &Attempt) -> String {
+    let rungs: Vec<String> = a
+        .fallbacks
+        .iter()
+        .map(|f| {
+            let known = if f.skipped {
+                " (known this pass, not asked)"
+            } else {
+                ""
+            };
+            format!("{}: {}{known}", f.rung, f.code)
+        })
+        .collect();
+    format!(
+        "attempt {} did not launch on:\n{}",
+        a.number,
+        rungs.join("\n")
+    )
 }
 
 fn base(job: &Job, attempts: Vec<AttemptLine>) -> Explanation {

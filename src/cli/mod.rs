@@ -25,6 +25,7 @@ pub use app::App;
 pub use cost::{CostCommand, CostReportArgs, ReportFormat};
 pub use explain::ExplainArgs;
 pub use offline::{ValidProfile, ValidateReport};
+pub use payers::{apply_profile, Applied};
 pub use simulate::SimulateArgs;
 
 /// mayfly: one right-sized, self-terminating EC2 instance per payer data job.

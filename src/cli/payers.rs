@@ -37,19 +37,18 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
                         .profile
                         .take()
                         .expect("compare keeps the profile of changed payers");
-                    let version =
-                        store
-                            .put(&profile, p.version, Utc::now())
-                            .await
-                            .map_err(|e| match e {
-                                StoreError::Conflict(_) => CliError::Runtime(format!(
-                                    "{}: changed by someone else meanwhile; diff and apply again",
-                                    p.payer_id
-                                )),
-                                other => CliError::Runtime(format!("{}: {other}", p.payer_id)),
-                            })?;
-                    p.version = Some(version);
+                    let pause = p.breaker_pause.take();
+                    let applied = apply_profile(
+                        store.as_ref(),
+                        &profile,
+                        p.version,
+                        pause.as_deref(),
+                        Utc::now(),
+                    )
+                    .await?;
+                    p.version = Some(applied.version);
                     p.applied = true;
+                    p.resumed = applied.resumed;
                 }
             }
             emit(output, &report)
@@ -103,6 +102,56 @@ fn runtime(e: StoreError) -> CliError {
     CliError::Runtime(format!("config table: {e}"))
 }
 
+/// What applying one payer's profile did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The row's version now.
+    pub version: u64,
+    /// The circuit breaker's pause the change lifted.
+    pub resumed: Option<String>,
+}
+
+/// Writes `profile` conditional on `expected` (`None`: a new payer). When the row as read at
+/// `expected` was paused by the circuit breaker (`breaker_pause`, its reason), lifts that
+/// pause too: a changed profile is the fix it waits for. An operator's pause stays.
+pub async fn apply_profile(
+    store: &dyn ConfigStore,
+    profile: &crate::profile::PayerProfile,
+    expected: Option<u64>,
+    breaker_pause: Option<&str>,
+    now: chrono::DateTime<Utc>,
+) -> Result<Applied, CliError> {
+    let payer_id = &profile.payer_id;
+    let version = store
+        .put(profile, expected, now)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => CliError::Runtime(format!(
+                "{payer_id}: changed by someone else meanwhile; diff and apply again"
+            )),
+            other => CliError::Runtime(format!("{payer_id}: {other}")),
+        })?;
+    let Some(reason) = breaker_pause else {
+        return Ok(Applied {
+            version,
+            resumed: None,
+        });
+    };
+    let version = store
+        .set_paused(payer_id, None, version, now)
+        .await
+        .map_err(|e| {
+            CliError::Runtime(format!(
+                "{payer_id}: applied, but the circuit breaker's pause is not lifted ({e}); \
+                 `mayfly payers resume {payer_id}` lifts it"
+            ))
+        })?;
+    Ok(Applied {
+        version,
+        resumed: Some(reason.to_owned()),
+    })
+}
+
 async fn set_paused(
     store: &dyn ConfigStore,
     output: Output,
@@ -145,8 +194,14 @@ struct PayerDiff {
     version: Option<u64>,
     changes: Vec<Change>,
     applied: bool,
+    /// The circuit breaker's pause that applying lifted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumed: Option<String>,
     #[serde(skip)]
     profile: Option<crate::profile::PayerProfile>,
+    /// The stored row's circuit-breaker pause, which applying a changed profile lifts.
+    #[serde(skip)]
+    breaker_pause: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -183,6 +238,10 @@ async fn compare(
                     (status, changes, Some(row.version))
                 }
             };
+            let breaker_pause = stored
+                .as_ref()
+                .filter(|row| row.paused_by_breaker && status == Status::Changed)
+                .and_then(|row| row.paused.clone());
             out.push(PayerDiff {
                 payer_id: payer.id().to_owned(),
                 source: file.display().to_string(),
@@ -190,7 +249,9 @@ async fn compare(
                 version,
                 changes,
                 applied: false,
+                resumed: None,
                 profile: (status != Status::Unchanged).then_some(payer.profile),
+                breaker_pause,
             });
         }
     }
@@ -222,6 +283,18 @@ impl fmt::Display for DiffReport {
                     c.field,
                     c.old.as_deref().unwrap_or("(unset)"),
                     c.new.as_deref().unwrap_or("(unset)")
+                )?;
+            }
+            if let Some(why) = &p.resumed {
+                writeln!(
+                    f,
+                    "    resumed: the circuit breaker's pause is lifted ({why})"
+                )?;
+            }
+            if let Some(why) = &p.breaker_pause {
+                writeln!(
+                    f,
+                    "    paused by the circuit breaker ({why}); applying this change lifts it"
                 )?;
             }
         }

@@ -9,10 +9,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{emit, App, CliError, Output, PassArgs};
-use crate::job::JobState;
+use crate::aws::ec2::classify;
+use crate::aws::permissions::SPOT_ROLE_FIX;
+use crate::job::{Job, JobState};
 use crate::metrics::{LedgerGauges, QueueGauge};
 use crate::plan::{self, Snapshot};
+use crate::ports::ComputeError;
 use crate::ports::InstanceState;
+use crate::profile::CapacityType;
 use crate::scheduler::load_payers;
 use crate::summary::JobSummary;
 
@@ -30,6 +34,16 @@ pub struct OldestWaiting {
     pub why: String,
 }
 
+/// Spot refused for the account at its latest try: why, and how to fix it.
+#[derive(Debug, Serialize)]
+pub struct SpotRefused {
+    /// When the latest launch met the refusal (no spot launch succeeded since).
+    pub at: DateTime<Utc>,
+    pub job_id: String,
+    pub code: String,
+    pub fix: &'static str,
+}
+
 /// The deployment at one instant.
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -43,7 +57,45 @@ pub struct Status {
     pub paused_payers: BTreeMap<String, String>,
     pub queued: Vec<QueueGauge>,
     pub oldest_waiting: Option<OldestWaiting>,
+    /// Spot refused at the latest spot launch (its rungs skipped for on-demand ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spot_refused: Option<SpotRefused>,
     pub cost_today_usd: f64,
+}
+
+/// The latest word on spot among the jobs' attempts: a launch that got a spot instance, or
+/// one whose spot rungs were refused for the account; `Some` when it is the refusal.
+fn spot_refused(jobs: &[Job]) -> Option<SpotRefused> {
+    let mut latest: Option<(DateTime<Utc>, Option<SpotRefused>)> = None;
+    for job in jobs {
+        for a in &job.attempts {
+            let Some(at) = a.launched_at.or(a.finished_at).or(job.updated_at) else {
+                continue;
+            };
+            let refused = a
+                .fallbacks
+                .iter()
+                .find(|f| matches!(classify(&f.code, ""), ComputeError::SpotUnavailable { .. }));
+            let spot_ran = a.instance_id.is_some()
+                && a.rung
+                    .as_ref()
+                    .is_some_and(|r| r.capacity == CapacityType::Spot);
+            let word = match refused {
+                Some(f) => Some(SpotRefused {
+                    at,
+                    job_id: job.job_id.clone(),
+                    code: f.code.clone(),
+                    fix: SPOT_ROLE_FIX,
+                }),
+                None if spot_ran => None,
+                None => continue,
+            };
+            if latest.as_ref().is_none_or(|(t, _)| at > *t) {
+                latest = Some((at, word));
+            }
+        }
+    }
+    latest.and_then(|(_, word)| word)
 }
 
 fn age(secs: i64) -> String {
@@ -95,6 +147,17 @@ impl fmt::Display for Status {
         }
         for (payer, why) in &self.paused_payers {
             writeln!(f, "Paused:    {payer}: {why}")?;
+        }
+        if let Some(s) = &self.spot_refused {
+            writeln!(
+                f,
+                "Spot:      refused at {} (job {}): {}; on-demand rungs are used instead. To fix \
+                 it, {}",
+                s.at.format("%Y-%m-%dT%H:%M:%SZ"),
+                s.job_id,
+                s.code,
+                s.fix
+            )?;
         }
         match &self.oldest_waiting {
             None => writeln!(f, "Oldest:    no job waiting")?,
@@ -209,7 +272,62 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
         paused_payers: gauges.paused_payers,
         queued: gauges.queued,
         oldest_waiting,
+        spot_refused: spot_refused(&jobs),
         cost_today_usd: gauges.cost_today_usd,
     };
     emit(output, &status)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::job::{Attempt, Fallback, JobRequest};
+    use crate::sizing::Rung;
+
+    fn rung(capacity: CapacityType) -> Rung {
+        Rung {
+            instance_type: "c7i.large".into(),
+            subnet: "subnet-a".into(),
+            capacity,
+        }
+    }
+
+    fn job(id: &str, minute: u32, spot_refused: bool) -> Job {
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 12, minute, 0).unwrap();
+        let req = JobRequest::parse(&format!(
+            r#"{{"job_id":"{id}","payer_id":"p","kind":"k","batch":"b"}}"#
+        ))
+        .unwrap();
+        let mut job = Job::from_request(req, at);
+        let (launched_on, fallbacks) = if spot_refused {
+            let f = Fallback {
+                rung: rung(CapacityType::Spot),
+                code: "AuthFailure.ServiceLinkedRoleCreationNotPermitted".into(),
+                skipped: false,
+            };
+            (rung(CapacityType::OnDemand), vec![f])
+        } else {
+            (rung(CapacityType::Spot), Vec::new())
+        };
+        job.push_attempt(Attempt {
+            number: 1,
+            rung: Some(launched_on),
+            instance_id: Some(format!("i-{minute}")),
+            launched_at: Some(at),
+            fallbacks,
+            ..Attempt::default()
+        });
+        job
+    }
+
+    #[test]
+    fn spot_refusal_is_shown_until_a_spot_launch_succeeds() {
+        let refused = spot_refused(&[job("a", 1, false), job("b", 2, true)]).expect("refused");
+        assert_eq!(refused.job_id, "b");
+        assert!(refused.fix.contains("iam:CreateServiceLinkedRole"));
+        assert!(spot_refused(&[job("b", 2, true), job("c", 3, false)]).is_none());
+        assert!(spot_refused(&[]).is_none());
+    }
 }
