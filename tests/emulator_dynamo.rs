@@ -299,6 +299,44 @@ async fn config_writes_are_conditional_on_the_version() {
 }
 
 #[tokio::test]
+async fn a_circuit_breaker_pause_is_told_from_an_operators() {
+    let (names, clients) = deployment("dyn-breaker").await;
+    let store = DynamoConfigStore::new(clients.dynamodb.clone(), names.payers_table());
+    let now = t0();
+    assert_eq!(store.put(&profile("acme", 50), None, now).await, Ok(1));
+    assert_eq!(
+        store
+            .breaker_pause("acme", "launch refused: InvalidAMIID.NotFound", 1, now)
+            .await,
+        Ok(2)
+    );
+    let row = store.get("acme").await.unwrap().unwrap();
+    assert!(row.paused_by_breaker);
+    assert_eq!(
+        row.paused.as_deref(),
+        Some("launch refused: InvalidAMIID.NotFound")
+    );
+    // Applying a profile keeps the pause and who made it (the CLI lifts it on a change).
+    assert_eq!(store.put(&profile("acme", 60), Some(2), now).await, Ok(3));
+    assert!(store.get("acme").await.unwrap().unwrap().paused_by_breaker);
+    // An operator's pause replaces it, and is the operator's.
+    assert_eq!(store.set_paused("acme", Some("audit"), 3, now).await, Ok(4));
+    let row = store.get("acme").await.unwrap().unwrap();
+    assert!(!row.paused_by_breaker);
+    assert_eq!(row.paused.as_deref(), Some("audit"));
+    // Resuming clears both.
+    assert_eq!(store.breaker_pause("acme", "again", 4, now).await, Ok(5));
+    assert_eq!(store.set_paused("acme", None, 5, now).await, Ok(6));
+    let row = store.get("acme").await.unwrap().unwrap();
+    assert_eq!((row.paused, row.paused_by_breaker), (None, false));
+    // Conditional like every write.
+    assert!(matches!(
+        store.breaker_pause("acme", "stale", 5, now).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
 async fn config_list_reads_every_page_sorted_by_payer() {
     let (names, clients) = deployment("dyn-list").await;
     let store =

@@ -52,23 +52,57 @@ pub fn endpoint() -> String {
                 endpoint: url,
                 _child: None,
             },
-            _ => start_emulator(),
+            _ => start_emulator(&[]),
         })
         .endpoint
         .clone()
 }
 
-fn start_emulator() -> Emulator {
+/// An emulator of this test's own, started with `env` (e.g. IAM enforcement); it stops when
+/// the value is dropped or the test process exits.
+pub struct PrivateEmulator {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Drop for PrivateEmulator {
+    fn drop(&mut self) {
+        // The wrapper's EXIT trap stops moto with it.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts an emulator for one test, never shared: settings such as IAM enforcement would
+/// change the answers every other test gets.
+pub fn private_emulator(env: &[(&str, &str)]) -> PrivateEmulator {
+    let e = start_emulator(env);
+    PrivateEmulator {
+        endpoint: e.endpoint,
+        child: e._child.expect("a started emulator has its process"),
+    }
+}
+
+fn start_emulator(env: &[(&str, &str)]) -> Emulator {
     let moto = venv().join("bin/moto_server");
     assert!(
         moto.exists(),
         "{} not found: run `scripts/emulator.sh install` (or scripts/test.sh) first",
         moto.display()
     );
-    let log = std::env::temp_dir().join(format!("mayfly-moto-{}.log", std::process::id()));
-    // The wrapper stops moto when this test process exits, however it exits.
+    static STARTED: AtomicU32 = AtomicU32::new(0);
+    let log = std::env::temp_dir().join(format!(
+        "mayfly-moto-{}-{}.log",
+        std::process::id(),
+        STARTED.fetch_add(1, Ordering::Relaxed)
+    ));
+    // The wrapper stops moto when this test process exits, however it exits (or when the
+    // wrapper itself is told to stop).
     let script = format!(
         "'{}' -H 127.0.0.1 -p 0 >'{}' 2>&1 & m=$!; trap 'kill $m 2>/dev/null' EXIT; \
+         trap 'exit 0' TERM; \
          while kill -0 {} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done",
         moto.display(),
         log.display(),
@@ -77,6 +111,7 @@ fn start_emulator() -> Emulator {
     let child = Command::new("bash")
         .args(["-c", &script])
         .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn moto_server");
