@@ -372,7 +372,8 @@ fn waiting(
         }
         Reason::PayerPaused { .. } => {
             out.details.push(format!(
-                "`mayfly payers resume {}` lets its jobs launch again",
+                "`mayfly payers resume {}` lets its jobs launch again (a pause the circuit \
+                 breaker made also lifts when a changed profile is applied)",
                 job.payer_id
             ));
             Situation::PayerPaused
