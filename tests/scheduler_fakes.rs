@@ -145,7 +145,7 @@ async fn a_replay_with_the_same_token_never_launches_twice_on_ec2_semantics() {
     w.tick(world::t0()).await;
     let job = w.job("cedar-plan:2027-06:eligibility").await;
     let attempt = job.current_attempt().unwrap();
-    let token = client_token(&job.job_id, 1, attempt.rung.as_ref().unwrap());
+    let token = client_token(&w.cluster, &job.job_id, 1, attempt.rung.as_ref().unwrap());
     assert_eq!(attempt.client_token.as_deref(), Some(token.as_str()));
     // Replay exactly what the pass sent: EC2 returns the same instance.
     let sent = w.compute.calls().pop().unwrap();

@@ -16,11 +16,17 @@ use crate::ports::{ComputeError, InstanceState, LaunchRequest, Launched, StoreEr
 use crate::profile::{CapacityType, Payer};
 use crate::sizing::{self, Rung};
 
-/// EC2's ClientToken for one (job, attempt, rung): at most 64 ASCII characters, stable across
-/// processes and releases (FNV-1a, not the std hasher, whose output may change).
-pub fn client_token(job_id: &str, attempt: u32, rung: &Rung) -> String {
+/// EC2's ClientToken for one (deployment, job, attempt, rung): at most 64 ASCII characters,
+/// stable across processes and releases (FNV-1a, not the std hasher, whose output may change).
+///
+/// EC2 scopes a token to the account and region, not to mayfly's deployment: `cluster` keeps
+/// two deployments in one account (staging and production) that see the same `job_id` from
+/// sharing a token, and with it one instance or an `IdempotentParameterMismatch`. Tokens made
+/// before the cluster was part of them stay on their attempts, and a repair replays the
+/// recorded token, never a recomputed one.
+pub fn client_token(cluster: &str, job_id: &str, attempt: u32, rung: &Rung) -> String {
     let input = format!(
-        "{job_id}\u{1f}{attempt}\u{1f}{}\u{1f}{}\u{1f}{}",
+        "{cluster}\u{1f}{job_id}\u{1f}{attempt}\u{1f}{}\u{1f}{}\u{1f}{}",
         rung.instance_type, rung.subnet, rung.capacity
     );
     let fnv = |seed: u64| {
@@ -229,6 +235,9 @@ async fn fail_fast(
 }
 
 /// Tries the ladder from rung `start` with one RunInstances per rung until one launches.
+/// Rung `start` is the attempt's recorded rung and goes out with the attempt's recorded
+/// client token (a repair's replay is the same launch, whichever release recorded it); every
+/// rung after it is a new launch with a new token.
 async fn launch_ladder(
     s: &Scheduler,
     payer: &Payer,
@@ -240,7 +249,12 @@ async fn launch_ladder(
 ) -> Flow {
     let attempt = job.attempt;
     for (i, rung) in ladder.iter().enumerate().skip(start) {
-        let token = client_token(&job.job_id, attempt, rung);
+        let recorded = job
+            .current_attempt()
+            .and_then(|a| a.client_token.clone())
+            .filter(|_| i == start);
+        let token =
+            recorded.unwrap_or_else(|| client_token(&s.settings.cluster, &job.job_id, attempt, rung));
         if i > start {
             // A new rung is a new launch: record it (and its token) before calling EC2.
             if let Some(a) = job.current_attempt_mut() {
@@ -355,7 +369,7 @@ pub(super) async fn execute(
         };
         let mut job = (*job).clone();
         let rung = &launch.ladder[0];
-        let token = client_token(&job.job_id, launch.attempt, rung);
+        let token = client_token(&s.settings.cluster, &job.job_id, launch.attempt, rung);
         job.attempt = launch.attempt;
         job.not_before = None;
         let (usd_per_hour, price_source) = price(s, rung);
@@ -485,7 +499,7 @@ pub(super) async fn repair(
         );
         let policy = kind.capacity.unwrap_or(payer.profile.launch.capacity);
         let mut ladder = sizing::ladder(&types, &payer.profile.launch.subnets, policy);
-        // Replay the recorded rung first (same token), then the rest of the ladder after it.
+        // Replay the recorded rung first (with its recorded token), then the rest of the ladder.
         let start = ladder.iter().position(|r| *r == rung).unwrap_or_else(|| {
             ladder.insert(0, rung.clone());
             0
