@@ -151,6 +151,7 @@ fn request(
         security_groups: vec![env.security_group.clone()],
         instance_profile: env.instance_profile.clone(),
         root_volume_gib: 16,
+        root_volume_kms_key: None,
         user_data: format!("#!/bin/bash\nset -eu\necho 'job {job_id}' \"$HOME\" # ünïcode\n"),
         tags: vec![
             (tags::CLUSTER.into(), cluster.into()),

@@ -1,9 +1,11 @@
 //! Launch parameters a real account needs, on the fakes: client tokens that belong to one
-//! deployment (two deployments in one account never share one), and a repair that replays the
-//! token recorded on the attempt (also one recorded by an earlier release).
+//! deployment (two deployments in one account never share one), a repair that replays the
+//! token recorded on the attempt (also one recorded by an earlier release), and the root
+//! volume's KMS key from the payer's profile or the deployment.
 
 mod support;
 
+use std::process::Command;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,7 +13,7 @@ use chrono::Duration;
 use mayfly::fakes::FakeCompute;
 use mayfly::job::JobState;
 use mayfly::ports::{Compute, ComputeError, LaunchRequest, Launched, ManagedInstance};
-use mayfly::scheduler::client_token;
+use mayfly::scheduler::{client_token, TickOptions};
 use mayfly::sizing::Rung;
 use support::world::{self, on_fakes, t0, Fault, FaultyCompute, World};
 
@@ -167,4 +169,52 @@ async fn a_launch_recorded_before_the_upgrade_is_replayed_with_its_recorded_toke
     let (instance, _) = after.running_on(JOB).await;
     assert_eq!(instance, launched.instance_id, "EC2 answered the same instance");
     assert_eq!(ec2.instances().len(), 1, "nothing launched twice");
+}
+
+#[tokio::test]
+async fn the_root_volume_uses_the_payers_kms_key_else_the_deployments() {
+    let w = on_fakes();
+    w.apply_examples().await;
+    let stored = w.config.get("cedar-plan").await.unwrap().unwrap();
+    let mut cedar = stored.profile.clone();
+    cedar.launch.root_volume_kms_key = Some("alias/cedar-plan-ebs".into());
+    w.config
+        .put(&cedar, Some(stored.version), t0())
+        .await
+        .expect("apply");
+    world::submit_workload(&w).await;
+    let deployment_key =
+        "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let mut scheduler = w.scheduler(60);
+    scheduler.settings.root_volume_kms_key = Some(deployment_key.into());
+
+    scheduler
+        .tick(TickOptions::default(), t0())
+        .await
+        .expect("pass");
+
+    let calls = w.compute.calls();
+    let key_of = |payer: &str| {
+        calls
+            .iter()
+            .find(|r| r.tags.iter().any(|(k, v)| k == "mayfly:payer" && v == payer))
+            .unwrap_or_else(|| panic!("no launch for {payer}: {calls:?}"))
+            .root_volume_kms_key
+            .clone()
+    };
+    assert_eq!(key_of("cedar-plan").as_deref(), Some("alias/cedar-plan-ebs"));
+    assert_eq!(key_of("harbor-health").as_deref(), Some(deployment_key));
+}
+
+#[test]
+fn a_malformed_deployment_kms_key_is_refused_naming_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mayfly"))
+        .args(["tick", "--root-volume-kms-key", "my-key"])
+        .env_remove("MAYFLY_ROOT_VOLUME_KMS_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--root-volume-kms-key"), "{stderr}");
+    assert!(stderr.contains("not a KMS key ARN"), "{stderr}");
 }

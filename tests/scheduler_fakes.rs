@@ -104,6 +104,7 @@ fn request(token: &str, user_data: &str) -> LaunchRequest {
         security_groups: vec!["sg-0a".into()],
         instance_profile: "mayfly-instance".into(),
         root_volume_gib: 30,
+        root_volume_kms_key: None,
         user_data: user_data.into(),
         tags: vec![("mayfly:cluster".into(), "fake".into())],
     }

@@ -65,6 +65,10 @@ fn launch_request(
         security_groups: l.security_groups.clone(),
         instance_profile: l.instance_profile.clone(),
         root_volume_gib: l.root_volume_gib,
+        root_volume_kms_key: l
+            .root_volume_kms_key
+            .clone()
+            .or_else(|| s.settings.root_volume_kms_key.clone()),
         user_data,
         tags: vec![
             tag("Name", &format!("mayfly {}", job.job_id)),

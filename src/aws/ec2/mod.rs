@@ -140,6 +140,7 @@ impl Compute for Ec2Compute {
                             .volume_type(VolumeType::Gp3)
                             .volume_size(root_gib)
                             .encrypted(true)
+                            .set_kms_key_id(req.root_volume_kms_key.clone())
                             .delete_on_termination(true)
                             .build(),
                     )
