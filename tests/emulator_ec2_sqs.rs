@@ -330,7 +330,10 @@ async fn an_image_rooted_on_sda1_gets_that_device_sized_and_encrypted_with_the_k
         "mayfly test root volumes",
     ]))
     .expect("create-key answers JSON");
-    let key_arn = key["KeyMetadata"]["Arn"].as_str().expect("key ARN").to_owned();
+    let key_arn = key["KeyMetadata"]["Arn"]
+        .as_str()
+        .expect("key ARN")
+        .to_owned();
     let compute = Ec2Compute::new(c.ec2.clone(), Arc::new(Ec2Limits::default()));
     let mut req = request(
         env,
@@ -621,7 +624,8 @@ fn throttling_endpoint() -> String {
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            let (status, xml) = if String::from_utf8_lossy(&body).contains("Action=DescribeImages") {
+            let (status, xml) = if String::from_utf8_lossy(&body).contains("Action=DescribeImages")
+            {
                 (
                     "200 OK",
                     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeImagesResponse \

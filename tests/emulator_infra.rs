@@ -204,8 +204,7 @@ fn the_scheduler_role_may_have_ec2_use_exactly_the_root_volume_keys_it_is_given(
             };
             assert_eq!(resources, keys, "{prefix}: {s}");
             assert_eq!(
-                s["Condition"]["StringEquals"]["kms:ViaService"],
-                "ec2.us-east-1.amazonaws.com",
+                s["Condition"]["StringEquals"]["kms:ViaService"], "ec2.us-east-1.amazonaws.com",
                 "{prefix}: only through EC2: {s}"
             );
         }

@@ -48,7 +48,10 @@ async fn two_deployments_in_one_account_with_the_same_job_id_get_their_own_insta
     assert_ne!(on_staging, on_production);
     assert_eq!(ec2.instances().len(), 2);
     assert_eq!(
-        staging.instance("staging", &on_staging).await.tag("mayfly:cluster"),
+        staging
+            .instance("staging", &on_staging)
+            .await
+            .tag("mayfly:cluster"),
         Some("staging")
     );
     assert_eq!(
@@ -165,9 +168,15 @@ async fn a_launch_recorded_before_the_upgrade_is_replayed_with_its_recorded_toke
 
     assert_eq!(report.launch.replayed, 1, "{report}");
     let replay = after.compute.calls().pop().expect("the replay");
-    assert_eq!(replay.client_token, old_token, "the recorded token, not a new one");
+    assert_eq!(
+        replay.client_token, old_token,
+        "the recorded token, not a new one"
+    );
     let (instance, _) = after.running_on(JOB).await;
-    assert_eq!(instance, launched.instance_id, "EC2 answered the same instance");
+    assert_eq!(
+        instance, launched.instance_id,
+        "EC2 answered the same instance"
+    );
     assert_eq!(ec2.instances().len(), 1, "nothing launched twice");
 }
 
@@ -197,12 +206,19 @@ async fn the_root_volume_uses_the_payers_kms_key_else_the_deployments() {
     let key_of = |payer: &str| {
         calls
             .iter()
-            .find(|r| r.tags.iter().any(|(k, v)| k == "mayfly:payer" && v == payer))
+            .find(|r| {
+                r.tags
+                    .iter()
+                    .any(|(k, v)| k == "mayfly:payer" && v == payer)
+            })
             .unwrap_or_else(|| panic!("no launch for {payer}: {calls:?}"))
             .root_volume_kms_key
             .clone()
     };
-    assert_eq!(key_of("cedar-plan").as_deref(), Some("alias/cedar-plan-ebs"));
+    assert_eq!(
+        key_of("cedar-plan").as_deref(),
+        Some("alias/cedar-plan-ebs")
+    );
     assert_eq!(key_of("harbor-health").as_deref(), Some(deployment_key));
 }
 

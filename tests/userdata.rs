@@ -500,7 +500,11 @@ fn answer_sqs_check(mut stream: TcpStream) -> std::io::Result<()> {
     let mut body = vec![0; length];
     std::io::Read::read_exact(&mut reader, &mut body)?;
     let accepted = std::str::from_utf8(&body).is_ok_and(|text| text.chars().all(sqs_allows));
-    let status = if accepted { "200 OK" } else { "400 Bad Request" };
+    let status = if accepted {
+        "200 OK"
+    } else {
+        "400 Bad Request"
+    };
     write!(
         stream,
         "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -814,7 +818,10 @@ fn an_image_without_the_aws_cli_is_told_on_the_console_and_shuts_down() {
         stderr.contains("cannot run or report without them; shutting down"),
         "{stderr}"
     );
-    assert!(!stderr.contains("cannot reach the events queue"), "{stderr}");
+    assert!(
+        !stderr.contains("cannot reach the events queue"),
+        "{stderr}"
+    );
     assert!(!dir.join("ran").exists(), "the job never runs");
     assert_eq!(
         std::fs::read_to_string(dir.join("shutdown.calls")).unwrap(),

@@ -257,8 +257,8 @@ async fn launch_ladder(
             .current_attempt()
             .and_then(|a| a.client_token.clone())
             .filter(|_| i == start);
-        let token =
-            recorded.unwrap_or_else(|| client_token(&s.settings.cluster, &job.job_id, attempt, rung));
+        let token = recorded
+            .unwrap_or_else(|| client_token(&s.settings.cluster, &job.job_id, attempt, rung));
         if i > start {
             // A new rung is a new launch: record it (and its token) before calling EC2.
             if let Some(a) = job.current_attempt_mut() {

@@ -149,9 +149,9 @@ pub fn is_kms_key_reference(s: &str) -> bool {
         return false;
     };
     let partition_ok = partition == "aws"
-        || partition
-            .strip_prefix("aws-")
-            .is_some_and(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c == b'-'));
+        || partition.strip_prefix("aws-").is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c == b'-')
+        });
     let region_ok = !region.is_empty()
         && region
             .bytes()
@@ -172,11 +172,7 @@ fn is_key_id(id: &str) -> bool {
         return hex(rest, 32);
     }
     let groups: Vec<&str> = id.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| hex(g, n))
+    groups.len() == 5 && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| hex(g, n))
 }
 
 fn is_alias_name(name: &str) -> bool {
