@@ -168,7 +168,9 @@ fn the_scheduler_role_may_have_ec2_use_exactly_the_root_volume_keys_it_is_given(
         "arn:aws:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab",
         "arn:aws:kms:us-east-1:123456789012:key/0000abcd-12ab-34cd-56ef-1234567890ab",
     ];
-    let cases: [(&str, Vec<(&str, String)>, Vec<&str>); 3] = [
+    // (name prefix, template parameters, the keys granted)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<&'a str>);
+    let cases: [Case; 3] = [
         (
             "infra-key",
             vec![("RootVolumeKmsKeyArn", deployment_key.to_owned())],
