@@ -265,6 +265,7 @@ fn request(env: &LaunchEnv, instance_type: &str, cluster: &str, i: u32) -> Launc
         security_groups: vec![env.security_group.clone()],
         instance_profile: env.instance_profile.clone(),
         root_volume_gib: 8,
+        root_volume_kms_key: None,
         user_data: format!("#!/bin/bash\necho {job_id}\n"),
         tags: vec![
             (tags::CLUSTER.into(), cluster.into()),

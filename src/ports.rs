@@ -147,13 +147,17 @@ pub trait Queue: Send + Sync {
 /// Everything needed to launch one instance for one job attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchRequest {
-    /// Deterministic from job id, attempt and rung: a replay is the same launch.
+    /// Deterministic from deployment, job id, attempt and rung, and recorded on the attempt:
+    /// a replay sends the recorded token, so it is the same launch.
     pub client_token: String,
     pub rung: Rung,
     pub image_id: String,
     pub security_groups: Vec<String>,
     pub instance_profile: String,
     pub root_volume_gib: u32,
+    /// The KMS key (key ARN, alias or alias ARN) that encrypts the root volume; `None` uses
+    /// the account's default EBS key. The root volume is always encrypted.
+    pub root_volume_kms_key: Option<String>,
     /// The rendered user-data script (plain text; the adapter encodes it).
     pub user_data: String,
     /// Tags applied on create to the instance and its volumes.

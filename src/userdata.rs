@@ -44,6 +44,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../userdata-templates/_deadline.sh.hbs"),
     ),
     (
+        "_tools.sh.hbs",
+        include_str!("../userdata-templates/_tools.sh.hbs"),
+    ),
+    (
         "_events.sh.hbs",
         include_str!("../userdata-templates/_events.sh.hbs"),
     ),

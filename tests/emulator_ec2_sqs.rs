@@ -151,6 +151,7 @@ fn request(
         security_groups: vec![env.security_group.clone()],
         instance_profile: env.instance_profile.clone(),
         root_volume_gib: 16,
+        root_volume_kms_key: None,
         user_data: format!("#!/bin/bash\nset -eu\necho 'job {job_id}' \"$HOME\" # ünïcode\n"),
         tags: vec![
             (tags::CLUSTER.into(), cluster.into()),
@@ -188,11 +189,20 @@ async fn launch_sets_tags_shutdown_imds_and_user_data_on_create() {
 
     let launched = compute.launch(&req).await.expect("launch");
 
+    // The first launch of an image reads its root device; tags go on with the launch.
     assert_eq!(c.calls.get("EC2.RunInstances"), 1);
+    assert_eq!(c.calls.get("EC2.DescribeImages"), 1);
     assert_eq!(c.calls.get("EC2.CreateTags"), 0);
-    assert_eq!(c.calls.total(), 1, "{:?}", c.calls.snapshot());
+    assert_eq!(c.calls.total(), 2, "{:?}", c.calls.snapshot());
     assert!(launched.instance_id.starts_with("i-"));
     assert!(launched.availability_zone.is_some());
+    // Every later launch of the image is its RunInstances and nothing else.
+    c.calls.reset();
+    let mut next = req.clone();
+    next.client_token.push_str("-next");
+    compute.launch(&next).await.expect("second launch");
+    assert_eq!(c.calls.get("EC2.RunInstances"), 1);
+    assert_eq!(c.calls.total(), 1, "{:?}", c.calls.snapshot());
 
     let id = launched.instance_id.as_str();
     let out = c
@@ -271,10 +281,116 @@ async fn launch_sets_tags_shutdown_imds_and_user_data_on_create() {
         .send()
         .await
         .expect("describe volumes");
-    let root = volumes.volumes().first().expect("root volume");
+    let [root] = volumes.volumes() else {
+        panic!("one volume, the root: {:?}", volumes.volumes());
+    };
     assert_eq!(tag_map(root.tags()), want, "volume tagged on create");
     assert_eq!(root.size(), Some(16));
     assert_eq!(root.encrypted(), Some(true));
+    // Amazon Linux's root device.
+    assert_eq!(inst.root_device_name(), Some("/dev/xvda"));
+    assert_eq!(
+        root.attachments().first().and_then(|a| a.device()),
+        Some("/dev/xvda")
+    );
+}
+
+#[tokio::test]
+async fn an_image_rooted_on_sda1_gets_that_device_sized_and_encrypted_with_the_key() {
+    let c = clients().await;
+    let env = launch_env(&c.ec2).await;
+    // An Ubuntu-style image: its root device is /dev/sda1 (moto registers images so).
+    let image = c
+        .ec2
+        .register_image()
+        .name(support::unique_name("ubuntu-like"))
+        .root_device_name("/dev/sda1")
+        .send()
+        .await
+        .expect("register image")
+        .image_id()
+        .expect("image id")
+        .to_owned();
+    let described = c
+        .ec2
+        .describe_images()
+        .image_ids(&image)
+        .send()
+        .await
+        .expect("describe image");
+    assert_eq!(
+        described.images()[0].root_device_name(),
+        Some("/dev/sda1"),
+        "the test needs an image rooted on /dev/sda1"
+    );
+    let key: serde_json::Value = serde_json::from_str(&aws_cli(&[
+        "kms",
+        "create-key",
+        "--description",
+        "mayfly test root volumes",
+    ]))
+    .expect("create-key answers JSON");
+    let key_arn = key["KeyMetadata"]["Arn"]
+        .as_str()
+        .expect("key ARN")
+        .to_owned();
+    let compute = Ec2Compute::new(c.ec2.clone(), Arc::new(Ec2Limits::default()));
+    let mut req = request(
+        env,
+        &support::unique_name("c"),
+        &support::unique_name("job"),
+        1,
+        CapacityType::OnDemand,
+    );
+    req.image_id.clone_from(&image);
+    req.root_volume_kms_key = Some(key_arn.clone());
+
+    let launched = compute.launch(&req).await.expect("launch");
+
+    let out = c
+        .ec2
+        .describe_instances()
+        .instance_ids(&launched.instance_id)
+        .send()
+        .await
+        .expect("describe");
+    let inst = &out.reservations()[0].instances()[0];
+    assert_eq!(inst.root_device_name(), Some("/dev/sda1"));
+    let devices: Vec<_> = inst
+        .block_device_mappings()
+        .iter()
+        .filter_map(|b| b.device_name())
+        .collect();
+    assert_eq!(devices, ["/dev/sda1"], "the root and no second volume");
+    let volumes = c
+        .ec2
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(&launched.instance_id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe volumes");
+    let [root] = volumes.volumes() else {
+        panic!("one volume, the root: {:?}", volumes.volumes());
+    };
+    assert_eq!(
+        root.attachments().first().and_then(|a| a.device()),
+        Some("/dev/sda1")
+    );
+    assert_eq!(root.size(), Some(16));
+    assert_eq!(root.encrypted(), Some(true));
+    assert_eq!(root.kms_key_id(), Some(key_arn.as_str()));
+
+    // The image's root device is known now: the next launch of it is one call.
+    c.calls.reset();
+    req.client_token.push_str("-next");
+    compute.launch(&req).await.expect("second launch");
+    assert_eq!(c.calls.get("EC2.DescribeImages"), 0);
+    assert_eq!(c.calls.total(), 1, "{:?}", c.calls.snapshot());
 }
 
 #[tokio::test]
@@ -485,7 +601,8 @@ async fn configuration_errors_carry_the_aws_code_and_launch_nothing() {
         .is_empty());
 }
 
-/// A stand-in EC2 endpoint that answers every request with `RequestLimitExceeded`.
+/// A stand-in EC2 endpoint that knows one image, `ami-1` (rooted on `/dev/xvda`), and answers
+/// every other request with `RequestLimitExceeded`.
 fn throttling_endpoint() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -507,11 +624,25 @@ fn throttling_endpoint() -> String {
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
-                       <Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>\
-                       </Error></Errors><RequestID>stub</RequestID></Response>";
+            let (status, xml) = if String::from_utf8_lossy(&body).contains("Action=DescribeImages")
+            {
+                (
+                    "200 OK",
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeImagesResponse \
+                     xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>stub</requestId>\
+                     <imagesSet><item><imageId>ami-1</imageId><rootDeviceName>/dev/xvda</rootDeviceName>\
+                     <rootDeviceType>ebs</rootDeviceType></item></imagesSet></DescribeImagesResponse>",
+                )
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+                     <Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>\
+                     </Error></Errors><RequestID>stub</RequestID></Response>",
+                )
+            };
             let reply = format!(
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\
+                "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\
                  Connection: close\r\n\r\n{xml}",
                 xml.len()
             );

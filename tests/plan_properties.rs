@@ -228,6 +228,7 @@ fn build_payer(i: usize, g: &PayerGen, catalog: &Catalog) -> Payer {
                 capacity: CapacityPolicy::SpotThenOnDemand,
                 template: "default".into(),
                 root_volume_gib: 30,
+                root_volume_kms_key: None,
             },
             circuit_breaker: Default::default(),
             timeouts: Timeouts {

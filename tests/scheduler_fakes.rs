@@ -104,6 +104,7 @@ fn request(token: &str, user_data: &str) -> LaunchRequest {
         security_groups: vec!["sg-0a".into()],
         instance_profile: "mayfly-instance".into(),
         root_volume_gib: 30,
+        root_volume_kms_key: None,
         user_data: user_data.into(),
         tags: vec![("mayfly:cluster".into(), "fake".into())],
     }
@@ -145,7 +146,7 @@ async fn a_replay_with_the_same_token_never_launches_twice_on_ec2_semantics() {
     w.tick(world::t0()).await;
     let job = w.job("cedar-plan:2027-06:eligibility").await;
     let attempt = job.current_attempt().unwrap();
-    let token = client_token(&job.job_id, 1, attempt.rung.as_ref().unwrap());
+    let token = client_token(&w.cluster, &job.job_id, 1, attempt.rung.as_ref().unwrap());
     assert_eq!(attempt.client_token.as_deref(), Some(token.as_str()));
     // Replay exactly what the pass sent: EC2 returns the same instance.
     let sent = w.compute.calls().pop().unwrap();

@@ -464,8 +464,57 @@ fn answer_imds(
     )
 }
 
-/// Stub executables: `aws` records each call and each event body, and answers secret reads;
-/// `shutdown` records that it was called.
+/// Whether SQS accepts `c` in a message body: its documented set, #x9 | #xA | #xD |
+/// #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF.
+fn sqs_allows(c: char) -> bool {
+    matches!(u32::from(c), 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
+}
+
+/// SQS's check of a message body, for the stub `aws`: answers 200 to a body SQS would
+/// accept (valid UTF-8 of allowed characters only) and 400 to any other.
+fn start_sqs_check() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = answer_sqs_check(stream);
+        }
+    });
+    format!("http://{addr}/send-message")
+}
+
+fn answer_sqs_check(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(&mut reader, &mut body)?;
+    let accepted = std::str::from_utf8(&body).is_ok_and(|text| text.chars().all(sqs_allows));
+    let status = if accepted {
+        "200 OK"
+    } else {
+        "400 Bad Request"
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// Stub executables: `aws` records each call, answers secret reads, and sends each event
+/// body past SQS's character check (`$SQS_CHECK`): a body SQS takes is recorded as sent, one
+/// it refuses as refused, and the call fails as SQS's refusal does; `shutdown` records that
+/// it was called.
 fn install_stubs(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -480,7 +529,15 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
-if [[ -n $body ]]; then printf '%s\n' "$body" >>"$STUB_DIR/events.jsonl"; fi
+if [[ -n $body ]]; then
+  if printf '%s' "$body" | curl -sf --data-binary @- "$SQS_CHECK" >/dev/null; then
+    printf '%s\n' "$body" >>"$STUB_DIR/events.jsonl"
+  else
+    printf '%s\n' "$body" >>"$STUB_DIR/refused.jsonl"
+    echo 'An error occurred (InvalidMessageContents) when calling the SendMessage operation: Invalid characters found.' >&2
+    exit 254
+  fi
+fi
 "#;
     let shutdown = "#!/bin/bash\nprintf '%s\\n' \"$*\" >>\"$STUB_DIR/shutdown.calls\"\n";
     for (name, text) in [("aws", aws), ("shutdown", shutdown)] {
@@ -493,30 +550,71 @@ if [[ -n $body ]]; then printf '%s\n' "$body" >>"$STUB_DIR/events.jsonl"; fi
 
 struct Run {
     events: Vec<InstanceEvent>,
+    /// Event bodies SQS's character check refused (each one a failed send).
+    refused: Vec<String>,
     aws_calls: String,
     shutdowns: usize,
     stderr: String,
 }
 
+/// Where a program is on this machine's PATH.
+fn on_path(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("`{program}` is not on PATH"))
+}
+
+/// The system programs the instance script runs besides `aws` and `shutdown` (stubbed).
+const IMAGE_TOOLS: &[&str] = &[
+    "curl", "sed", "awk", "date", "mktemp", "sleep", "tail", "head", "tr", "timeout",
+];
+
 /// Runs a rendered script in its own process group with the stubs first on PATH.
 fn spawn_script(script: &str, imds: &str, label: &str) -> (std::process::Output, PathBuf) {
+    spawn_script_on_image(script, imds, label, None)
+}
+
+/// Runs a rendered script as [`spawn_script`] does; with `lacking`, on an image that has
+/// only the stubs and [`IMAGE_TOOLS`] on its PATH, less the programs named.
+fn spawn_script_on_image(
+    script: &str,
+    imds: &str,
+    label: &str,
+    lacking: Option<&[&str]>,
+) -> (std::process::Output, PathBuf) {
     let dir = scratch_dir(label);
     let bin = install_stubs(&dir);
+    let search_path = match lacking {
+        None => format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        Some(lacking) => {
+            let system = dir.join("system-bin");
+            std::fs::create_dir_all(&system).unwrap();
+            for tool in IMAGE_TOOLS.iter().filter(|t| !lacking.contains(t)) {
+                std::os::unix::fs::symlink(on_path(tool), system.join(tool)).unwrap();
+            }
+            for stub in lacking {
+                let _ = std::fs::remove_file(bin.join(stub));
+            }
+            format!("{}:{}", bin.display(), system.display())
+        }
+    };
     let path = dir.join("user-data.sh");
     std::fs::write(&path, script).unwrap();
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    let child = Command::new("bash")
+    let child = Command::new(on_path("bash"))
         .arg(&path)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", search_path)
         .env("STUB_DIR", &dir)
+        .env("SQS_CHECK", start_sqs_check())
         .env("TMPDIR", &tmp)
         .env("MAYFLY_IMDS_ENDPOINT", imds)
         .stdin(Stdio::null())
@@ -541,13 +639,18 @@ fn run_script(script: &str, imds: &str, label: &str) -> Run {
     let (out, dir) = spawn_script(script, imds, label);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "script failed:\n{stderr}");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let read = |f: &str| {
+        std::fs::read(dir.join(f))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    };
     let events = read("events.jsonl")
         .lines()
         .map(|l| InstanceEvent::parse(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     let run = Run {
         events,
+        refused: read("refused.jsonl").lines().map(str::to_owned).collect(),
         aws_calls: read("aws.calls"),
         shutdowns: read("shutdown.calls")
             .lines()
@@ -649,6 +752,83 @@ fn the_script_reports_started_heartbeats_and_finished_then_shuts_down() {
         "sqs send-message --queue-url {QUEUE_URL} --message-body"
     )));
     assert_eq!(run.shutdowns, 1, "{}", run.stderr);
+    assert!(run.refused.is_empty(), "{:?}", run.refused);
+}
+
+#[test]
+fn an_output_tail_with_characters_sqs_refuses_is_sent_once_keeping_the_rest() {
+    // U+FFFF, U+FFFE, a surrogate (never valid UTF-8) and a code point past U+10FFFF, around
+    // text SQS takes: accented, CJK, an emoji, U+FFFD and the last code point, U+10FFFF.
+    let payer = test_payer(&[
+        "bash",
+        "-c",
+        r#"printf 'caf\xc3\xa9 \xef\xbf\xbfnon\xef\xbf\xbechar \xed\xa0\x80sur \xf4\x90\x80\x80big \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80 \xef\xbf\xbd \xf4\x8f\xbf\xbf end\n'"#,
+    ]);
+    let script = Renderer::builtin()
+        .render_context(&context(&payer, &[]))
+        .unwrap();
+    let run = run_script(&script, &start_imds("i-0abc1234", None), "sqs-chars");
+
+    assert!(
+        run.refused.is_empty(),
+        "SQS refused a send:\n{:?}\n{}",
+        run.refused,
+        run.stderr
+    );
+    let finished: Vec<_> = run
+        .events
+        .iter()
+        .filter(|e| e.event == EventKind::Finished)
+        .collect();
+    assert_eq!(finished.len(), 1, "{:?}", run.events);
+    assert_eq!(
+        finished[0].output_tail.as_deref(),
+        Some("café nonchar sur big 日本 😀 \u{FFFD} \u{10FFFF} end"),
+        "the tail keeps every character SQS takes, on the first send"
+    );
+    let finished_sends = run
+        .aws_calls
+        .lines()
+        .filter(|call| call.contains(r#""type":"finished""#))
+        .count();
+    assert_eq!(finished_sends, 1, "finished got through on its first send");
+}
+
+#[test]
+fn an_image_without_the_aws_cli_is_told_on_the_console_and_shuts_down() {
+    let payer = test_payer(&["bash", "-c", r#"printf x >"$STUB_DIR/ran""#]);
+    let script = Renderer::builtin()
+        .render_context(&context(&payer, &[]))
+        .unwrap();
+    let (out, dir) = spawn_script_on_image(
+        &script,
+        &start_imds("i-0abc1234", None),
+        "no-aws-cli",
+        Some(&["aws"]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lacks: Vec<&str> = stderr.lines().filter(|l| l.contains("lacks")).collect();
+    assert_eq!(lacks.len(), 1, "only the AWS CLI is missing:\n{stderr}");
+    assert!(
+        lacks[0].starts_with("mayfly: this image lacks aws (the AWS CLI"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot run or report without them; shutting down"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("cannot reach the events queue"),
+        "{stderr}"
+    );
+    assert!(!dir.join("ran").exists(), "the job never runs");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("shutdown.calls")).unwrap(),
+        "-h now\n",
+        "the instance shuts itself down"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

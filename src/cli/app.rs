@@ -109,6 +109,9 @@ impl App {
         let mut settings = Settings::new(self.names.cluster());
         settings.caps = pass.caps.caps();
         settings.vcpu_quota = pass.vcpu_quota;
+        settings
+            .root_volume_kms_key
+            .clone_from(&pass.root_volume_kms_key);
         settings.max_launches = pass.max_launches;
         settings.lost_grace = chrono::Duration::seconds(pass.reap.lost_grace.as_secs() as i64);
         settings.orphan_grace = chrono::Duration::seconds(pass.reap.orphan_grace.as_secs() as i64);

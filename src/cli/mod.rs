@@ -300,10 +300,24 @@ pub struct PassArgs {
     /// The account's EC2 vCPU quota, if known.
     #[arg(long, env = "MAYFLY_VCPU_QUOTA")]
     pub vcpu_quota: Option<u32>,
+    /// The customer-managed KMS key that encrypts the root volume of every payer whose
+    /// profile names none (`launch.root_volume_kms_key`): a key ARN, an alias (alias/NAME) or
+    /// an alias ARN. Without it, those volumes use the account's default EBS key. The
+    /// scheduler role needs grants on the key (infra/README.md, RootVolumeKmsKeyArn).
+    #[arg(long, env = "MAYFLY_ROOT_VOLUME_KMS_KEY", value_name = "KEY", value_parser = parse_kms_key)]
+    pub root_volume_kms_key: Option<String>,
     #[command(flatten)]
     pub caps: CapsArgs,
     #[command(flatten)]
     pub reap: ReapSettings,
+}
+
+fn parse_kms_key(s: &str) -> Result<String, String> {
+    if crate::profile::is_kms_key_reference(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("not {}", crate::profile::KMS_KEY_SHAPE))
+    }
 }
 
 impl PassArgs {

@@ -71,12 +71,13 @@ pub struct FakeCompute {
 
 fn fingerprint(req: &LaunchRequest) -> String {
     format!(
-        "{:?}|{}|{:?}|{}|{}|{}|{:?}",
+        "{:?}|{}|{:?}|{}|{}|{:?}|{}|{:?}",
         req.rung,
         req.image_id,
         req.security_groups,
         req.instance_profile,
         req.root_volume_gib,
+        req.root_volume_kms_key,
         req.user_data,
         req.tags
     )

@@ -26,11 +26,17 @@ use crate::profile::{CapacityType, Payer};
 use crate::retry::FailureCause;
 use crate::sizing::{self, Rung};
 
-/// EC2's ClientToken for one (job, attempt, rung): at most 64 ASCII characters, stable across
-/// processes and releases (FNV-1a, not the std hasher, whose output may change).
-pub fn client_token(job_id: &str, attempt: u32, rung: &Rung) -> String {
+/// EC2's ClientToken for one (deployment, job, attempt, rung): at most 64 ASCII characters,
+/// stable across processes and releases (FNV-1a, not the std hasher, whose output may change).
+///
+/// EC2 scopes a token to the account and region, not to mayfly's deployment: `cluster` keeps
+/// two deployments in one account (staging and production) that see the same `job_id` from
+/// sharing a token, and with it one instance or an `IdempotentParameterMismatch`. Tokens made
+/// before the cluster was part of them stay on their attempts, and a repair replays the
+/// recorded token, never a recomputed one.
+pub fn client_token(cluster: &str, job_id: &str, attempt: u32, rung: &Rung) -> String {
     let input = format!(
-        "{job_id}\u{1f}{attempt}\u{1f}{}\u{1f}{}\u{1f}{}",
+        "{cluster}\u{1f}{job_id}\u{1f}{attempt}\u{1f}{}\u{1f}{}\u{1f}{}",
         rung.instance_type, rung.subnet, rung.capacity
     );
     let fnv = |seed: u64| {
@@ -69,6 +75,10 @@ fn launch_request(
         security_groups: l.security_groups.clone(),
         instance_profile: l.instance_profile.clone(),
         root_volume_gib: l.root_volume_gib,
+        root_volume_kms_key: l
+            .root_volume_kms_key
+            .clone()
+            .or_else(|| s.settings.root_volume_kms_key.clone()),
         user_data,
         tags: vec![
             tag("Name", &format!("mayfly {}", job.job_id)),
@@ -254,6 +264,9 @@ fn fell_back(job: &mut Job, rung: &Rung, code: &str, skipped: bool) {
 
 /// Tries the ladder from rung `start` (the rung the attempt records) with one RunInstances
 /// per rung until one launches, leaving out the rungs this pass already knows refused.
+/// The recorded rung goes out with the attempt's recorded client token (a repair's replay is
+/// the same launch, whichever release recorded it); every rung after it is a new launch with a
+/// new token.
 #[allow(clippy::too_many_arguments)]
 async fn launch_ladder(
     s: &Scheduler,
@@ -274,7 +287,10 @@ async fn launch_ladder(
             report.rungs_skipped += 1;
             continue;
         }
-        let token = client_token(&job.job_id, attempt, rung);
+        let token = match job.current_attempt().and_then(|a| a.client_token.clone()) {
+            Some(recorded_token) if i == recorded => recorded_token,
+            _ => client_token(&s.settings.cluster, &job.job_id, attempt, rung),
+        };
         if i != recorded {
             // A new rung is a new launch: record it (and its token) before calling EC2.
             if let Some(a) = job.current_attempt_mut() {
@@ -426,7 +442,7 @@ pub(super) async fn execute(
             continue;
         }
         let rung = &ladder[first];
-        let token = client_token(&job.job_id, launch.attempt, rung);
+        let token = client_token(&s.settings.cluster, &job.job_id, launch.attempt, rung);
         job.attempt = launch.attempt;
         job.not_before = None;
         let (usd_per_hour, price_source) = price(s, rung);
@@ -577,7 +593,7 @@ pub(super) async fn repair(
         );
         let policy = kind.capacity.unwrap_or(payer.profile.launch.capacity);
         let mut ladder = sizing::ladder(&types, &payer.profile.launch.subnets, policy);
-        // Replay the recorded rung first (same token), then the rest of the ladder after it.
+        // Replay the recorded rung first (with its recorded token), then the rest of the ladder.
         let start = ladder.iter().position(|r| *r == rung).unwrap_or_else(|| {
             ladder.insert(0, rung.clone());
             0

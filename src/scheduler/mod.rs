@@ -80,6 +80,9 @@ pub struct Settings {
     pub lost_grace: chrono::Duration,
     /// An orphan is terminated this long after it was first marked.
     pub orphan_grace: chrono::Duration,
+    /// The deployment's KMS key for root volumes, for payers whose profile names none
+    /// (`launch.root_volume_kms_key` wins); `None`: the account's default EBS key.
+    pub root_volume_kms_key: Option<String>,
 }
 
 impl Settings {
@@ -93,6 +96,7 @@ impl Settings {
             repair_after: chrono::Duration::seconds(30),
             lost_grace: chrono::Duration::seconds(120),
             orphan_grace: chrono::Duration::seconds(300),
+            root_volume_kms_key: None,
         }
     }
 }

@@ -117,6 +117,7 @@ fn payer(i: usize, rng: &mut Lcg) -> PayerProfile {
             capacity: CapacityPolicy::SpotThenOnDemand,
             template: "default".into(),
             root_volume_gib: 30,
+            root_volume_kms_key: None,
         },
         circuit_breaker: Default::default(),
         timeouts: Timeouts {

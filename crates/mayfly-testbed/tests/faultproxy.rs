@@ -124,6 +124,7 @@ fn request(env: &LaunchEnv, cluster: &str, job_id: &str) -> LaunchRequest {
         security_groups: vec![env.security_group.clone()],
         instance_profile: env.instance_profile.clone(),
         root_volume_gib: 8,
+        root_volume_kms_key: None,
         user_data: "#!/bin/bash\ntrue\n".into(),
         tags: vec![
             (tags::CLUSTER.into(), cluster.into()),

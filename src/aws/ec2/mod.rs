@@ -9,11 +9,16 @@
 //! never retried blindly. A throttled RunInstances empties the client-side bucket, so the
 //! next launch waits for EC2's bucket to refill.
 //!
-//! The parts: this file launches, terminates, tags and prices; `describe.rs` reads instances
-//! back and converts them; `errors.rs` classifies SDK failures.
+//! The root volume is the image's own root device (read once per image, `images.rs`), sized
+//! and encrypted, with the request's KMS key when it names one.
+//!
+//! The parts: this file launches, terminates, tags and prices; `images.rs` reads images' root
+//! devices; `describe.rs` reads instances back and converts them; `errors.rs` classifies SDK
+//! failures.
 
 mod describe;
 mod errors;
+mod images;
 
 pub use errors::{classify, sdk_error, sdk_error_on};
 
@@ -32,14 +37,17 @@ use chrono::Utc;
 use tracing::{debug, info, instrument};
 
 use describe::{tag_filter, to_chrono};
+use images::RootDevices;
 
 use crate::names::tags;
 use crate::ports::{Compute, ComputeError, LaunchRequest, Launched, ManagedInstance};
 use crate::profile::CapacityType;
 use crate::ratelimit::Ec2Limits;
 
-/// Root device of the images mayfly launches (Amazon Linux).
-const ROOT_DEVICE: &str = "/dev/xvda";
+/// The device the root mapping goes on when DescribeImages does not know the image. EC2 then
+/// refuses the launch for the image itself, so the guess never reaches an instance on AWS; it
+/// keeps the request whole (sized and encrypted) for emulators that launch any image id.
+const UNKNOWN_IMAGE_ROOT_DEVICE: &str = "/dev/xvda";
 /// DescribeInstances page size: EC2's maximum, so a large fleet takes few calls.
 const MAX_PAGE_SIZE: i32 = 1000;
 /// EC2's smallest accepted MaxResults.
@@ -55,6 +63,7 @@ pub struct Ec2Compute {
     launch_client: Client,
     limits: Arc<Ec2Limits>,
     page_size: i32,
+    root_devices: RootDevices,
 }
 
 impl Ec2Compute {
@@ -65,6 +74,7 @@ impl Ec2Compute {
             client,
             limits,
             page_size: MAX_PAGE_SIZE,
+            root_devices: RootDevices::default(),
         }
     }
 
@@ -97,6 +107,10 @@ impl Compute for Ec2Compute {
                 code: "InvalidRootVolumeSize".into(),
                 message: format!("root volume of {} GiB is out of range", req.root_volume_gib),
             })?;
+        let root_device = self
+            .root_device(&req.image_id)
+            .await?
+            .unwrap_or_else(|| UNKNOWN_IMAGE_ROOT_DEVICE.to_owned());
         let tag_list: Vec<Tag> = req
             .tags
             .iter()
@@ -134,12 +148,13 @@ impl Compute for Ec2Compute {
             )
             .block_device_mappings(
                 BlockDeviceMapping::builder()
-                    .device_name(ROOT_DEVICE)
+                    .device_name(root_device)
                     .ebs(
                         EbsBlockDevice::builder()
                             .volume_type(VolumeType::Gp3)
                             .volume_size(root_gib)
                             .encrypted(true)
+                            .set_kms_key_id(req.root_volume_kms_key.clone())
                             .delete_on_termination(true)
                             .build(),
                     )

@@ -6,6 +6,33 @@
 trap 'shutdown -h now' EXIT
 set -euo pipefail
 
+# 1b. The programs this script runs, checked before anything else: an image without one of
+# them (README.md, "What an image must carry") would otherwise fail later as "cannot reach
+# the events queue". Each missing one is named on stderr, which cloud-init copies to the
+# console (`aws ec2 get-console-output`) and /var/log/cloud-init-output.log; then the
+# instance shuts down (the EXIT trap), unless `shutdown` is the one missing.
+missing=()
+need() {
+  command -v "$1" >/dev/null 2>&1 || missing+=("$1 ($2)")
+}
+need aws "the AWS CLI, v1 or v2: sends the job's events and fetches its secrets"
+need curl "reads the instance metadata (IMDSv2)"
+need shutdown "ends the instance"
+need timeout "stops the job at its max runtime"
+need sed "formats the events"
+need awk "formats the events"
+for tool in date mktemp sleep tail head tr; do
+  need "$tool" "coreutils"
+done
+if ((${#missing[@]} > 0)); then
+  for tool in "${missing[@]}"; do
+    printf 'mayfly: this image lacks %s\n' "$tool" >&2
+  done
+  printf 'mayfly: job %s attempt %s cannot run or report without them; shutting down\n' \
+    'cedar-plan:2026-11-01:members' 1 >&2
+  exit 1
+fi
+
 job_id='cedar-plan:2026-11-01:members'
 attempt=1
 region='us-east-1'
@@ -25,13 +52,14 @@ mayfly_aws() {
   aws --cli-connect-timeout 5 --cli-read-timeout 30 "$@"
 }
 
-# Valid UTF-8 on stdout; invalid sequences are dropped (ASCII only without iconv).
-utf8_clean() {
-  if command -v iconv >/dev/null 2>&1; then
-    iconv -f UTF-8 -t UTF-8 -c || true
-  else
-    ascii_only
-  fi
+# stdin as text SQS accepts in a message, on stdout: valid UTF-8 of the characters #x9, #xA,
+# #xD, #x20-#xD7FF, #xE000-#xFFFD and #x10000-#x10FFFF. Every other byte is dropped: invalid
+# and overlong sequences, surrogates, U+FFFE and U+FFFF (which iconv would keep, and SQS
+# refuses), and code points past U+10FFFF. Each alternative below is one allowed character,
+# byte by byte; POSIX's leftmost-longest match makes sed take a whole character where one
+# starts, and `.` (one byte, in the C locale) drops what is not one.
+sqs_clean() {
+  LC_ALL=C sed -E -e $'s/([\t\r\x20-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee][\x80-\xbf][\x80-\xbf]|\xed[\x80-\x9f][\x80-\xbf]|\xef[\x80-\xbe][\x80-\xbf]|\xef\xbf[\x80-\xbd]|\xf0[\x90-\xbf][\x80-\xbf][\x80-\xbf]|[\xf1-\xf3][\x80-\xbf][\x80-\xbf][\x80-\xbf]|\xf4[\x80-\x8f][\x80-\xbf][\x80-\xbf])|./\\1/g'
 }
 
 ascii_only() { LC_ALL=C tr -cd '\11\12\15\40-\176'; }
@@ -116,7 +144,7 @@ heartbeat_pid=$!
 (
   while sleep 5 >/dev/null 2>&1; do
     if notice="$(imds_get meta-data/spot/instance-action)"; then
-      send_event interrupted 30 ",\"notice\":$(printf '%s' "$notice" | head -c 1024 | json_string utf8_clean)" || true
+      send_event interrupted 30 ",\"notice\":$(printf '%s' "$notice" | head -c 1024 | json_string sqs_clean)" || true
       break
     fi
   done
@@ -150,11 +178,12 @@ duration=$(($(date +%s) - start))
 kill "$heartbeat_pid" "$spot_pid" 2>/dev/null || true
 
 # 8. Report `finished` with the exit code, duration and the output's last bytes, trying for
-# minutes (within the deadline): a `finished` that never arrives runs the job again. From the
-# second try on the tail is ASCII only, in case its text was what SQS refused.
+# minutes (within the deadline): a `finished` that never arrives runs the job again. The tail
+# keeps only characters SQS accepts, so its first send can get through; from the second try
+# on it is ASCII only, in case its text was what SQS refused all the same.
 say "job exited with $rc after ${duration}s"
 send_event finished 240 \
-  "$(finished_members "$rc" "$duration" utf8_clean)" \
+  "$(finished_members "$rc" "$duration" sqs_clean)" \
   "$(finished_members "$rc" "$duration" ascii_only)" ||
   say "could not report finished"
 

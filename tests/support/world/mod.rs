@@ -125,6 +125,7 @@ impl World {
             security_groups: payer.launch.security_groups.clone(),
             instance_profile: payer.launch.instance_profile.clone(),
             root_volume_gib: 8,
+            root_volume_kms_key: None,
             user_data: "#!/bin/bash\ntrue\n".into(),
             tags: tags
                 .iter()

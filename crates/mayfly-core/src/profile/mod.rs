@@ -14,7 +14,7 @@ use crate::catalog::Arch;
 use crate::duration::Duration;
 
 pub use diff::{diff, Change};
-pub use validate::{GlobalCaps, Payer, ValidateContext};
+pub use validate::{is_kms_key_reference, GlobalCaps, Payer, ValidateContext, KMS_KEY_SHAPE};
 
 /// A payer's whole configuration, exactly as written in its profile file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +94,11 @@ pub struct LaunchSettings {
     pub template: String,
     #[serde(default = "default_root_volume")]
     pub root_volume_gib: u32,
+    /// The customer-managed KMS key that encrypts the root volume: a key ARN, an alias
+    /// (`alias/NAME`) or an alias ARN. Absent: the deployment's key if it names one, else the
+    /// account's default EBS key. The scheduler role needs the key's grants (infra/README.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume_kms_key: Option<String>,
 }
 
 fn default_template() -> String {

@@ -130,6 +130,59 @@ fn is_aws_id(s: &str, prefix: &str) -> bool {
     })
 }
 
+/// What a KMS key reference must look like, for error messages.
+pub const KMS_KEY_SHAPE: &str =
+    "a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/KEY-ID), an alias (alias/NAME) or an alias ARN";
+
+/// Whether `s` has the shape of a KMS key reference EC2 accepts for an EBS volume and IAM can
+/// name: a key ARN, an alias (`alias/NAME`) or an alias ARN. A bare key id is refused: the
+/// scheduler role's grant needs the key's ARN anyway, so the profile names it too.
+pub fn is_kms_key_reference(s: &str) -> bool {
+    if s.len() > 2048 {
+        return false;
+    }
+    if let Some(name) = s.strip_prefix("alias/") {
+        return is_alias_name(name);
+    }
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    let [arn, partition, service, region, account, resource] = parts[..] else {
+        return false;
+    };
+    let partition_ok = partition == "aws"
+        || partition.strip_prefix("aws-").is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|c| c.is_ascii_lowercase() || c == b'-')
+        });
+    let region_ok = !region.is_empty()
+        && region
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    let account_ok = account.len() == 12 && account.bytes().all(|c| c.is_ascii_digit());
+    let resource_ok = match resource.split_once('/') {
+        Some(("key", id)) => is_key_id(id),
+        Some(("alias", name)) => is_alias_name(name),
+        _ => false,
+    };
+    arn == "arn" && partition_ok && service == "kms" && region_ok && account_ok && resource_ok
+}
+
+/// A KMS key id: a UUID, or `mrk-` and 32 hex digits (a multi-Region key).
+fn is_key_id(id: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_hexdigit());
+    if let Some(rest) = id.strip_prefix("mrk-") {
+        return hex(rest, 32);
+    }
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 5 && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| hex(g, n))
+}
+
+fn is_alias_name(name: &str) -> bool {
+    (1..=250).contains(&name.len())
+        && !name.starts_with('/')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"/_-".contains(&c))
+}
+
 fn is_env_name(s: &str) -> bool {
     let b = s.as_bytes();
     (1..=64).contains(&b.len())
@@ -252,6 +305,14 @@ impl PayerProfile {
             "a template name",
         );
         c.range("launch.root_volume_gib", l.root_volume_gib, 8, 16_384);
+        if let Some(key) = &l.root_volume_kms_key {
+            c.pattern(
+                "launch.root_volume_kms_key",
+                key,
+                is_kms_key_reference(key),
+                KMS_KEY_SHAPE,
+            );
+        }
     }
 
     fn check_kinds(&self, c: &mut Check<'_>, ctx: &ValidateContext<'_>) {
@@ -467,6 +528,38 @@ impl PayerProfile {
                     ),
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_kms_key_reference;
+
+    #[test]
+    fn kms_key_references_are_key_arns_aliases_or_alias_arns() {
+        for ok in [
+            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:eu-west-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab",
+            "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "alias/payer-ebs",
+            "alias/mayfly/harbor-health",
+            "arn:aws:kms:us-east-1:123456789012:alias/payer-ebs",
+        ] {
+            assert!(is_kms_key_reference(ok), "{ok} should be accepted");
+        }
+        for bad in [
+            "",
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "alias/",
+            "alias/has space",
+            "arn:aws:kms:us-east-1:123456789012:key/not-a-uuid",
+            "arn:aws:kms:us-east-1:12345:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:s3:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:123456789012:grant/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab:x",
+        ] {
+            assert!(!is_kms_key_reference(bad), "{bad:?} should be refused");
         }
     }
 }
