@@ -10,8 +10,10 @@
 //! next launch waits for EC2's bucket to refill.
 //!
 //! The parts: this file launches, terminates, tags and prices; `describe.rs` reads instances
-//! back and converts them; `errors.rs` classifies SDK failures.
+//! back and converts them; `errors.rs` classifies SDK failures; `checks.rs` is what
+//! `preflight` asks of EC2 (the launch's own RunInstances as a dry run, and lookups).
 
+mod checks;
 mod describe;
 mod errors;
 
@@ -20,6 +22,7 @@ pub use errors::{classify, sdk_error};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
@@ -88,10 +91,14 @@ impl Ec2Compute {
     }
 }
 
-#[async_trait]
-impl Compute for Ec2Compute {
-    #[instrument(skip_all, fields(client_token = %req.client_token, rung = %req.rung))]
-    async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
+impl Ec2Compute {
+    /// The RunInstances call of `req` on `client`, as a launch makes it: `preflight`'s dry
+    /// run sends the very same call with `DryRun` set.
+    fn run_instances_call(
+        &self,
+        client: &Client,
+        req: &LaunchRequest,
+    ) -> Result<RunInstancesFluentBuilder, ComputeError> {
         let root_gib =
             i32::try_from(req.root_volume_gib).map_err(|_| ComputeError::Configuration {
                 code: "InvalidRootVolumeSize".into(),
@@ -108,8 +115,7 @@ impl Compute for Ec2Compute {
                 .set_tags(Some(tag_list.clone()))
                 .build()
         };
-        let mut call = self
-            .launch_client
+        let mut call = client
             .run_instances()
             .client_token(&req.client_token)
             .image_id(&req.image_id)
@@ -160,6 +166,15 @@ impl Compute for Ec2Compute {
                     .build(),
             );
         }
+        Ok(call)
+    }
+}
+
+#[async_trait]
+impl Compute for Ec2Compute {
+    #[instrument(skip_all, fields(client_token = %req.client_token, rung = %req.rung))]
+    async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
+        let call = self.run_instances_call(&self.launch_client, req)?;
         self.limits.run_instances.acquire().await;
         let out = call.send().await.map_err(sdk_error).inspect_err(|e| {
             if matches!(e, ComputeError::Throttled { .. }) {
