@@ -51,6 +51,15 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
                     p.version = Some(version);
                     p.applied = true;
                 }
+                let written: Vec<&str> = report
+                    .payers
+                    .iter()
+                    .filter(|p| p.applied)
+                    .map(|p| p.payer_id.as_str())
+                    .collect();
+                if !written.is_empty() {
+                    report.next = Some(format!("mayfly preflight {}", written.join(" ")));
+                }
             }
             emit(output, &report)
         }
@@ -153,6 +162,9 @@ struct PayerDiff {
 struct DiffReport {
     dry_run: bool,
     payers: Vec<PayerDiff>,
+    /// The command to run next, after payers were written: their preflight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 async fn compare(
@@ -197,6 +209,7 @@ async fn compare(
     Ok(DiffReport {
         dry_run: true,
         payers: out,
+        next: None,
     })
 }
 
@@ -227,6 +240,12 @@ impl fmt::Display for DiffReport {
         }
         if self.dry_run && self.payers.iter().any(|p| p.status != Status::Unchanged) {
             writeln!(f, "(nothing written; `mayfly payers apply` writes these)")?;
+        }
+        if let Some(next) = &self.next {
+            writeln!(
+                f,
+                "Next: `{next}` checks their launches against the account before jobs queue up."
+            )?;
         }
         Ok(())
     }
