@@ -17,19 +17,35 @@ use crate::cost_report::{job_lines, AttemptLine};
 use crate::job::{Attempt, Job, JobState};
 use crate::plan::{self, Reason, Snapshot};
 use crate::ports::ComputeError;
-use crate::ports::{ConfigStore, Ledger, StoreError};
+use crate::ports::{ConfigStore, Ledger, QuotaReader, StoreError};
 use crate::profile::GlobalCaps;
-use crate::scheduler::{load_payers, load_snapshot};
+use crate::quota::{AccountQuota, QuotaSource};
+use crate::scheduler::{load_payers, load_snapshot, read_quotas, QuotaRead};
 use crate::summary::JobSummary;
 
 /// What the planner needs besides the tables: the deployment's limits and the time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ExplainContext<'a> {
     pub catalog: &'a Catalog,
     pub caps: GlobalCaps,
+    /// `--vcpu-quota`: one quota over every family; when set, the account's are not read.
     pub vcpu_quota: Option<u32>,
+    /// Where the account's vCPU quotas are read from (`None`: they are not).
+    pub quotas: Option<&'a dyn QuotaReader>,
     pub launch_budget: u32,
     pub now: DateTime<Utc>,
+}
+
+impl fmt::Debug for ExplainContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExplainContext")
+            .field("caps", &self.caps)
+            .field("vcpu_quota", &self.vcpu_quota)
+            .field("reads_quotas", &self.quotas.is_some())
+            .field("launch_budget", &self.launch_budget)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a job could not be explained.
@@ -129,12 +145,19 @@ pub async fn explain(
     jobs.retain(|j| j.job_id != job.job_id);
     jobs.push(job.clone());
     let summaries = JobSummary::of_all(&jobs);
+    let quotas = match (ctx.quotas, ctx.vcpu_quota) {
+        (Some(reader), None) => Some(read_quotas(reader, &payers.valid, ctx.catalog).await),
+        _ => None,
+    };
     let snapshot = Snapshot {
         jobs: &summaries,
         payers: &payers.valid,
         catalog: ctx.catalog,
         caps: ctx.caps,
         vcpu_quota: ctx.vcpu_quota,
+        account_quotas: quotas
+            .as_ref()
+            .map_or_else(Default::default, QuotaRead::view),
         launch_budget: ctx.launch_budget,
         now: ctx.now,
     };
@@ -154,6 +177,7 @@ pub async fn explain(
     } else if let Some(w) = plan.waiting.iter().find(|w| *w.job.job_id == job.job_id) {
         out.plan_reason = serde_json::to_value(&w.reason).ok();
         waiting(&job, &jobs, &w.reason, &mut out, ctx.now);
+        quota_detail(&w.reason, snapshot.account_quotas, &mut out);
     }
     if let Some(a) = job.attempts.last().filter(|a| a.reason.is_some()) {
         out.details.push(format!(
@@ -230,6 +254,37 @@ fn fallbacks(a: &Attempt) -> String {
         a.number,
         rungs.join("\n")
     )
+}
+
+/// Where the vCPU quota of the explanation comes from: the flag, the account's quota (and
+/// how to raise it), or why the account's quotas are unknown.
+fn quota_detail(reason: &Reason<'_>, account: AccountQuota<'_>, out: &mut Explanation) {
+    match reason {
+        Reason::VcpuQuota {
+            source: QuotaSource::Flag,
+            quota,
+            ..
+        } => out.details.push(format!(
+            "the quota ({quota} vCPUs over every family) is --vcpu-quota (MAYFLY_VCPU_QUOTA); without it the account's quotas are read"
+        )),
+        Reason::VcpuQuota {
+            source: QuotaSource::Account(pool),
+            quota,
+            ..
+        } => out.details.push(format!(
+            "the quota ({quota} vCPUs) is the account's {}, \"{}\", read from Service Quotas; every rung of the ladder counts against a full quota. Raise it with `aws service-quotas request-service-quota-increase --service-code ec2 --quota-code {} --desired-value N`",
+            pool.code(),
+            pool.name(),
+            pool.code()
+        )),
+        _ => {
+            if let AccountQuota::Unreadable(why) = account {
+                out.details.push(format!(
+                    "the account's vCPU quotas are unknown (cannot read them: {why}); only the caps apply"
+                ));
+            }
+        }
+    }
 }
 
 fn base(job: &Job, attempts: Vec<AttemptLine>) -> Explanation {

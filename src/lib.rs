@@ -9,7 +9,7 @@
 //! - [`jobs_file`]: JSON-lines job files for `submit` and the offline `plan`.
 //! - [`summary`]: the compact planning projection of a ledger job.
 //! - [`sizing`]: right-sizing a job to instance types and its fallback ladder.
-//! - [`quota`]: EC2's vCPU quotas per family group, and which one a launch counts against.
+//! - [`quota`]: EC2's vCPU quotas per family group and purchase option, and the account's.
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
 //! - [`plan_view`]: the text rendering of plans and reasons.
 //! - [`simulate`]: capacity planning on a virtual clock, mayfly beside a generic ASG.
@@ -25,6 +25,8 @@
 //! - [`daemon`]: `mayfly run`'s wake-up on arrivals and its metrics endpoint.
 //! - [`cost_report`]: what each attempt cost, from the ledger's recorded facts; `cost report`.
 //! - [`explain`]: why one job is (not) running, from the planner's reasons; `explain`.
+//! - [`preflight`]: every rung of the payers' ladders checked against the account without
+//!   launching; `preflight`.
 //! - [`cli`]: the command-line surface shared by the binaries.
 //! - [`lambda`]: the `mayfly-lambda` function: a scheduled event runs a pass, an SQS event
 //!   applies its instance events and runs a pass (partial batch failures), EMF metrics.
@@ -58,6 +60,7 @@ pub mod lease;
 pub mod metrics;
 pub mod names;
 pub mod ports;
+pub mod preflight;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod userdata;

@@ -1,8 +1,9 @@
 //! Ports: the narrow interfaces mayfly's scheduling logic uses to reach the config table, the
-//! job ledger, the queues and EC2. Domain types in, domain types out; adapters (`aws`) convert
-//! SDK types at the edge, and every port has a stateful in-memory fake (`fakes`).
+//! job ledger, the queues and EC2, and what `preflight` and the planner read of the account
+//! (launch checks, IAM, Service Quotas). Domain types in, domain types out; adapters (`aws`)
+//! convert SDK types at the edge, and every port has a stateful in-memory fake (`fakes`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobState};
 use crate::profile::PayerProfile;
+use crate::quota::{AccountQuotas, QuotaPool};
 use crate::sizing::Rung;
 use crate::state_reason::StateReason;
 
@@ -287,4 +289,108 @@ pub trait Compute: Send + Sync {
         instance_type: &str,
         availability_zone: &str,
     ) -> Result<f64, ComputeError>;
+}
+
+/// An AWS error as a check reports it: the service's error code (or, when the call got no
+/// answer, what happened: `timeout`, `dispatch`…) and its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct AwsError {
+    pub code: String,
+    pub message: String,
+}
+
+impl AwsError {
+    /// Whether the call may well work if made again (no answer, throttled, a server
+    /// error): the check could not be made, which says nothing about the settings checked.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "timeout"
+                | "dispatch"
+                | "response"
+                | "construction"
+                | "sdk"
+                | "InternalError"
+                | "InternalFailure"
+                | "ServiceUnavailable"
+                | "ServiceException"
+                | "Unavailable"
+                | "RequestLimitExceeded"
+                | "Throttling"
+                | "ThrottlingException"
+                | "TooManyRequestsException"
+        ) || self.code.starts_with("HTTP5")
+    }
+}
+
+/// The account's vCPU quotas (Service Quotas), for the planner.
+#[async_trait]
+pub trait QuotaReader: Send + Sync {
+    /// The current value of each of these quotas. Any quota that cannot be read fails the
+    /// whole read, naming it: the planner then falls back to the caps.
+    async fn vcpu_quotas(&self, pools: &BTreeSet<QuotaPool>) -> Result<AccountQuotas, AwsError>;
+}
+
+/// An image as a launch check needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub image_id: String,
+    /// `x86_64`, `arm64`, `i386`… as EC2 names it.
+    pub architecture: Option<String>,
+    pub root_device_name: Option<String>,
+    /// `available`, `pending`, `failed`… as EC2 names it.
+    pub state: Option<String>,
+}
+
+/// A subnet: where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetInfo {
+    pub subnet_id: String,
+    pub vpc_id: Option<String>,
+    pub availability_zone: Option<String>,
+}
+
+/// A security group: its VPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityGroupInfo {
+    pub group_id: String,
+    pub vpc_id: Option<String>,
+}
+
+/// EC2, as `mayfly preflight` checks a launch without making it. Lookups of one id answer
+/// EC2's own error when it does not exist (`InvalidAMIID.NotFound`, `InvalidSubnetID.NotFound`,
+/// `InvalidGroup.NotFound`).
+#[async_trait]
+pub trait LaunchChecks: Send + Sync {
+    /// RunInstances with `DryRun`: `Ok` when EC2 answers `DryRunOperation` (the request
+    /// would have been made), else EC2's error.
+    async fn dry_run(&self, req: &LaunchRequest) -> Result<(), AwsError>;
+    async fn image(&self, image_id: &str) -> Result<ImageInfo, AwsError>;
+    async fn subnet(&self, subnet_id: &str) -> Result<SubnetInfo, AwsError>;
+    async fn security_group(&self, group_id: &str) -> Result<SecurityGroupInfo, AwsError>;
+    /// Which of `types` are offered in which of `zones`: (type, zone) pairs.
+    async fn offerings(
+        &self,
+        types: &[String],
+        zones: &[String],
+    ) -> Result<BTreeSet<(String, String)>, AwsError>;
+    /// Whether EC2 answers any spot price for `instance_type` in `zone` (DescribeSpotPriceHistory).
+    async fn spot_price_listed(&self, instance_type: &str, zone: &str) -> Result<bool, AwsError>;
+}
+
+/// An instance profile: the roles it holds (by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceProfileInfo {
+    pub name: String,
+    pub roles: Vec<String>,
+}
+
+/// IAM, as `mayfly preflight` reads it.
+#[async_trait]
+pub trait IdentityChecks: Send + Sync {
+    /// The instance profile, or IAM's error (`NoSuchEntity` when it does not exist).
+    async fn instance_profile(&self, name: &str) -> Result<InstanceProfileInfo, AwsError>;
+    /// Whether the role exists (`Ok(false)` on `NoSuchEntity`).
+    async fn role_exists(&self, name: &str) -> Result<bool, AwsError>;
 }

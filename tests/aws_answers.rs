@@ -14,7 +14,7 @@ use mayfly::fakes::{FakeCompute, LaunchFault};
 use mayfly::job::{Job, JobState};
 use mayfly::ports::InstanceState;
 use mayfly::profile::{CapacityPolicy, CapacityType, GlobalCaps};
-use mayfly::quota::{QuotaFamily, QuotaKey};
+use mayfly::quota::{FamilyGroup, QuotaPool};
 use mayfly::retry::FailureCause;
 use support::world::{on_fakes, request, t0, FaultyCompute, World};
 
@@ -47,6 +47,7 @@ async fn explained(w: &World, id: &str, now: DateTime<Utc>) -> String {
         catalog: Catalog::shipped(),
         caps: GlobalCaps::default(),
         vcpu_quota: None,
+        quotas: None,
         launch_budget: 60,
         now,
     };
@@ -331,8 +332,8 @@ async fn a_full_quota_stops_only_the_launches_that_count_against_it() {
         .put(&profile, Some(row.version), t0())
         .await
         .unwrap();
-    let g = QuotaKey {
-        family: QuotaFamily::GAndVt,
+    let g = QuotaPool {
+        group: FamilyGroup::G,
         capacity: CapacityType::OnDemand,
     };
     ec2.set_vcpu_quota(g, Some(0));
@@ -376,8 +377,8 @@ async fn launches_that_got_no_instance_spend_no_retry() {
     w.apply_examples().await;
     // max_attempts = 2 for cedar-plan's eligibility.
     let id = submit_eligibility(&w, "2031-13").await;
-    let standard = |capacity| QuotaKey {
-        family: QuotaFamily::Standard,
+    let standard = |capacity| QuotaPool {
+        group: FamilyGroup::Standard,
         capacity,
     };
     let capacity = || {

@@ -76,6 +76,7 @@ fn ctx() -> ExplainContext<'static> {
         catalog: Catalog::shipped(),
         caps: GlobalCaps::default(),
         vcpu_quota: None,
+        quotas: None,
         launch_budget: 60,
         now: now(),
     }

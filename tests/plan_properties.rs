@@ -334,6 +334,7 @@ fn snapshot(w: &World) -> Snapshot<'_> {
         catalog: Catalog::shipped(),
         caps: w.caps,
         vcpu_quota: w.quota,
+        account_quotas: mayfly::quota::AccountQuota::NotRead,
         launch_budget: w.budget,
         now: now(),
     }

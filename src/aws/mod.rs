@@ -5,7 +5,10 @@
 //! - [`ec2`]: [`ports::Compute`](crate::ports::Compute) on EC2, with error classification.
 //! - [`sqs`]: [`ports::Queue`](crate::ports::Queue) on SQS.
 //! - [`dynamo`]: the config table, the job ledger and the leader lease on DynamoDB.
+//! - [`iam`]: [`ports::IdentityChecks`](crate::ports::IdentityChecks) on IAM (instance
+//!   profiles, the spot service-linked role), for `preflight`.
 //! - [`permissions`]: denied calls, named with the grant of `infra/mayfly.yaml` they need.
+//! - [`quotas`]: [`ports::QuotaReader`](crate::ports::QuotaReader) on Service Quotas.
 //!
 //! Every client has time limits ([`Timeouts`]); RunInstances goes through its own EC2 client
 //! without SDK retries ([`launch_client`]).
@@ -13,7 +16,9 @@
 pub mod counting;
 pub mod dynamo;
 pub mod ec2;
+pub mod iam;
 pub mod permissions;
+pub mod quotas;
 pub mod sqs;
 
 use std::time::Duration;
@@ -21,8 +26,43 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use counting::CallCounter;
+
+use crate::ports::AwsError;
+
+/// Any SDK failure as an [`AwsError`]: a service's error by its code, a call that got no
+/// answer by what happened (`timeout`, `dispatch`, `response`, `construction`), an answer
+/// without a code by its HTTP status (`HTTP500`).
+pub fn aws_error<E>(err: SdkError<E, HttpResponse>) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let code = match &err {
+        SdkError::ServiceError(service) => match service.err().code() {
+            Some(code) => {
+                return AwsError {
+                    code: code.to_owned(),
+                    message: service.err().message().unwrap_or_default().to_owned(),
+                }
+            }
+            None => format!("HTTP{}", service.raw().status().as_u16()),
+        },
+        SdkError::TimeoutError(_) => "timeout".to_owned(),
+        SdkError::DispatchFailure(_) => "dispatch".to_owned(),
+        SdkError::ResponseError(_) => "response".to_owned(),
+        SdkError::ConstructionFailure(_) => "construction".to_owned(),
+        _ => "sdk".to_owned(),
+    };
+    AwsError {
+        code,
+        message: DisplayErrorContext(&err).to_string(),
+    }
+}
 
 /// Loads the SDK configuration from the standard AWS chain (environment, shared config
 /// files, SSO, IMDS…). The endpoint also follows `AWS_ENDPOINT_URL` and the per-service
@@ -106,6 +146,10 @@ pub struct Clients {
     pub ec2_launch: aws_sdk_ec2::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
+    /// IAM, for `preflight`'s reads.
+    pub iam: aws_sdk_iam::Client,
+    /// Service Quotas, for the account's vCPU quotas.
+    pub servicequotas: aws_sdk_servicequotas::Client,
     pub calls: CallCounter,
 }
 
@@ -137,7 +181,7 @@ impl Clients {
         );
         let dynamodb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(sdk)
-                .timeout_config(default)
+                .timeout_config(default.clone())
                 .interceptor(calls.interceptor())
                 .build(),
         );
@@ -147,11 +191,25 @@ impl Clients {
                 .interceptor(calls.interceptor())
                 .build(),
         );
+        let iam = aws_sdk_iam::Client::from_conf(
+            aws_sdk_iam::config::Builder::from(sdk)
+                .timeout_config(default.clone())
+                .interceptor(calls.interceptor())
+                .build(),
+        );
+        let servicequotas = aws_sdk_servicequotas::Client::from_conf(
+            aws_sdk_servicequotas::config::Builder::from(sdk)
+                .timeout_config(default.clone())
+                .interceptor(calls.interceptor())
+                .build(),
+        );
         Self {
             ec2,
             ec2_launch,
             dynamodb,
             sqs,
+            iam,
+            servicequotas,
             calls,
         }
     }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use super::{CliError, GlobalArgs, PassArgs};
 use crate::aws::dynamo::{DynamoConfigStore, DynamoLedger};
 use crate::aws::ec2::Ec2Compute;
+use crate::aws::iam::IamReader;
+use crate::aws::quotas::ServiceQuotas;
 use crate::aws::sqs::SqsQueue;
 use crate::aws::{self, counting::CallCounter, Clients};
 use crate::names::Names;
@@ -52,6 +54,27 @@ impl App {
 
     pub fn calls(&self) -> &CallCounter {
         &self.clients.calls
+    }
+
+    /// The endpoint every AWS call goes to instead of AWS's own, when one is set (an
+    /// emulator, in practice).
+    pub fn endpoint_url(&self) -> Option<&str> {
+        self.endpoint_url.as_deref()
+    }
+
+    /// The account's vCPU quotas (Service Quotas).
+    pub fn quotas(&self) -> ServiceQuotas {
+        ServiceQuotas::new(self.clients.servicequotas.clone())
+    }
+
+    /// EC2 as `preflight` checks a launch.
+    pub fn ec2(&self) -> Ec2Compute {
+        Ec2Compute::new(self.clients.ec2.clone(), Arc::new(Ec2Limits::default()))
+    }
+
+    /// IAM as `preflight` reads it.
+    pub fn iam(&self) -> IamReader {
+        IamReader::new(self.clients.iam.clone())
     }
 
     pub fn config(&self) -> Arc<dyn ConfigStore> {
@@ -115,6 +138,6 @@ impl App {
         settings.max_launches = pass.max_launches;
         settings.lost_grace = chrono::Duration::seconds(pass.reap.lost_grace.as_secs() as i64);
         settings.orphan_grace = chrono::Duration::seconds(pass.reap.orphan_grace.as_secs() as i64);
-        Ok(Scheduler::new(deps, settings))
+        Ok(Scheduler::new(deps, settings).with_quotas(Arc::new(self.quotas())))
     }
 }

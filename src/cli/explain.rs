@@ -18,10 +18,12 @@ pub struct ExplainArgs {
 }
 
 pub(super) async fn run(app: &App, output: Output, args: &ExplainArgs) -> Result<(), CliError> {
+    let quotas = app.quotas();
     let ctx = ExplainContext {
         catalog: crate::catalog::Catalog::shipped(),
         caps: args.pass.caps.caps(),
         vcpu_quota: args.pass.vcpu_quota,
+        quotas: Some(&quotas),
         launch_budget: args.pass.max_launches,
         now: args.now.unwrap_or_else(Utc::now),
     };

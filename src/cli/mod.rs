@@ -8,6 +8,7 @@ mod jobs;
 mod offline;
 mod pass;
 mod payers;
+mod preflight;
 mod run;
 mod simulate;
 mod status;
@@ -26,6 +27,7 @@ pub use cost::{CostCommand, CostReportArgs, ReportFormat};
 pub use explain::ExplainArgs;
 pub use offline::{ValidProfile, ValidateReport};
 pub use payers::{apply_profile, Applied};
+pub use preflight::PreflightArgs;
 pub use simulate::SimulateArgs;
 
 /// mayfly: one right-sized, self-terminating EC2 instance per payer data job.
@@ -99,6 +101,18 @@ pub enum Command {
     /// Payer onboarding: validate profile files, compare and apply them as config rows.
     #[command(subcommand)]
     Payers(PayersCommand),
+    /// Check every rung of the payers' ladders against the account without launching
+    /// anything: the image and its architecture, subnets and security groups (one VPC), the
+    /// instance profile, each type offered in each subnet's zone, the vCPU quotas, spot
+    /// prices and the spot service-linked role, and RunInstances with DryRun (the launch's
+    /// own request). One line per problem naming payer, kind, rung and AWS error code.
+    ///
+    /// Exits 2 when a launch would fail, 1 when a check could not be made. Against an
+    /// emulator it lists what the emulator cannot check instead of passing it.
+    ///
+    ///   mayfly preflight
+    ///   mayfly preflight cedar-plan --output json
+    Preflight(PreflightArgs),
     /// Put job requests on the intake queue: one from flags, or many from a JSON-lines file.
     ///
     ///   mayfly submit --job-id cedar:2026-11:claims --payer cedar-plan --kind claims --batch 2026-11
@@ -297,7 +311,8 @@ pub struct PassArgs {
     /// Most RunInstances calls in one pass.
     #[arg(long, default_value_t = 60, env = "MAYFLY_MAX_LAUNCHES")]
     pub max_launches: u32,
-    /// The account's EC2 vCPU quota, if known.
+    /// One vCPU quota over every instance family, instead of the account's quotas per
+    /// family group (read from Service Quotas when this is not given).
     #[arg(long, env = "MAYFLY_VCPU_QUOTA")]
     pub vcpu_quota: Option<u32>,
     /// The customer-managed KMS key that encrypts the root volume of every payer whose
@@ -426,7 +441,8 @@ pub struct PlanArgs {
     /// RunInstances calls this pass may make.
     #[arg(long, default_value_t = 20)]
     pub launch_budget: u32,
-    /// The account's EC2 vCPU quota, if known.
+    /// One vCPU quota over every instance family, instead of the account's quotas per
+    /// family group (read from Service Quotas against a deployment; offline, none).
     #[arg(long)]
     pub vcpu_quota: Option<u32>,
     #[command(flatten)]
@@ -447,6 +463,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let app = app::App::connect(&cli.global).await?;
             match command {
                 Command::Payers(cmd) => payers::run(&app, output, cmd).await,
+                Command::Preflight(args) => preflight::run(&app, output, &args).await,
                 Command::Submit(args) => jobs::submit(&app, output, &args).await,
                 Command::Tick(args) => pass::tick(&app, output, &args).await,
                 Command::Plan(args) => pass::live_plan(&app, output, &args).await,

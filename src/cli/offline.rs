@@ -117,6 +117,7 @@ pub(super) fn offline_plan(output: Output, args: &PlanArgs) -> Result<(), CliErr
         catalog,
         caps,
         vcpu_quota: args.vcpu_quota,
+        account_quotas: crate::quota::AccountQuota::NotRead,
         launch_budget: args.launch_budget,
         now,
     };

@@ -4,7 +4,7 @@ use chrono::Utc;
 
 use super::{emit, App, CliError, Output, PassArgs, PlanArgs, ReapArgs, TickArgs};
 use crate::plan::{self, Snapshot};
-use crate::scheduler::{load_payers, load_snapshot, TickOptions};
+use crate::scheduler::{load_payers, load_snapshot, read_quotas, QuotaRead, TickOptions};
 use crate::summary::JobSummary;
 
 pub(super) async fn tick(app: &App, output: Output, args: &TickArgs) -> Result<(), CliError> {
@@ -50,12 +50,19 @@ pub(super) async fn live_plan(app: &App, output: Output, args: &PlanArgs) -> Res
         .await
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     let summaries = JobSummary::of_all(&jobs);
+    let quotas = match pass.vcpu_quota {
+        None => Some(read_quotas(&app.quotas(), &payers.valid, catalog).await),
+        Some(_) => None,
+    };
     let snapshot = Snapshot {
         jobs: &summaries,
         payers: &payers.valid,
         catalog,
         caps: pass.caps.caps(),
         vcpu_quota: pass.vcpu_quota,
+        account_quotas: quotas
+            .as_ref()
+            .map_or_else(Default::default, QuotaRead::view),
         launch_budget: pass.max_launches,
         now: args.now.unwrap_or_else(Utc::now),
     };

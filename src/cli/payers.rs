@@ -50,6 +50,15 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
                     p.applied = true;
                     p.resumed = applied.resumed;
                 }
+                let written: Vec<&str> = report
+                    .payers
+                    .iter()
+                    .filter(|p| p.applied)
+                    .map(|p| p.payer_id.as_str())
+                    .collect();
+                if !written.is_empty() {
+                    report.next = Some(format!("mayfly preflight {}", written.join(" ")));
+                }
             }
             emit(output, &report)
         }
@@ -208,6 +217,9 @@ struct PayerDiff {
 struct DiffReport {
     dry_run: bool,
     payers: Vec<PayerDiff>,
+    /// The command to run next, after payers were written: their preflight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 async fn compare(
@@ -258,6 +270,7 @@ async fn compare(
     Ok(DiffReport {
         dry_run: true,
         payers: out,
+        next: None,
     })
 }
 
@@ -300,6 +313,12 @@ impl fmt::Display for DiffReport {
         }
         if self.dry_run && self.payers.iter().any(|p| p.status != Status::Unchanged) {
             writeln!(f, "(nothing written; `mayfly payers apply` writes these)")?;
+        }
+        if let Some(next) = &self.next {
+            writeln!(
+                f,
+                "Next: `{next}` checks their launches against the account before jobs queue up."
+            )?;
         }
         Ok(())
     }

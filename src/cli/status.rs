@@ -17,7 +17,7 @@ use crate::plan::{self, Snapshot};
 use crate::ports::ComputeError;
 use crate::ports::InstanceState;
 use crate::profile::CapacityType;
-use crate::scheduler::load_payers;
+use crate::scheduler::{load_payers, QuotaRead};
 use crate::summary::JobSummary;
 
 /// The oldest job not running yet, and what holds it.
@@ -219,12 +219,16 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
         }
     }
     let summaries = JobSummary::of_all(&jobs);
+    let quotas = scheduler.account_quotas(&payers.valid).await;
     let snapshot = Snapshot {
         jobs: &summaries,
         payers: &payers.valid,
         catalog: scheduler.catalog,
         caps: pass.caps.caps(),
         vcpu_quota: pass.vcpu_quota,
+        account_quotas: quotas
+            .as_ref()
+            .map_or_else(Default::default, QuotaRead::view),
         launch_budget: pass.max_launches,
         now,
     };

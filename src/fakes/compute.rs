@@ -22,7 +22,7 @@ use crate::ports::{
     Compute, ComputeError, InstanceState, LaunchRequest, Launched, ManagedInstance,
 };
 use crate::profile::CapacityType;
-use crate::quota::QuotaKey;
+use crate::quota::QuotaPool;
 use crate::state_reason::StateReason;
 
 /// A scripted launch failure.
@@ -49,7 +49,7 @@ struct State {
     /// The account has no spot service-linked role, and the caller may not create it.
     no_spot_role: bool,
     /// Running-vCPU quotas; a quota not set is unlimited.
-    vcpu_quotas: HashMap<QuotaKey, u32>,
+    vcpu_quotas: HashMap<QuotaPool, u32>,
     /// Every call is refused as with expired credentials.
     credentials_expired: bool,
     /// Operations the caller is not authorized to make.
@@ -135,7 +135,7 @@ impl FakeCompute {
     }
 
     /// Sets (`Some`) or lifts (`None`) the running-vCPU quota `key`.
-    pub fn set_vcpu_quota(&self, key: QuotaKey, vcpus: Option<u32>) {
+    pub fn set_vcpu_quota(&self, key: QuotaPool, vcpus: Option<u32>) {
         let mut s = self.lock();
         match vcpus {
             Some(n) => s.vcpu_quotas.insert(key, n),
@@ -281,7 +281,7 @@ impl State {
                  role for EC2 Spot Instances.",
             ));
         }
-        let Some(key) = QuotaKey::of(&req.rung.instance_type, req.rung.capacity) else {
+        let Some(key) = QuotaPool::of(&req.rung.instance_type, req.rung.capacity) else {
             return Ok(());
         };
         let Some(&limit) = self.vcpu_quotas.get(&key) else {
@@ -293,7 +293,7 @@ impl State {
             .instances
             .values()
             .filter(|i| i.state.is_live())
-            .filter(|i| QuotaKey::of(&i.instance_type, capacity_of(i)) == Some(key))
+            .filter(|i| QuotaPool::of(&i.instance_type, capacity_of(i)) == Some(key))
             .map(|i| vcpus(&i.instance_type))
             .sum();
         if in_use + vcpus(&req.rung.instance_type) <= limit {

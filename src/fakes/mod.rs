@@ -2,10 +2,12 @@
 //! enforce conditional writes, honour client tokens as EC2 does, and can be scripted to fail.
 //! Core logic is tested against them; adapters are tested against the emulator.
 
+mod account;
 mod compute;
 mod queue;
 mod store;
 
+pub use account::FakeAccount;
 pub use compute::{FakeCompute, LaunchFault};
 pub use queue::FakeQueue;
 pub use store::{FakeConfigStore, FakeLedger};

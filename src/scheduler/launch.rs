@@ -606,3 +606,20 @@ pub(super) async fn repair(
     }
     report
 }
+
+/// The RunInstances request the next attempt of `job` on `rung` would make, its user-data
+/// rendered: what `preflight` sends as a dry run. `Err` is why the user-data cannot be
+/// rendered (the launch would fail the same way).
+pub(crate) fn request_for(
+    s: &Scheduler,
+    payer: &Payer,
+    job: &Job,
+    rung: &Rung,
+) -> Result<LaunchRequest, String> {
+    let attempt = job.attempt + 1;
+    let user_data = s.deps.user_data.render(payer, job, attempt)?;
+    let token = client_token(&s.settings.cluster, &job.job_id, attempt, rung);
+    Ok(launch_request(
+        s, payer, job, attempt, rung, user_data, token,
+    ))
+}

@@ -8,14 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::profile::CapacityType;
-use crate::quota::QuotaKey;
+use crate::quota::QuotaPool;
 use crate::sizing::Rung;
 
 /// The pass's knowledge, shared by the repair and the launch steps.
 #[derive(Debug, Default)]
 pub(super) struct Learned {
     /// Quotas found full, with the error code that said so.
-    full: BTreeMap<QuotaKey, String>,
+    full: BTreeMap<QuotaPool, String>,
     /// Spot refused for the account, with the error code.
     spot: Option<String>,
     /// Payers paused by this pass.
@@ -33,13 +33,13 @@ impl Learned {
                 return Some(code);
             }
         }
-        let key = QuotaKey::of(&rung.instance_type, rung.capacity)?;
+        let key = QuotaPool::of(&rung.instance_type, rung.capacity)?;
         self.full.get(&key).map(String::as_str)
     }
 
     /// The quota `rung` counts against is full.
     pub fn quota_full(&mut self, rung: &Rung, code: &str) {
-        if let Some(key) = QuotaKey::of(&rung.instance_type, rung.capacity) {
+        if let Some(key) = QuotaPool::of(&rung.instance_type, rung.capacity) {
             self.full.insert(key, code.to_owned());
         }
     }

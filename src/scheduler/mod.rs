@@ -9,6 +9,7 @@ mod launch;
 mod learned;
 mod ops;
 mod policy;
+mod quotas;
 pub mod reconcile;
 mod report;
 mod snapshot;
@@ -28,10 +29,13 @@ pub use crate::names::ERROR_ATTRIBUTE;
 pub use events::Fate;
 pub use ingest::validate as validate_request;
 pub use launch::client_token;
+pub(crate) use launch::request_for;
 pub use ops::{JobAction, OpError};
+pub use quotas::{read_quotas, QuotaCache, QuotaRead, QUOTA_TTL};
 pub use reconcile::ReconcileOptions;
 pub use report::{
-    EventsReport, Finding, IngestReport, InstanceFinding, LaunchReport, PassReport, ReconcileReport,
+    EventsReport, Finding, IngestReport, InstanceFinding, LaunchReport, PassReport, QuotaStatus,
+    QuotaUse, ReconcileReport,
 };
 pub use snapshot::{load_payers, load_snapshot, ACTIVE};
 
@@ -67,6 +71,8 @@ pub struct Settings {
     /// The deployment name: the cluster tag value.
     pub cluster: String,
     pub caps: GlobalCaps,
+    /// One vCPU quota over every family (`--vcpu-quota`): when set, the account's quotas
+    /// are not read.
     pub vcpu_quota: Option<u32>,
     /// Most RunInstances calls one pass makes (new launches and repairs).
     pub max_launches: u32,
@@ -127,6 +133,9 @@ pub struct Scheduler {
     pub catalog: &'static Catalog,
     /// Tells the moment a fact is observed, for the times a pass records.
     pub clock: Arc<dyn Clock>,
+    /// The account's vCPU quotas, read for the planner unless `settings.vcpu_quota` is set
+    /// (`None`: never read; the plan keeps to the caps and that flag only).
+    pub quotas: Option<Arc<QuotaCache>>,
 }
 
 impl Scheduler {
@@ -136,6 +145,22 @@ impl Scheduler {
             settings,
             catalog: Catalog::shipped(),
             clock: Arc::new(SystemClock),
+            quotas: None,
+        }
+    }
+
+    /// Reads the account's vCPU quotas through `reader` for every pass's plan (cached for
+    /// [`QUOTA_TTL`]), unless `settings.vcpu_quota` overrides them.
+    pub fn with_quotas(mut self, reader: Arc<dyn crate::ports::QuotaReader>) -> Self {
+        self.quotas = Some(Arc::new(QuotaCache::new(reader)));
+        self
+    }
+
+    /// The account's vCPU quotas for a plan, if they are to be read at all.
+    pub async fn account_quotas(&self, payers: &[Payer]) -> Option<QuotaRead> {
+        match (&self.quotas, self.settings.vcpu_quota) {
+            (Some(cache), None) => Some(cache.get(payers, self.catalog).await),
+            _ => None,
         }
     }
 
@@ -183,12 +208,16 @@ impl Scheduler {
             report.launch.merge(repaired);
         }
         let summaries = crate::summary::JobSummary::of_all(&jobs);
+        let quotas = self.account_quotas(&payers.valid).await;
         let snapshot = crate::plan::Snapshot {
             jobs: &summaries,
             payers: &payers.valid,
             catalog: self.catalog,
             caps: self.settings.caps,
             vcpu_quota: self.settings.vcpu_quota,
+            account_quotas: quotas
+                .as_ref()
+                .map_or_else(Default::default, QuotaRead::view),
             launch_budget: budget,
             now,
         };

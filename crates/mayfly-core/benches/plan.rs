@@ -206,6 +206,7 @@ fn main() {
         catalog,
         caps: global,
         vcpu_quota: Some(10_000),
+        account_quotas: mayfly_core::quota::AccountQuota::NotRead,
         launch_budget: budget,
         now,
     };

@@ -8,6 +8,7 @@
 //! - [`jobs_file`]: JSON-lines job files for `submit` and the offline `plan`.
 //! - [`summary`]: the compact planning projection of a ledger job.
 //! - [`sizing`]: right-sizing a job to instance types and its fallback ladder.
+//! - [`quota`]: EC2's vCPU quotas per family group and purchase option, and the account's.
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
 //! - [`plan_view`]: the text rendering of plans and reasons.
 //! - [`retry`]: the retry decision after a failed attempt (backoff with jitter, or dead).

@@ -10,7 +10,8 @@ use serde::{Serialize, Serializer};
 
 use crate::catalog::{Catalog, InstanceType};
 use crate::job::JobState;
-use crate::profile::{GlobalCaps, Payer};
+use crate::profile::{CapacityType, GlobalCaps, Payer};
+use crate::quota::{AccountQuota, AccountQuotas, QuotaPool, QuotaSource};
 use crate::sizing::{self, Requirement, Rung};
 use crate::summary::JobSummary;
 
@@ -26,8 +27,11 @@ pub struct Snapshot<'a> {
     pub payers: &'a [Payer],
     pub catalog: &'a Catalog,
     pub caps: GlobalCaps,
-    /// The account's EC2 vCPU quota for the instance families used, when known.
+    /// One vCPU quota over every family (`--vcpu-quota`), when given.
     pub vcpu_quota: Option<u32>,
+    /// The account's vCPU quotas per family group and purchase option (or why they could
+    /// not be read): each launch goes only to rungs whose quota has room.
+    pub account_quotas: AccountQuota<'a>,
     /// RunInstances calls this pass may make (from the EC2 rate limiter).
     pub launch_budget: u32,
     pub now: DateTime<Utc>,
@@ -171,10 +175,13 @@ pub enum Reason<'a> {
         in_use: u32,
         needed: u32,
     },
+    /// A vCPU quota is full: `--vcpu-quota` over every family, or the account's quota of
+    /// the first rung's family group and purchase option (no rung of the ladder has room).
     VcpuQuota {
         quota: u32,
         in_use: u32,
         needed: u32,
+        source: QuotaSource,
     },
     /// The pass's RunInstances budget is spent; it goes in a later pass.
     LaunchBudget {
@@ -201,6 +208,15 @@ pub struct Usage {
     pub vcpus: u32,
 }
 
+/// vCPUs in flight under one of the account's quotas.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PoolUsage {
+    pub quota: QuotaPool,
+    pub limit: u32,
+    pub in_use: u32,
+    pub after: u32,
+}
+
 /// The result of one planning pass.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan<'a> {
@@ -208,6 +224,12 @@ pub struct Plan<'a> {
     pub caps: GlobalCaps,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpu_quota: Option<u32>,
+    /// The account's vCPU quotas the plan kept to, or why they are unknown.
+    #[serde(skip_serializing_if = "AccountQuota::is_not_read")]
+    pub account_quotas: AccountQuota<'a>,
+    /// vCPUs in flight per account quota, before and after the plan (only when read).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quota_use: Vec<PoolUsage>,
     pub launch_budget: u32,
     pub in_use: Usage,
     pub after: Usage,
@@ -350,6 +372,7 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
     let mut groups: Vec<Group<'a>> = Vec::new();
     let mut payer_use = vec![Usage::default(); snap.payers.len()];
     let mut in_use = Usage::default();
+    let mut pool_use: FxHashMap<QuotaPool, u32> = FxHashMap::default();
     let mut sizing_cache = SizingCache::default();
     let mut resolved: Vec<Resolved> = Vec::with_capacity(snap.jobs.len());
     for job in snap.jobs {
@@ -393,8 +416,12 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
             }
             in_use.instances += 1;
             in_use.vcpus += vcpus;
+            if let Some(pool) = in_flight_pool(job) {
+                *pool_use.entry(pool).or_default() += vcpus;
+            }
         }
     }
+    let pool_in_use = pool_use.clone();
 
     for g in &mut groups {
         g.seal();
@@ -505,6 +532,7 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
                         quota,
                         in_use,
                         needed,
+                        source: QuotaSource::Flag,
                     },
                     _ => Reason::GlobalVcpuCap {
                         limit: snap.caps.max_vcpus,
@@ -514,6 +542,21 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
                 });
             }
             None
+        });
+        let kind = payer
+            .kind(&job.kind)
+            .expect("tier was resolved from this kind");
+        let policy = kind.capacity.unwrap_or(payer.profile.launch.capacity);
+        let mut ladder = Vec::new();
+        let reason = reason.or_else(|| {
+            let sized = size(snap, job, p, &mut sizing_cache);
+            ladder = sizing::ladder(&sized.types, &payer.profile.launch.subnets, policy);
+            match snap.account_quotas {
+                AccountQuota::Read(quotas) => {
+                    within_quotas(quotas, snap.catalog, &mut ladder, &mut pool_use).err()
+                }
+                AccountQuota::NotRead | AccountQuota::Unreadable(_) => None,
+            }
         });
         if let Some(reason) = reason {
             let blocked = matches!(reason, Reason::BlockedByDead { .. });
@@ -538,13 +581,8 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
             continue;
         }
         let sized = size(snap, job, p, &mut sizing_cache);
-        let kind = payer
-            .kind(&job.kind)
-            .expect("tier was resolved from this kind");
-        let policy = kind.capacity.unwrap_or(payer.profile.launch.capacity);
         let est = sized.types[0].on_demand_usd_per_hour;
         let vcpus = sized.vcpus;
-        let ladder = sizing::ladder(&sized.types, &payer.profile.launch.subnets, policy);
         payer_use[p].instances += 1;
         payer_use[p].vcpus += vcpus;
         after.instances += 1;
@@ -564,10 +602,24 @@ pub fn plan<'a>(snap: &Snapshot<'a>) -> Plan<'a> {
     }
     others.sort_unstable_by(|a, b| (a.job.state, &a.job.job_id).cmp(&(b.job.state, &b.job.job_id)));
     waiting.append(&mut others);
+    let quota_use = match snap.account_quotas {
+        AccountQuota::Read(quotas) => quotas
+            .iter()
+            .map(|(quota, limit)| PoolUsage {
+                quota,
+                limit,
+                in_use: pool_in_use.get(&quota).copied().unwrap_or(0),
+                after: pool_use.get(&quota).copied().unwrap_or(0),
+            })
+            .collect(),
+        AccountQuota::NotRead | AccountQuota::Unreadable(_) => Vec::new(),
+    };
     Plan {
         now: snap.now,
         caps: snap.caps,
         vcpu_quota: snap.vcpu_quota,
+        account_quotas: snap.account_quotas,
+        quota_use,
         launch_budget: snap.launch_budget,
         in_use,
         after,
@@ -623,6 +675,59 @@ fn size<'a, 'c>(
             requirement,
         }
     })
+}
+
+/// The account quota an in-flight job's instance counts against, when its type is known.
+fn in_flight_pool(job: &JobSummary) -> Option<QuotaPool> {
+    let instance = job.instance.as_ref()?;
+    let capacity = instance.capacity.unwrap_or(CapacityType::OnDemand);
+    QuotaPool::of(instance.instance_type.as_deref()?, capacity)
+}
+
+/// Keeps the rungs of `ladder` whose account quota has room for their type, and reserves the
+/// first one's vCPUs against its quota (the rung the launch most likely lands on; the next
+/// pass counts what it really got). A rung of a quota that was not read is kept. Without any
+/// rung left, the reason names the quota of the ladder's first rung.
+fn within_quotas<'a>(
+    quotas: &AccountQuotas,
+    catalog: &Catalog,
+    ladder: &mut Vec<Rung>,
+    pool_use: &mut FxHashMap<QuotaPool, u32>,
+) -> Result<(), Reason<'a>> {
+    let need = |rung: &Rung| {
+        let vcpus = catalog.get(&rung.instance_type).map_or(0, |t| t.vcpus);
+        let pool = QuotaPool::of(&rung.instance_type, rung.capacity);
+        let limit = pool.and_then(|p| quotas.get(p));
+        (pool, limit, vcpus)
+    };
+    let fits = |rung: &Rung, pool_use: &FxHashMap<QuotaPool, u32>| match need(rung) {
+        (Some(pool), Some(limit), vcpus) => {
+            pool_use.get(&pool).copied().unwrap_or(0) + vcpus <= limit
+        }
+        _ => true,
+    };
+    let Some(first) = ladder.first().cloned() else {
+        return Ok(());
+    };
+    ladder.retain(|r| fits(r, pool_use));
+    match ladder.first() {
+        Some(rung) => {
+            if let (Some(pool), Some(_), vcpus) = need(rung) {
+                *pool_use.entry(pool).or_default() += vcpus;
+            }
+            Ok(())
+        }
+        None => {
+            let (pool, limit, needed) = need(&first);
+            let pool = pool.expect("a rung that does not fit has a quota");
+            Err(Reason::VcpuQuota {
+                quota: limit.unwrap_or(0),
+                in_use: pool_use.get(&pool).copied().unwrap_or(0),
+                needed,
+                source: QuotaSource::Account(pool),
+            })
+        }
+    }
 }
 
 /// vCPUs held by an in-flight job: its attempt's instance type, or its sizing when unknown.

@@ -4,6 +4,7 @@ use std::fmt::{self, Write as _};
 
 use crate::plan::{Plan, Reason};
 use crate::profile::CapacityType;
+use crate::quota::{AccountQuota, QuotaSource};
 
 impl fmt::Display for Reason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,10 +80,22 @@ impl fmt::Display for Reason<'_> {
                 quota,
                 in_use,
                 needed,
+                source: QuotaSource::Flag,
             } => {
                 write!(
                     f,
-                    "account vCPU quota: {in_use} in use + {needed} needed > {quota}"
+                    "account vCPU quota (--vcpu-quota): {in_use} in use + {needed} needed > {quota}"
+                )
+            }
+            Reason::VcpuQuota {
+                quota,
+                in_use,
+                needed,
+                source: QuotaSource::Account(pool),
+            } => {
+                write!(
+                    f,
+                    "account vCPU quota {pool}: {in_use} in use + {needed} needed > {quota}, on every rung"
                 )
             }
             Reason::LaunchBudget { budget } => {
@@ -140,6 +153,31 @@ impl fmt::Display for Plan<'_> {
             self.caps.max_vcpus,
             self.launch_budget,
         )?;
+        match self.account_quotas {
+            AccountQuota::NotRead => {}
+            AccountQuota::Read(_) => {
+                let pools: Vec<String> = self
+                    .quota_use
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "{} {} → {} of {}",
+                            u.quota.code(),
+                            u.in_use,
+                            u.after,
+                            u.limit
+                        )
+                    })
+                    .collect();
+                writeln!(f, "Account vCPU quotas: {}", pools.join(", "))?;
+            }
+            AccountQuota::Unreadable(why) => {
+                writeln!(
+                    f,
+                    "Account vCPU quotas unknown ({why}): only the caps apply (--vcpu-quota sets one)"
+                )?;
+            }
+        }
         writeln!(f)?;
         // Spot prices are read at launch, for the type and the AZ EC2 picks; until then a spot
         // rung is estimated at its on-demand price, which is its ceiling.

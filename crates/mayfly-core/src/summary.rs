@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobState};
+use crate::profile::CapacityType;
 
 /// One job as the planner sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +34,8 @@ pub struct JobSummary {
 pub struct InstanceRef {
     pub instance_type: Option<String>,
     pub instance_id: Option<String>,
+    /// The attempt's purchase option (which vCPU quota the instance counts against).
+    pub capacity: Option<CapacityType>,
 }
 
 /// Shares one allocation between equal strings.
@@ -63,6 +66,7 @@ impl JobSummary {
                 .and_then(|a| a.rung.as_ref())
                 .map(|r| r.instance_type.clone()),
             instance_id: attempt.and_then(|a| a.instance_id.clone()),
+            capacity: attempt.and_then(|a| a.rung.as_ref()).map(|r| r.capacity),
         })
         .filter(|i| i.instance_type.is_some() || i.instance_id.is_some())
         .map(Box::new);

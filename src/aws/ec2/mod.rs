@@ -14,8 +14,10 @@
 //!
 //! The parts: this file launches, terminates, tags and prices; `images.rs` reads images' root
 //! devices; `describe.rs` reads instances back and converts them; `errors.rs` classifies SDK
-//! failures.
+//! failures; `checks.rs` is what `preflight` asks of EC2 (the launch's own RunInstances as a
+//! dry run, and lookups).
 
+mod checks;
 mod describe;
 mod errors;
 mod images;
@@ -25,6 +27,7 @@ pub use errors::{classify, sdk_error, sdk_error_on};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
@@ -98,10 +101,14 @@ impl Ec2Compute {
     }
 }
 
-#[async_trait]
-impl Compute for Ec2Compute {
-    #[instrument(skip_all, fields(client_token = %req.client_token, rung = %req.rung))]
-    async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
+impl Ec2Compute {
+    /// The RunInstances call of `req` on `client`, as a launch makes it: `preflight`'s dry
+    /// run sends the very same call with `DryRun` set.
+    async fn run_instances_call(
+        &self,
+        client: &Client,
+        req: &LaunchRequest,
+    ) -> Result<RunInstancesFluentBuilder, ComputeError> {
         let root_gib =
             i32::try_from(req.root_volume_gib).map_err(|_| ComputeError::Configuration {
                 code: "InvalidRootVolumeSize".into(),
@@ -122,8 +129,7 @@ impl Compute for Ec2Compute {
                 .set_tags(Some(tag_list.clone()))
                 .build()
         };
-        let mut call = self
-            .launch_client
+        let mut call = client
             .run_instances()
             .client_token(&req.client_token)
             .image_id(&req.image_id)
@@ -175,6 +181,15 @@ impl Compute for Ec2Compute {
                     .build(),
             );
         }
+        Ok(call)
+    }
+}
+
+#[async_trait]
+impl Compute for Ec2Compute {
+    #[instrument(skip_all, fields(client_token = %req.client_token, rung = %req.rung))]
+    async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
+        let call = self.run_instances_call(&self.launch_client, req).await?;
         self.limits.run_instances.acquire().await;
         let resource = || {
             format!(

@@ -19,7 +19,7 @@ use super::{save, transition};
 use crate::aws::ec2::classify;
 use crate::job::{Attempt, Job, JobState};
 use crate::ports::ComputeError;
-use crate::quota::QuotaKey;
+use crate::quota::QuotaPool;
 use crate::scheduler::breaker::{self, Paused};
 use crate::scheduler::learned::Learned;
 use crate::scheduler::report::LaunchReport;
@@ -78,7 +78,7 @@ fn no_rung_reason(a: &Attempt) -> String {
         .map(|f| {
             let is_quota = matches!(classify(&f.code, ""), ComputeError::Quota { .. });
             let quota = is_quota
-                .then(|| QuotaKey::of(&f.rung.instance_type, f.rung.capacity))
+                .then(|| QuotaPool::of(&f.rung.instance_type, f.rung.capacity))
                 .flatten()
                 .map(|q| format!(" (quota {q})"))
                 .unwrap_or_default();

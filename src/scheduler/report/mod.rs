@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::job::Job;
 use crate::plan::Plan;
+use crate::quota::AccountQuota;
 
 /// What ingest did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -93,6 +94,84 @@ impl LaunchReport {
     }
 }
 
+/// One of the account's vCPU quotas as a plan used it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuotaUse {
+    pub code: String,
+    pub vcpus: u32,
+    pub in_use: u32,
+    pub after: u32,
+}
+
+/// Which vCPU quota a plan kept to, and where it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum QuotaStatus {
+    /// No quota known: only the caps apply.
+    #[default]
+    None,
+    /// `--vcpu-quota`: one number over every family.
+    Flag { vcpus: u32 },
+    /// The account's quotas, read from Service Quotas.
+    Account { quotas: Vec<QuotaUse> },
+    /// The account's quotas could not be read (why): only the caps apply.
+    Unknown { why: String },
+}
+
+impl QuotaStatus {
+    pub fn of(plan: &Plan<'_>) -> Self {
+        if let Some(vcpus) = plan.vcpu_quota {
+            return QuotaStatus::Flag { vcpus };
+        }
+        match plan.account_quotas {
+            AccountQuota::NotRead => QuotaStatus::None,
+            AccountQuota::Read(_) => QuotaStatus::Account {
+                quotas: plan
+                    .quota_use
+                    .iter()
+                    .map(|u| QuotaUse {
+                        code: u.quota.code().to_owned(),
+                        vcpus: u.limit,
+                        in_use: u.in_use,
+                        after: u.after,
+                    })
+                    .collect(),
+            },
+            AccountQuota::Unreadable(why) => QuotaStatus::Unknown {
+                why: why.to_owned(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for QuotaStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuotaStatus::None => f.write_str("none known; only the caps apply"),
+            QuotaStatus::Flag { vcpus } => write!(f, "{vcpus} over every family (--vcpu-quota)"),
+            QuotaStatus::Account { quotas } if quotas.is_empty() => {
+                f.write_str("from the account; no launch counts against one")
+            }
+            QuotaStatus::Account { quotas } => {
+                f.write_str("from the account: ")?;
+                for (i, q) in quotas.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{} {} → {} of {}", q.code, q.in_use, q.after, q.vcpus)?;
+                }
+                Ok(())
+            }
+            QuotaStatus::Unknown { why } => {
+                write!(
+                    f,
+                    "unknown, only the caps apply: cannot read the account's: {why}"
+                )
+            }
+        }
+    }
+}
+
 /// The plan, summarised.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PlanSummary {
@@ -101,6 +180,8 @@ pub struct PlanSummary {
     pub est_usd_per_hour: f64,
     /// Waiting jobs by reason code.
     pub reasons: BTreeMap<String, u32>,
+    /// The vCPU quota the plan kept to, and where it came from.
+    pub vcpu_quota: QuotaStatus,
 }
 
 /// One pass, summarised.
@@ -142,6 +223,7 @@ impl PassReport {
         self.plan.launches = plan.launches.len() as u32;
         self.plan.waiting = plan.waiting.len() as u32;
         self.plan.est_usd_per_hour = plan.est_usd_per_hour;
+        self.plan.vcpu_quota = QuotaStatus::of(plan);
         for w in &plan.waiting {
             let code = serde_json::to_value(&w.reason)
                 .ok()
@@ -211,6 +293,7 @@ impl fmt::Display for PassReport {
         for (code, n) in &self.plan.reasons {
             writeln!(f, "           {n:>6}  {code}")?;
         }
+        writeln!(f, "         vCPU quota: {}", self.plan.vcpu_quota)?;
         let l = &self.launch;
         writeln!(
             f,

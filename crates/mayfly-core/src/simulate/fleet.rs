@@ -204,6 +204,7 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
             catalog: setup.catalog,
             caps: model.caps,
             vcpu_quota: model.vcpu_quota,
+            account_quotas: crate::quota::AccountQuota::NotRead,
             launch_budget: model.launch_budget,
             now: clock(now),
         };
@@ -259,6 +260,7 @@ pub(crate) fn run(trace: &[TraceJob], infos: &[JobInfo], setup: &Setup<'_>) -> F
             job.instance = Some(Box::new(InstanceRef {
                 instance_type: Some(t.name.clone()),
                 instance_id: None,
+                capacity: None,
             }));
             events.push(Reverse((done, Event::Finish, i)));
         }
