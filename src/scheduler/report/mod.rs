@@ -22,6 +22,8 @@ pub struct IngestReport {
     pub received: u32,
     pub accepted: u32,
     pub duplicates: u32,
+    /// Re-sent `job_id`s whose content differed from the accepted job: moved to the DLQ.
+    pub conflicts: u32,
     pub rejected: u32,
     pub errors: Vec<String>,
 }
@@ -159,8 +161,8 @@ impl fmt::Display for PassReport {
         let i = &self.ingest;
         writeln!(
             f,
-            "Ingest:  {} received, {} accepted, {} duplicate, {} rejected to the DLQ",
-            i.received, i.accepted, i.duplicates, i.rejected
+            "Ingest:  {} received, {} accepted, {} duplicate, {} conflicting re-send(s) and {} rejected to the DLQ",
+            i.received, i.accepted, i.duplicates, i.conflicts, i.rejected
         )?;
         let e = &self.events;
         let ignored: u32 = e.ignored.values().sum();
