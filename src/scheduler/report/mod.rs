@@ -84,6 +84,9 @@ pub struct PlanSummary {
 pub struct PassReport {
     pub at: DateTime<Utc>,
     pub dry_run: bool,
+    /// Steps this pass did not run (`ingest`, `events`, `reconcile`, `repair`, `launch`): a
+    /// dry run skips all of them, a daemon's planning pass leaves `reconcile` to its own period.
+    pub skipped: Vec<&'static str>,
     pub duration_ms: u64,
     pub invalid_payers: Vec<String>,
     pub ingest: IngestReport,
@@ -102,6 +105,7 @@ impl PassReport {
         Self {
             at,
             dry_run,
+            skipped: Vec::new(),
             duration_ms: 0,
             invalid_payers: Vec::new(),
             ingest: IngestReport::default(),
@@ -140,6 +144,26 @@ impl PassReport {
         }
     }
 
+    fn launch_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.launch;
+        writeln!(
+                f,
+                "Launch:  {} running now ({} adopted, {} replayed), {} capacity fallback(s), {} config failure(s), {} unknown outcome(s), {} conflict(s){}",
+                l.instances.len(),
+                l.adopted,
+                l.replayed,
+                l.capacity_fallbacks,
+                l.config_failures,
+                l.transient,
+                l.conflicts,
+                if l.throttled { ", throttled" } else { "" }
+            )?;
+        for (job, instance, ty) in &l.instances {
+            writeln!(f, "           {job} → {instance} ({ty})")?;
+        }
+        Ok(())
+    }
+
     /// Whether anything went wrong that an operator should look at.
     pub fn has_errors(&self) -> bool {
         !self.ingest.errors.is_empty()
@@ -158,26 +182,47 @@ impl fmt::Display for PassReport {
             self.at.format("%Y-%m-%dT%H:%M:%SZ"),
             self.duration_ms
         )?;
+        let skipped = |step: &str| self.skipped.contains(&step);
         let i = &self.ingest;
-        writeln!(
-            f,
-            "Ingest:  {} received, {} accepted, {} duplicate, {} conflicting re-send(s) and {} rejected to the DLQ",
-            i.received, i.accepted, i.duplicates, i.conflicts, i.rejected
-        )?;
+        if skipped("ingest") {
+            writeln!(
+                f,
+                "Ingest:  skipped (dry run: the intake queue was not read)"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "Ingest:  {} received, {} accepted, {} duplicate, {} conflicting re-send(s) and {} rejected to the DLQ",
+                i.received, i.accepted, i.duplicates, i.conflicts, i.rejected
+            )?;
+        }
         let e = &self.events;
-        let ignored: u32 = e.ignored.values().sum();
-        writeln!(
-            f,
-            "Events:  {} received, {} applied, {} duplicate, {} ignored, {} malformed; {} succeeded, {} failed",
-            e.received, e.applied, e.duplicates, ignored, e.malformed, e.succeeded, e.failed
-        )?;
-        for (why, n) in &e.ignored {
-            writeln!(f, "           {n:>6}  ignored: {why}")?;
+        if skipped("events") {
+            writeln!(
+                f,
+                "Events:  skipped (dry run: the events queue was not read)"
+            )?;
+        } else {
+            let ignored: u32 = e.ignored.values().sum();
+            writeln!(
+                f,
+                "Events:  {} received, {} applied, {} duplicate, {} ignored, {} malformed; {} succeeded, {} failed",
+                e.received, e.applied, e.duplicates, ignored, e.malformed, e.succeeded, e.failed
+            )?;
+            for (why, n) in &e.ignored {
+                writeln!(f, "           {n:>6}  ignored: {why}")?;
+            }
         }
         let r = &self.reconcile;
-        writeln!(f, "Reconcile: {}", r.summary_line())?;
-        for x in &r.findings {
-            writeln!(f, "           {}", x.line())?;
+        if skipped("reconcile") && self.dry_run {
+            writeln!(f, "Reconcile: skipped (dry run: no instance listed, nothing reaped or repaired; `mayfly reap --dry-run` shows what it would do)")?;
+        } else if skipped("reconcile") {
+            writeln!(f, "Reconcile: skipped (runs on its own period)")?;
+        } else {
+            writeln!(f, "Reconcile: {}", r.summary_line())?;
+            for x in &r.findings {
+                writeln!(f, "           {}", x.line())?;
+            }
         }
         writeln!(
             f,
@@ -188,20 +233,13 @@ impl fmt::Display for PassReport {
             writeln!(f, "           {n:>6}  {code}")?;
         }
         let l = &self.launch;
-        writeln!(
-            f,
-            "Launch:  {} running now ({} adopted, {} replayed), {} capacity fallback(s), {} config failure(s), {} unknown outcome(s), {} conflict(s){}",
-            l.instances.len(),
-            l.adopted,
-            l.replayed,
-            l.capacity_fallbacks,
-            l.config_failures,
-            l.transient,
-            l.conflicts,
-            if l.throttled { ", throttled" } else { "" }
-        )?;
-        for (job, instance, ty) in &l.instances {
-            writeln!(f, "           {job} → {instance} ({ty})")?;
+        if skipped("launch") {
+            writeln!(
+                f,
+                "Launch:  skipped (dry run: nothing launched; the plan above is what a pass would launch)"
+            )?;
+        } else {
+            self.launch_line(f)?;
         }
         let states: Vec<String> = self
             .jobs_by_state
