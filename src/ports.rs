@@ -24,6 +24,12 @@ pub enum StoreError {
     /// The stored item could not be read back as a mayfly record.
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The table does not exist (the deployment is not created, or another one is meant).
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The call got no answer (connection refused, timed out…): whether it applied is unknown.
+    #[error("{0}")]
+    Unreachable(String),
     /// Any other failure; whether it was applied is unknown.
     #[error("{0}")]
     Other(String),
@@ -103,6 +109,12 @@ pub struct Message {
 pub enum QueueError {
     #[error("throttled: {0}")]
     Throttled(String),
+    /// The queue does not exist (the deployment is not created, or another one is meant).
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The call got no answer (connection refused, timed out…): whether it applied is unknown.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("{0}")]
     Other(String),
 }

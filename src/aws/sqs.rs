@@ -44,7 +44,13 @@ impl SqsQueue {
             .queue_name(name)
             .send()
             .await
-            .map_err(queue_error)?;
+            .map_err(|e| match queue_error(e) {
+                QueueError::NotFound(_) => QueueError::NotFound(format!("queue {name}")),
+                QueueError::Unreachable(what) => {
+                    QueueError::Unreachable(format!("{what} (GetQueueUrl {name})"))
+                }
+                other => other,
+            })?;
         match out.queue_url() {
             Some(url) if !url.is_empty() => Ok(Self::new(client, url)),
             _ => Err(QueueError::Other(format!(
@@ -200,14 +206,32 @@ fn is_throttle_code(code: &str) -> bool {
     )
 }
 
-/// Classifies an SDK failure by its AWS error code.
+/// Error codes with which SQS says the queue does not exist (the query protocol's and the
+/// JSON protocol's spelling).
+fn is_missing_queue_code(code: &str) -> bool {
+    matches!(
+        code,
+        "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist"
+    )
+}
+
+/// Classifies an SDK failure by its AWS error code, or by the SDK's error variant when the
+/// service never answered.
 pub fn queue_error<E>(err: SdkError<E, HttpResponse>) -> QueueError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match err.code() {
         Some(code) if is_throttle_code(code) => QueueError::Throttled(code.to_owned()),
-        _ => QueueError::Other(DisplayErrorContext(&err).to_string()),
+        Some(code) if is_missing_queue_code(code) => QueueError::NotFound("the queue".into()),
+        Some(code) => QueueError::Other(format!(
+            "{code}: {}",
+            err.message().unwrap_or("(no message)")
+        )),
+        None => match crate::aws::no_response("SQS", &err) {
+            Some(what) => QueueError::Unreachable(what),
+            None => QueueError::Other(DisplayErrorContext(&err).to_string()),
+        },
     }
 }
 
@@ -236,6 +260,44 @@ mod tests {
             .message_id("m-2")
             .build();
         assert_eq!(to_message(&no_receipt), None);
+    }
+
+    #[test]
+    fn a_missing_queue_and_a_refused_connection_are_told_apart_from_the_rest() {
+        use aws_sdk_sqs::error::ErrorMetadata;
+        use aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use aws_smithy_runtime_api::http::StatusCode;
+        use aws_smithy_types::body::SdkBody;
+
+        let service = |code: &str| {
+            let meta = ErrorMetadata::builder().code(code).message("m").build();
+            let raw = HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::empty());
+            queue_error(SdkError::service_error(
+                GetQueueUrlError::generic(meta),
+                raw,
+            ))
+        };
+        assert!(matches!(
+            service("QueueDoesNotExist"),
+            QueueError::NotFound(_)
+        ));
+        assert!(matches!(
+            service("AWS.SimpleQueueService.NonExistentQueue"),
+            QueueError::NotFound(_)
+        ));
+        assert!(matches!(
+            service("ThrottlingException"),
+            QueueError::Throttled(_)
+        ));
+        assert!(matches!(service("AccessDenied"), QueueError::Other(_)));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err: SdkError<GetQueueUrlError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(refused)));
+        assert_eq!(
+            queue_error(err),
+            QueueError::Unreachable("connection refused".into())
+        );
     }
 
     #[test]

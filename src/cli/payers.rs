@@ -17,7 +17,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
     match cmd {
         PayersCommand::Validate { .. } => unreachable!("validate needs no AWS and is run offline"),
         PayersCommand::Diff { paths, caps } => {
-            let report = compare(store.as_ref(), &paths, caps.caps()).await?;
+            let report = compare(app, store.as_ref(), &paths, caps.caps()).await?;
             emit(output, &report)
         }
         PayersCommand::Apply {
@@ -25,7 +25,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             dry_run,
             caps,
         } => {
-            let mut report = compare(store.as_ref(), &paths, caps.caps()).await?;
+            let mut report = compare(app, store.as_ref(), &paths, caps.caps()).await?;
             report.dry_run = dry_run;
             if !dry_run {
                 for p in report
@@ -46,7 +46,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
                                     "{}: changed by someone else meanwhile; diff and apply again",
                                     p.payer_id
                                 )),
-                                other => CliError::Runtime(format!("{}: {other}", p.payer_id)),
+                                other => app.store_error(&p.payer_id, other),
                             })?;
                     p.version = Some(version);
                     p.applied = true;
@@ -55,7 +55,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             emit(output, &report)
         }
         PayersCommand::List => {
-            let rows = store.list().await.map_err(runtime)?;
+            let rows = store.list().await.map_err(|e| runtime(app, e))?;
             let list = PayerList(
                 rows.into_iter()
                     .map(|r| PayerRow {
@@ -75,7 +75,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             let row = store
                 .get(&payer_id)
                 .await
-                .map_err(runtime)?
+                .map_err(|e| runtime(app, e))?
                 .ok_or_else(|| {
                     CliError::Invalid(format!("no payer `{payer_id}` in the config table"))
                 })?;
@@ -91,32 +91,34 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             )
         }
         PayersCommand::Pause { payer_id, reason } => {
-            set_paused(store.as_ref(), output, &payer_id, Some(&reason)).await
+            set_paused(app, store.as_ref(), output, &payer_id, Some(&reason)).await
         }
         PayersCommand::Resume { payer_id } => {
-            set_paused(store.as_ref(), output, &payer_id, None).await
+            set_paused(app, store.as_ref(), output, &payer_id, None).await
         }
     }
 }
 
-fn runtime(e: StoreError) -> CliError {
-    CliError::Runtime(format!("config table: {e}"))
+fn runtime(app: &App, e: StoreError) -> CliError {
+    app.store_error("config table", e)
 }
 
 async fn set_paused(
+    app: &App,
     store: &dyn ConfigStore,
     output: Output,
     payer_id: &str,
     reason: Option<&str>,
 ) -> Result<(), CliError> {
-    let row =
-        store.get(payer_id).await.map_err(runtime)?.ok_or_else(|| {
-            CliError::Invalid(format!("no payer `{payer_id}` in the config table"))
-        })?;
+    let row = store
+        .get(payer_id)
+        .await
+        .map_err(|e| runtime(app, e))?
+        .ok_or_else(|| CliError::Invalid(format!("no payer `{payer_id}` in the config table")))?;
     let version = store
         .set_paused(payer_id, reason, row.version, Utc::now())
         .await
-        .map_err(runtime)?;
+        .map_err(|e| runtime(app, e))?;
     let shown = Shown {
         payer_id: payer_id.to_owned(),
         version,
@@ -156,6 +158,7 @@ struct DiffReport {
 }
 
 async fn compare(
+    app: &App,
     store: &dyn ConfigStore,
     paths: &[PathBuf],
     caps: GlobalCaps,
@@ -164,13 +167,14 @@ async fn compare(
         catalog: Catalog::shipped(),
         global: caps,
     };
+    super::offline::require_profiles(paths, "give profile files (*.toml) or directories of them")?;
     let files = profile::expand_paths(paths).map_err(|e| CliError::Invalid(e.to_string()))?;
     let mut out = Vec::new();
     for file in files {
         let payers = profile::load_and_validate(std::slice::from_ref(&file), &ctx)
             .map_err(|e| CliError::Invalid(e.to_string()))?;
         for payer in payers {
-            let stored = store.get(payer.id()).await.map_err(runtime)?;
+            let stored = store.get(payer.id()).await.map_err(|e| runtime(app, e))?;
             let (status, changes, version) = match &stored {
                 None => (Status::New, Vec::new(), None),
                 Some(row) => {
