@@ -2,26 +2,71 @@
 # mayfly's demo: the whole lifecycle on this machine. It starts the emulator (moto), deploys
 # the infra template, applies the example payer profiles, submits a workload of three payers
 # and three tiers, and runs scheduling passes while the local fleet runs each instance's
-# user-data, until every job is done. Then it prints the jobs.
+# user-data, until every job is done. Then it shows the jobs, their cost, one job explained,
+# the deployment's status and the instances.
+#
+# Each step is one line; what the tools print on the way (cargo, pip, the emulator, the
+# deploy) goes to .mayfly/demo.log, named when a step fails.
+#
+# Environment:
+#   MAYFLY_DEMO_NAME     deployment name (default: demo)
+#   MAYFLY_DEMO_BIN_DIR  use the mayfly and mayfly-fleet binaries in this directory instead
+#                        of building them (default: build into $CARGO_TARGET_DIR or target/)
+#   MAYFLY_VENV          the virtualenv with the emulator's tools (default: .venv)
+#   MAYFLY_DEMO_ENDPOINT use the emulator already running at this URL instead of starting
+#                        the project's own (scripts/emulator.sh start)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 name="${MAYFLY_DEMO_NAME:-demo}"
+mkdir -p .mayfly
+log=".mayfly/demo.log"
+: >"$log"
+
 step() { printf '\n==> %s\n' "$*" >&2; }
+# Runs a command with its output in the log; on failure shows the log's end and stops.
+quiet() {
+  if ! "$@" >>"$log" 2>&1; then
+    printf 'failed: %s\n' "$*" >&2
+    tail -n 30 "$log" >&2
+    printf '(the whole log: %s)\n' "$log" >&2
+    exit 1
+  fi
+}
 
-step "Building mayfly and the local fleet"
-# The local fleet is the mayfly-testbed package's; one command builds both.
-cargo build --quiet -p mayfly -p mayfly-testbed --bin mayfly --bin mayfly-fleet
-mayfly=("$repo/target/debug/mayfly" --name "$name")
+if [[ -n ${MAYFLY_DEMO_BIN_DIR:-} ]]; then
+  bin="$MAYFLY_DEMO_BIN_DIR"
+  step "Using the binaries in $bin"
+else
+  step "Building mayfly and the local fleet (details in $log)"
+  # The local fleet is the mayfly-testbed package's; one command builds both.
+  quiet cargo build -p mayfly -p mayfly-testbed --bin mayfly --bin mayfly-fleet
+  bin="${CARGO_TARGET_DIR:-$repo/target}/debug"
+fi
+mayfly=("$bin/mayfly" --name "$name")
 
-step "Starting the emulator and deploying the infra template as \`$name\`"
-bash scripts/emulator.sh start >/dev/null
-# shellcheck disable=SC1091
-source .mayfly/emulator.env
-aws=("$repo/.venv/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL")
+if [[ -n ${MAYFLY_DEMO_ENDPOINT:-} ]]; then
+  step "Deploying the infra template as \`$name\` into the emulator at $MAYFLY_DEMO_ENDPOINT"
+  export AWS_ENDPOINT_URL="$MAYFLY_DEMO_ENDPOINT" AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+  export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}"
+else
+  step "Starting the emulator and deploying the infra template as \`$name\` (the first run installs the emulator's tools: about a minute)"
+  quiet bash scripts/emulator.sh start
+  # shellcheck disable=SC1091
+  source .mayfly/emulator.env
+fi
+# The project's virtualenv (scripts/emulator.sh installs it), as the local fleet finds it too.
+aws=("${MAYFLY_VENV:-$repo/.venv}/bin/aws" --endpoint-url "$AWS_ENDPOINT_URL")
 if ! "${aws[@]}" cloudformation describe-stacks --stack-name "$name" >/dev/null 2>&1; then
-  bash scripts/emulator.sh deploy "$name" >/dev/null
+  if [[ -n ${MAYFLY_DEMO_ENDPOINT:-} ]]; then
+    quiet "${aws[@]}" cloudformation create-stack --stack-name "$name" \
+      --template-body "file://$repo/infra/mayfly.yaml" --capabilities CAPABILITY_NAMED_IAM \
+      --parameters "ParameterKey=DeploymentName,ParameterValue=$name"
+    quiet "${aws[@]}" cloudformation wait stack-create-complete --stack-name "$name"
+  else
+    quiet bash scripts/emulator.sh deploy "$name"
+  fi
 fi
 
 step "Applying the example payer profiles (pointed at the emulator's network)"
@@ -37,35 +82,44 @@ for f in payer-profiles/*.toml; do
       -e "s|^security_groups = .*|security_groups = [\"$sg\"]|" \
       -e "s|^instance_profile = .*|instance_profile = \"$name-instance\"|" "$f" >"$profiles/$(basename "$f")"
 done
-"${mayfly[@]}" payers apply "$profiles"
+quiet "${mayfly[@]}" payers apply "$profiles"
 # The secret harbor-health's claims job references, fetched on the instance at boot.
-"${aws[@]}" ssm put-parameter --name /mayfly/harbor-health/warehouse-dsn --type SecureString \
-  --value "demo-warehouse" --overwrite >/dev/null
+quiet "${aws[@]}" ssm put-parameter --name /mayfly/harbor-health/warehouse-dsn --type SecureString \
+  --value "demo-warehouse" --overwrite
 
-step "Submitting the workload"
-"${mayfly[@]}" submit --file payer-profiles/examples/demo-workload.jsonl
+workload=payer-profiles/examples/demo-workload.jsonl
+step "Submitting the workload: $(grep -c . "$workload") jobs of three payers across three tiers"
+quiet "${mayfly[@]}" submit --file "$workload"
 
-step "Running the local fleet and scheduling passes until every job is done"
-mkdir -p .mayfly
-"$repo/target/debug/mayfly-fleet" --name "$name" --job-seconds 3 --poll-ms 500 \
+step "Running the local fleet and scheduling passes until every job is done (pass reports in .mayfly/pass-*.json)"
+"$bin/mayfly-fleet" --name "$name" --job-seconds 3 --poll-ms 500 \
   --max-runtime 600 >.mayfly/fleet.log 2>&1 &
 fleet=$!
 trap 'kill "$fleet" 2>/dev/null || true' EXIT
+active=unknown
 for pass in $(seq 1 120); do
-  "${mayfly[@]}" --output json tick >".mayfly/pass-$pass.json" || true
+  "${mayfly[@]}" --output json tick >".mayfly/pass-$pass.json" 2>>"$log" || true
   active=$("${mayfly[@]}" --output json jobs list | grep -c '"state": "\(queued\|launching\|running\|failed\|blocked\)"' || true)
-  printf 'pass %3d: %s job(s) still active\n' "$pass" "$active" >&2
+  # On a terminal, one line that counts down; in a log, nothing until the end.
+  if [[ -t 2 ]]; then
+    printf '\rpass %3d: %s job(s) still active ' "$pass" "$active" >&2
+  fi
   [ "$active" -eq 0 ] && break
   sleep 2
 done
+if [[ -t 2 ]]; then
+  printf '\n' >&2
+fi
+printf '%s pass(es); %s job(s) still active\n' "$pass" "$active" >&2
 
 step "Jobs"
-for state in succeeded dead; do
-  "${mayfly[@]}" jobs list --state "$state"
-done
+"${mayfly[@]}" jobs list --state succeeded --state dead
+
+spot_note="(Spot attempts show about \$0 of compute here: the emulator's spot price history is a placeholder, \$0.00001/h. On AWS each spot attempt is priced at its type's spot price in its AZ at launch.)"
 
 step "What it cost (mayfly cost report; the HTML chart is in .mayfly/cost.html)"
 "${mayfly[@]}" cost report --by payer
+printf '%s\n' "$spot_note"
 "${mayfly[@]}" cost report --format html --out .mayfly/cost.html
 
 step "Why a job ran as it did (mayfly explain)"
@@ -73,6 +127,7 @@ step "Why a job ran as it did (mayfly explain)"
 
 step "The deployment at a glance (mayfly status)"
 "${mayfly[@]}" status
+printf '%s\n' "$spot_note"
 
 step "Instances"
 running=$("${aws[@]}" ec2 describe-instances \
@@ -82,4 +137,4 @@ total=$("${aws[@]}" ec2 describe-instances --filters "Name=tag:mayfly:cluster,Va
   --query 'length(Reservations[].Instances[])' --output text)
 printf '%s instance(s) launched, %s still running (each terminated itself when its job ended)\n' "$total" "$running"
 printf '\nThe emulator is still up (%s); explore with e.g.\n  %s jobs show cedar-plan:2026-11:claims\nStop it with: scripts/emulator.sh stop\n' \
-  "$AWS_ENDPOINT_URL" "target/debug/mayfly --endpoint-url $AWS_ENDPOINT_URL --name $name"
+  "$AWS_ENDPOINT_URL" "$bin/mayfly --endpoint-url $AWS_ENDPOINT_URL --name $name"

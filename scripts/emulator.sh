@@ -22,6 +22,7 @@
 #
 # Files (under $REPO/.mayfly/, git-ignored):
 #   emulator.log   moto_server output
+#   install.log    the virtualenv's and pip's output of the last install
 #   emulator.pid   pid of the running moto_server
 #   emulator.env   `source` it to point the AWS SDK/CLI (and mayfly) at the emulator
 #                  (AWS CLI v1 ignores AWS_ENDPOINT_URL for SQS: add
@@ -35,6 +36,7 @@ PYTHON=${MAYFLY_PYTHON:-python3}
 TIMEOUT=${MAYFLY_EMULATOR_TIMEOUT:-30}
 STATE_DIR=$REPO/.mayfly
 LOG_FILE=$STATE_DIR/emulator.log
+INSTALL_LOG=$STATE_DIR/install.log
 PID_FILE=$STATE_DIR/emulator.pid
 ENV_FILE=$STATE_DIR/emulator.env
 LOCK_FILE=$STATE_DIR/emulator.lock
@@ -98,17 +100,24 @@ do_install() {
     log "tools already installed in $VENV"
     return 0
   fi
+  # pip's account goes to a log file, shown only when the install fails.
+  : >"$INSTALL_LOG"
   if [[ ! -x $VENV/bin/python ]]; then
     command -v "$PYTHON" >/dev/null 2>&1 || die 1 "$PYTHON not found (set MAYFLY_PYTHON)"
-    log "creating virtualenv $VENV"
-    "$PYTHON" -m venv "$VENV" >&2
+    "$PYTHON" -m venv "$VENV" >>"$INSTALL_LOG" 2>&1 || install_failed "creating the virtualenv $VENV"
   fi
-  log "installing ${REQUIREMENTS[*]} (this takes a minute)"
+  log "installing ${REQUIREMENTS[*]} into $VENV (about a minute; log: $INSTALL_LOG)"
   local started=$SECONDS
   "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
-    "${REQUIREMENTS[@]}" >&2 || die 1 "pip install failed"
+    "${REQUIREMENTS[@]}" >>"$INSTALL_LOG" 2>&1 || install_failed "pip install"
   requirements_hash >"$MARKER"
   log "installed in $((SECONDS - started)) s"
+}
+
+# Shows the end of the install log, then fails naming the step and the log.
+install_failed() {
+  tail -n 30 "$INSTALL_LOG" >&2 || true
+  die 1 "$1 failed (the whole log: $INSTALL_LOG)"
 }
 
 ensure_installed() {

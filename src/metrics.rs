@@ -35,6 +35,9 @@ pub struct PassCounters {
     pub pass_seconds_total: f64,
     /// Jobs ingested from the intake queue into the ledger.
     pub ingested: u64,
+    /// Re-sent job requests whose content differed from the accepted job's (moved to the
+    /// intake DLQ; the accepted job stands).
+    pub conflicting_resends: u64,
     /// Instances recorded as running for a job (new launches, adoptions and replays).
     pub launches: u64,
     /// Launch failures by class: `capacity` (moved down the ladder), `quota` (a vCPU quota
@@ -82,6 +85,7 @@ impl PassCounters {
         self.last_pass_seconds = secs;
         self.pass_seconds_total += secs;
         self.ingested += u64::from(r.ingest.accepted);
+        self.conflicting_resends += u64::from(r.ingest.conflicts);
         self.events_applied += u64::from(r.events.applied);
         self.launches_from_events += u64::from(r.events.adopted);
         self.late_successes += u64::from(r.events.late_successes);
@@ -231,6 +235,12 @@ impl Metrics {
                 "Job requests accepted into the ledger.",
                 Counter,
                 plain(p.ingested as f64),
+            ),
+            f(
+                "mayfly_conflicting_resends_total",
+                "Re-sent job requests whose content differed from the accepted job (moved to the intake DLQ).",
+                Counter,
+                plain(p.conflicting_resends as f64),
             ),
             f(
                 "mayfly_launches_total",
@@ -496,6 +506,26 @@ mod tests {
         );
         assert!(
             text.contains("mayfly_retries_total{cause=\"exit_code\"} 6\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn conflicting_resends_are_counted() {
+        let mut r = PassReport::new(at("2026-11-29T01:00:00Z"), false);
+        r.ingest.conflicts = 2;
+        r.ingest.duplicates = 5;
+        let mut c = PassCounters::default();
+        c.record(&r);
+        c.record(&r);
+        assert_eq!(c.conflicting_resends, 4);
+        let text = Metrics {
+            passes: c,
+            ..Metrics::from_pass(&r, None)
+        }
+        .to_prometheus();
+        assert!(
+            text.contains("# TYPE mayfly_conflicting_resends_total counter\nmayfly_conflicting_resends_total 4\n"),
             "{text}"
         );
     }

@@ -31,6 +31,12 @@ pub enum StoreError {
     /// that allows it. Nothing was written, and trying again changes nothing.
     #[error("{0}")]
     Denied(String),
+    /// The table does not exist (the deployment is not created, or another one is meant).
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The call got no answer (connection refused, timed out…): whether it applied is unknown.
+    #[error("{0}")]
+    Unreachable(String),
     /// Any other failure; whether it was applied is unknown.
     #[error("{0}")]
     Other(String),
@@ -126,6 +132,12 @@ pub enum QueueError {
     /// that allows it. Trying again changes nothing.
     #[error("{0}")]
     Denied(String),
+    /// The queue does not exist (the deployment is not created, or another one is meant).
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The call got no answer (connection refused, timed out…): whether it applied is unknown.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("{0}")]
     Other(String),
 }

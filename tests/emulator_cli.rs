@@ -179,6 +179,23 @@ async fn operator_workflow_against_the_emulator() {
     )))
     .unwrap();
     assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        dry["skipped"],
+        serde_json::json!(["ingest", "events", "reconcile", "repair", "launch"])
+    );
+    // In words: what the dry run skipped, never "0 received" for a queue it did not read.
+    let dry_text = ok(&mayfly(&name, &["tick", "--dry-run"]));
+    for line in [
+        "Ingest:  skipped (dry run: the intake queue was not read)",
+        "Events:  skipped (dry run: the events queue was not read)",
+        "Reconcile: skipped (dry run: no instance listed, nothing reaped or repaired",
+        "Launch:  skipped (dry run: nothing launched",
+    ] {
+        assert!(dry_text.contains(line), "{dry_text}");
+    }
+    for wrong in ["0 received", "instance(s) seen", "0 running now"] {
+        assert!(!dry_text.contains(wrong), "{dry_text}");
+    }
     let after = state(&clients, &names).await;
     assert_eq!(before, after);
     assert_eq!(

@@ -922,7 +922,7 @@ async fn redrive_moves_a_message_to_the_dlq_with_its_attributes() {
 async fn a_missing_queue_is_an_error() {
     let c = clients().await;
     match SqsQueue::by_name(c.sqs.clone(), &support::unique_name("nope")).await {
-        Err(QueueError::Other(message)) => assert!(!message.is_empty()),
+        Err(QueueError::NotFound(what)) => assert!(what.starts_with("queue nope-"), "{what}"),
         other => panic!("expected an error, got {other:?}"),
     }
 }

@@ -124,3 +124,47 @@ async fn status_shows_queues_jobs_instances_pauses_and_the_oldest_waiting_job() 
     assert!(text.lines().count() <= 24, "one screen: {text}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_counts_dead_letters_someone_is_looking_at() {
+    let name = support::unique_name("status-dlq");
+    support::deploy(&name);
+    let sdk = support::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let names = mayfly::names::Names::new(&name);
+    let dlq = sqs
+        .get_queue_url()
+        .queue_name(names.intake_dlq())
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    for body in ["not json", "{}"] {
+        sqs.send_message()
+            .queue_url(&dlq)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    // An operator reads one of them: it is in flight, and still a dead letter.
+    let read = sqs
+        .receive_message()
+        .queue_url(&dlq)
+        .max_number_of_messages(1)
+        .visibility_timeout(300)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.messages().len(), 1);
+
+    let s: serde_json::Value =
+        serde_json::from_str(&ok(mayfly(&name, &["--output", "json", "status"]))).unwrap();
+    let queues: Vec<(String, u64)> = serde_json::from_value(s["queues"].clone()).unwrap();
+    assert!(queues.contains(&("intake-dlq".to_owned(), 2)), "{s:#}");
+    assert_eq!(s["in_flight"]["intake-dlq"], 1, "{s:#}");
+    let text = ok(mayfly(&name, &["status"]));
+    assert!(text.contains("intake-dlq 2 (1 in flight)"), "{text}");
+}

@@ -277,8 +277,7 @@ async fn scheduled_and_sqs_invocations_run_passes_against_the_emulator() {
         .any(|t| t.key() == Some("mayfly:job-id") && t.value() == Some(job_id)));
 
     // An SQS event: the job's `started` event is applied; the malformed record is moved to
-    // the events DLQ with the reason (the events queue has no redrive to do it), so no
-    // record comes back.
+    // the events DLQ with its reason, so it is not handed back to Lambda either.
     let started = InstanceEvent {
         v: VERSION,
         event: EventKind::Started,
@@ -312,32 +311,36 @@ async fn scheduled_and_sqs_invocations_run_passes_against_the_emulator() {
     };
     assert_eq!(id, "req-sqs");
     assert_eq!(body, json!({"batchItemFailures": []}));
-    let dlq_url = clients
+    let dlq = clients
         .sqs
         .get_queue_url()
         .queue_name(names.events_dlq())
         .send()
         .await
         .unwrap()
-        .queue_url
-        .unwrap();
-    let moved = clients
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let dead = clients
         .sqs
         .receive_message()
-        .queue_url(dlq_url)
+        .queue_url(dlq)
+        .max_number_of_messages(10)
         .message_attribute_names("All")
         .send()
         .await
         .unwrap();
-    let moved = moved.messages();
-    assert_eq!(moved.len(), 1, "{moved:?}");
-    assert_eq!(moved[0].body(), Some("{\"v\":1,\"type\":\"started\"}"));
-    assert!(
-        moved[0]
-            .message_attributes()
-            .is_some_and(|a| a.contains_key("mayfly-error")),
-        "{moved:?}"
+    assert_eq!(dead.messages().len(), 1);
+    assert_eq!(
+        dead.messages()[0].body(),
+        Some("{\"v\":1,\"type\":\"started\"}")
     );
+    let reason = dead.messages()[0]
+        .message_attributes()
+        .and_then(|a| a.get("mayfly-error"))
+        .and_then(|a| a.string_value())
+        .expect("the reason");
+    assert!(reason.starts_with("job_id: "), "{reason}");
     let job = ledger.get(job_id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Running);
     assert!(

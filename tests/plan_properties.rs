@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use mayfly::catalog::{Arch, Catalog};
+use mayfly::catalog::{Accelerator, Arch, Catalog};
 use mayfly::job::{Attempt, Job, JobState};
 use mayfly::plan::{plan, Reason, Snapshot};
 use mayfly::profile::{
@@ -454,9 +454,9 @@ proptest! {
                 None => {
                     let req = Requirement::for_spec(spec, job.input_bytes());
                     let max = payer.profile.caps.max_vcpus;
-                    prop_assert!(req.fits(first, &spec.families, max), "{} does not fit {}", first.name, req);
+                    prop_assert!(req.fits(first, spec, max), "{} does not fit {}", first.name, req);
                     for t in catalog.types() {
-                        if req.fits(t, &spec.families, max) {
+                        if req.fits(t, spec, max) {
                             prop_assert!(sizing::cheaper(first, t) != std::cmp::Ordering::Greater,
                                 "{} is cheaper than {}", t.name, first.name);
                         }
@@ -507,5 +507,161 @@ proptest! {
             .map(|j| j.job_id.as_str())
             .collect();
         prop_assert_eq!(reported, expected);
+    }
+}
+
+/// A sizing spec over the whole catalog: any families (often none), either architecture, GPUs
+/// sometimes, vCPU bounds with or without input scaling, memory per vCPU.
+#[derive(Debug, Clone)]
+struct SpecGen {
+    families: Vec<usize>,
+    arch: Option<Arch>,
+    gpus: Option<u32>,
+    min_vcpus: u32,
+    max_vcpus: Option<u32>,
+    per_gib: Option<f64>,
+    mem_per_vcpu: Option<f64>,
+    min_memory_gib: Option<f64>,
+    candidates: Option<u32>,
+}
+
+fn catalog_families() -> Vec<String> {
+    let mut f: Vec<String> = Catalog::shipped()
+        .types()
+        .iter()
+        .map(|t| t.family().to_owned())
+        .collect();
+    f.sort();
+    f.dedup();
+    f
+}
+
+fn spec_gen() -> impl Strategy<Value = SpecGen> {
+    let n = catalog_families().len();
+    (
+        prop::option::weighted(0.4, prop::collection::vec(0..n, 1..4)),
+        prop::option::of(prop::sample::select(vec![Arch::X86_64, Arch::Arm64])),
+        prop::option::weighted(0.15, 0u32..4),
+        1u32..64,
+        prop::option::of(0u32..128),
+        prop::option::of(0.1f64..8.0),
+        prop::option::of(0.0f64..16.0),
+        prop::option::weighted(0.3, 0.0f64..256.0),
+        prop::option::of(1u32..10),
+    )
+        .prop_map(
+            |(
+                families,
+                arch,
+                gpus,
+                min_vcpus,
+                extra,
+                per_gib,
+                mem_per_vcpu,
+                min_memory_gib,
+                candidates,
+            )| SpecGen {
+                families: families.unwrap_or_default(),
+                arch,
+                gpus,
+                min_vcpus,
+                max_vcpus: extra.map(|e| min_vcpus + e),
+                per_gib,
+                mem_per_vcpu,
+                min_memory_gib,
+                candidates,
+            },
+        )
+}
+
+fn build_spec(g: &SpecGen) -> ComputeSpec {
+    let names = catalog_families();
+    let mut families: Vec<String> = g.families.iter().map(|&i| names[i].clone()).collect();
+    families.sort();
+    families.dedup();
+    ComputeSpec {
+        architecture: g.arch,
+        families,
+        min_vcpus: Some(g.min_vcpus),
+        max_vcpus: g.max_vcpus,
+        vcpus_per_input_gib: g.per_gib,
+        memory_gib_per_vcpu: g.mem_per_vcpu,
+        min_memory_gib: g.min_memory_gib,
+        gpus: g.gpus,
+        candidates: g.candidates,
+        ..ComputeSpec::default()
+    }
+}
+
+/// The kind of a generated launch: its payer and spec.
+fn kind_of<'w>(w: &'w World, job_id: &str) -> (&'w Payer, &'w ComputeSpec) {
+    let job = w.jobs.iter().find(|j| j.job_id == job_id).unwrap();
+    let payer = w.payers.iter().find(|p| p.id() == job.payer_id).unwrap();
+    (payer, &payer.kind(&job.kind).unwrap().compute)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Every rung a sized kind gets keeps the profile's word: vCPUs within the kind's bounds
+    /// (and the payer's cap), its families and architecture, and no accelerator or burstable
+    /// type the kind did not ask for.
+    #[test]
+    fn every_rung_keeps_the_kinds_word(g in spec_gen(), cap in prop::sample::select(vec![8u32, 16, 64, 128, 448]), input_gib in prop::option::of(0u64..4096)) {
+        let catalog = Catalog::shipped();
+        let spec = build_spec(&g);
+        let types = sizing::choose_types(catalog, &spec, input_gib.map(|n| n << 30), cap);
+        let req = Requirement::for_spec(&spec, input_gib.map(|n| n << 30));
+        let min = g.min_vcpus;
+        prop_assert!(types.len() <= g.candidates.unwrap_or(3) as usize);
+        for t in &types {
+            prop_assert!(t.vcpus >= req.vcpus && t.memory_mib >= req.memory_mib, "{} is too small for {}", t.name, req);
+            prop_assert!(t.vcpus <= cap, "{} above the payer's cap {}", t.name, cap);
+            if let Some(max) = g.max_vcpus {
+                prop_assert!(t.vcpus <= max, "{} above the kind's max_vcpus {}", t.name, max);
+            }
+            if g.per_gib.is_some() {
+                let max = g.max_vcpus.unwrap_or(min);
+                prop_assert!((min..=max).contains(&t.vcpus), "{}: {} vCPUs outside {}..={}", t.name, t.vcpus, min, max);
+            }
+            prop_assert!(t.supports(g.arch.unwrap_or(Arch::X86_64)), "{} lacks the architecture", t.name);
+            if spec.families.is_empty() {
+                let asked = match t.accelerator {
+                    None => true,
+                    Some(Accelerator::Gpu) => g.gpus.unwrap_or(0) > 0,
+                    Some(_) => false,
+                };
+                prop_assert!(asked, "{} carries {:?}, not asked for", t.name, t.accelerator);
+                prop_assert!(!t.burstable, "{} is burstable, not asked for", t.name);
+            } else {
+                prop_assert!(spec.families.iter().any(|f| f == t.family()), "{} is outside {:?}", t.name, spec.families);
+            }
+            if g.gpus.unwrap_or(0) > 0 {
+                prop_assert!(t.gpus >= g.gpus.unwrap_or(0));
+            }
+        }
+        // Cheapest first, and none left out is cheaper than the last one taken.
+        for pair in types.windows(2) {
+            prop_assert!(sizing::cheaper(pair[0], pair[1]) == std::cmp::Ordering::Less);
+        }
+    }
+
+    /// What the plan reserves for a launch is at most what the kind may ever use: its vCPU
+    /// ceiling when sized, its largest listed type when explicit.
+    #[test]
+    fn a_launch_reserves_at_most_the_kinds_maximum(w in world_gen()) {
+        let catalog = Catalog::shipped();
+        let p = plan(&snapshot(&w));
+        for l in &p.launches {
+            let (payer, spec) = kind_of(&w, l.job_id);
+            let most = match &spec.instance_types {
+                Some(list) => list.iter().map(|n| catalog.get(n).unwrap().vcpus).max().unwrap(),
+                None => sizing::vcpu_ceiling(spec, payer.profile.caps.max_vcpus),
+            };
+            prop_assert!(l.vcpus <= most, "{} reserves {} vCPUs, the kind's maximum is {}", l.job_id, l.vcpus, most);
+            for r in &l.ladder {
+                prop_assert!(catalog.get(&r.instance_type).unwrap().vcpus <= l.vcpus);
+            }
+        }
     }
 }

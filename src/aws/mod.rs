@@ -64,6 +64,50 @@ where
     }
 }
 
+/// What went wrong when a call got no answer from the service at all (the connection was
+/// refused or dropped, DNS failed, it timed out): a few words for an operator, classified by
+/// the SDK's error variant and the I/O error kind beneath it. `None` when the service did
+/// answer (its error code says the rest). The SDK's whole account is logged at `info`, so
+/// `-v` shows it and the message stays one line.
+pub fn no_response<E, R>(op: &str, err: &SdkError<E, R>) -> Option<String>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let what = match err {
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        SdkError::DispatchFailure(d) if d.is_timeout() => "timed out".to_owned(),
+        SdkError::DispatchFailure(d) => match io_kind(d.as_connector_error()) {
+            Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+            Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted) => {
+                "connection reset".to_owned()
+            }
+            Some(std::io::ErrorKind::TimedOut) => "timed out".to_owned(),
+            _ if d.is_io() => "could not connect".to_owned(),
+            _ => "the request could not be sent".to_owned(),
+        },
+        SdkError::ResponseError(_) => "the response could not be read".to_owned(),
+        _ => return None,
+    };
+    tracing::info!(operation = op, error = %DisplayErrorContext(err), "AWS call got no response.");
+    Some(what)
+}
+
+/// The kind of the first I/O error in an error's chain of sources.
+fn io_kind(
+    err: Option<&aws_smithy_runtime_api::client::result::ConnectorError>,
+) -> Option<std::io::ErrorKind> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> =
+        err.map(|e| e as &(dyn std::error::Error + 'static));
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// Loads the SDK configuration from the standard AWS chain (environment, shared config
 /// files, SSO, IMDS…). The endpoint also follows `AWS_ENDPOINT_URL` and the per-service
 /// variants (`AWS_ENDPOINT_URL_EC2`…) with no code here; explicit arguments override.

@@ -47,7 +47,12 @@ impl SqsQueue {
             .queue_name(name)
             .send()
             .await
-            .map_err(|e| queue_error("GetQueueUrl", name, e))?;
+            .map_err(|e| match queue_error("GetQueueUrl", name, e) {
+                QueueError::Unreachable(what) => {
+                    QueueError::Unreachable(format!("{what} (GetQueueUrl {name})"))
+                }
+                other => other,
+            })?;
         match out.queue_url() {
             Some(url) if !url.is_empty() => Ok(Self::new(client, url)),
             _ => Err(QueueError::Other(format!(
@@ -206,6 +211,15 @@ fn is_throttle_code(code: &str) -> bool {
     )
 }
 
+/// Error codes with which SQS says the queue does not exist (the query protocol's and the
+/// JSON protocol's spelling).
+fn is_missing_queue_code(code: &str) -> bool {
+    matches!(
+        code,
+        "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist"
+    )
+}
+
 /// Classifies an SDK failure of SQS `operation` on `queue` (its URL or name): a denial
 /// names both and the grant it needs; throttling is told apart; anything else is an error.
 pub fn queue_error<E>(operation: &str, queue: &str, err: SdkError<E, HttpResponse>) -> QueueError
@@ -224,7 +238,15 @@ where
     }
     match err.code() {
         Some(code) if is_throttle_code(code) => QueueError::Throttled(code.to_owned()),
-        _ => QueueError::Other(DisplayErrorContext(&err).to_string()),
+        Some(code) if is_missing_queue_code(code) => QueueError::NotFound(format!("queue {queue}")),
+        Some(code) => QueueError::Other(format!(
+            "{code}: {}",
+            err.message().unwrap_or("(no message)")
+        )),
+        None => match crate::aws::no_response("SQS", &err) {
+            Some(what) => QueueError::Unreachable(what),
+            None => QueueError::Other(DisplayErrorContext(&err).to_string()),
+        },
     }
 }
 
@@ -277,6 +299,49 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_missing_queue_and_a_refused_connection_are_told_apart_from_the_rest() {
+        use aws_sdk_sqs::error::ErrorMetadata;
+        use aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use aws_smithy_runtime_api::http::StatusCode;
+        use aws_smithy_types::body::SdkBody;
+
+        let service = |code: &str| {
+            let meta = ErrorMetadata::builder().code(code).message("m").build();
+            let raw = HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::empty());
+            queue_error(
+                "GetQueueUrl",
+                "intake",
+                SdkError::service_error(GetQueueUrlError::generic(meta), raw),
+            )
+        };
+        assert!(matches!(
+            service("QueueDoesNotExist"),
+            QueueError::NotFound(q) if q == "queue intake"
+        ));
+        assert!(matches!(
+            service("AWS.SimpleQueueService.NonExistentQueue"),
+            QueueError::NotFound(_)
+        ));
+        assert!(matches!(
+            service("ThrottlingException"),
+            QueueError::Throttled(_)
+        ));
+        assert!(matches!(service("AccessDenied"), QueueError::Denied(_)));
+        assert!(matches!(
+            service("InvalidParameterValue"),
+            QueueError::Other(_)
+        ));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err: SdkError<GetQueueUrlError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(refused)));
+        assert_eq!(
+            queue_error("GetQueueUrl", "intake", err),
+            QueueError::Unreachable("connection refused".into())
+        );
     }
 
     #[test]

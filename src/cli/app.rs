@@ -11,9 +11,9 @@ use crate::aws::quotas::ServiceQuotas;
 use crate::aws::sqs::SqsQueue;
 use crate::aws::{self, counting::CallCounter, Clients};
 use crate::names::Names;
-use crate::ports::{ConfigStore, Ledger};
+use crate::ports::{ConfigStore, Ledger, QueueError, StoreError};
 use crate::ratelimit::Ec2Limits;
-use crate::scheduler::{Deps, Scheduler, Settings};
+use crate::scheduler::{Deps, Scheduler, Settings, TickError};
 use crate::userdata::{InstanceEnv, TemplateUserData};
 
 /// The real adapters of one deployment.
@@ -94,12 +94,67 @@ impl App {
     async fn queue(&self, name: String) -> Result<SqsQueue, CliError> {
         SqsQueue::by_name(self.clients.sqs.clone(), &name)
             .await
-            .map_err(|e| {
-                CliError::Runtime(format!(
-                    "queue {name}: {e} (is the deployment `{}` created? see infra/README.md)",
-                    self.names.deployment
-                ))
-            })
+            .map_err(|e| self.queue_error(&format!("queue {name}"), e))
+    }
+
+    /// Where this command's AWS calls go, for messages.
+    fn endpoint(&self) -> String {
+        match &self.endpoint_url {
+            Some(url) => url.clone(),
+            None => format!("AWS in {}", self.region),
+        }
+    }
+
+    /// The deployment's table or queue `what` is not there: say which deployment was looked
+    /// for, how another is chosen, and how this one is created.
+    fn missing(&self, what: &str) -> CliError {
+        let name = &self.names.deployment;
+        CliError::Runtime(format!(
+            "deployment `{name}` not found ({what} does not exist at {}): choose another with --name or MAYFLY_NAME, or create it by deploying infra/mayfly.yaml with DeploymentName={name} (infra/README.md; in the emulator: scripts/emulator.sh deploy {name})",
+            self.endpoint()
+        ))
+    }
+
+    /// A call that got no answer: one sentence on where, what failed and what to check.
+    fn unreachable(&self, service: &str, what: &str) -> CliError {
+        CliError::Runtime(format!(
+            "cannot reach {service} at {} ({what}): check --endpoint-url (or AWS_ENDPOINT_URL), --region and that the endpoint is up; -v shows the detail",
+            self.endpoint()
+        ))
+    }
+
+    /// A failure of the config table or the ledger, for an operator. A missing table points
+    /// at the deployment; a refused connection or a throttle never does.
+    pub fn store_error(&self, context: &str, e: StoreError) -> CliError {
+        match e {
+            StoreError::NotFound(what) => self.missing(&what),
+            StoreError::Unreachable(what) => self.unreachable("DynamoDB", &what),
+            StoreError::Throttled(what) => CliError::Runtime(format!(
+                "{context}: DynamoDB is throttling ({what}); try again in a moment"
+            )),
+            other => CliError::Runtime(format!("{context}: {other}")),
+        }
+    }
+
+    /// A failure of a queue, for an operator (as [`App::store_error`]).
+    pub fn queue_error(&self, context: &str, e: QueueError) -> CliError {
+        match e {
+            QueueError::NotFound(what) => self.missing(&what),
+            QueueError::Unreachable(what) => self.unreachable("SQS", &what),
+            QueueError::Throttled(code) => CliError::Runtime(format!(
+                "{context}: SQS is throttling ({code}); try again in a moment"
+            )),
+            QueueError::Denied(what) | QueueError::Other(what) => {
+                CliError::Runtime(format!("{context}: {what}"))
+            }
+        }
+    }
+
+    /// A pass that could not run.
+    pub fn tick_error(&self, e: TickError) -> CliError {
+        match e {
+            TickError::Store(e) => self.store_error("reading the ledger or config table", e),
+        }
     }
 
     pub async fn intake(&self) -> Result<SqsQueue, CliError> {

@@ -18,10 +18,10 @@ pub enum CostCommand {
     /// (on-demand, or the spot price for the type and AZ), the root volume, and the launch
     /// and end of the instance; per-second billing with a 60 s minimum. Attempts still
     /// running are costed to now. The JSON schema is in docs/cost-report.md.
-    ///
-    ///   mayfly cost report --from 2026-11-01 --to 2026-12-01 --by payer
-    ///   mayfly cost report --payer cedar-plan --by day --format csv > cedar.csv
-    ///   mayfly cost report --format html --out cost.html
+    #[command(after_help = "Examples:
+  mayfly cost report --from 2026-11-01 --to 2026-12-01 --by payer
+  mayfly cost report --payer cedar-plan --by day --format csv > cedar.csv
+  mayfly cost report --format html --out cost.html")]
     Report(CostReportArgs),
 }
 
@@ -82,7 +82,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: CostCommand) -> Result<(
         let found = ledger
             .by_state(state)
             .await
-            .map_err(|e| CliError::Runtime(format!("job ledger: {e}")))?;
+            .map_err(|e| app.store_error("job ledger", e))?;
         jobs.extend(found);
     }
     let query = Query {

@@ -36,7 +36,7 @@ pub(super) async fn run(app: &App, output: Output, args: &ExplainArgs) -> Result
     .await
     .map_err(|e| match e {
         ExplainError::NotFound(_) => CliError::Invalid(e.to_string()),
-        ExplainError::Store(_) => CliError::Runtime(e.to_string()),
+        ExplainError::Store(e) => app.store_error("reading the ledger or config table", e),
     })?;
     emit(output, &answer)
 }

@@ -68,7 +68,7 @@ pub(super) async fn submit(app: &App, output: Output, args: &SubmitArgs) -> Resu
         let id = intake
             .send(&body, &[])
             .await
-            .map_err(|e| CliError::Runtime(format!("sending {}: {e}", req.job_id)))?;
+            .map_err(|e| app.queue_error(&format!("sending {}", req.job_id), e))?;
         sent.push((req.job_id, id));
     }
     emit(output, &Submitted { sent })
@@ -78,15 +78,19 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
     let ledger = app.ledger();
     match cmd {
         JobsCommand::List { state, payer } => {
-            let mut jobs = match state {
-                Some(s) => ledger.by_state(s).await.map_err(store)?,
-                None => load_snapshot(ledger.as_ref())
+            let mut jobs = Vec::new();
+            if state.is_empty() {
+                let active = load_snapshot(ledger.as_ref())
                     .await
-                    .map_err(store)?
-                    .into_iter()
-                    .filter(|j| !j.state.is_terminal())
-                    .collect(),
-            };
+                    .map_err(|e| store(app, e))?;
+                jobs.extend(active.into_iter().filter(|j| !j.state.is_terminal()));
+            }
+            let mut wanted = state;
+            wanted.sort();
+            wanted.dedup();
+            for s in wanted {
+                jobs.extend(ledger.by_state(s).await.map_err(|e| store(app, e))?);
+            }
             if let Some(p) = &payer {
                 jobs.retain(|j| &j.payer_id == p);
             }
@@ -94,7 +98,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
             emit(output, &JobList(jobs))
         }
         JobsCommand::Show { job_id } => {
-            let job = show(ledger.as_ref(), &job_id).await?;
+            let job = show(app, ledger.as_ref(), &job_id).await?;
             emit(output, &JobView(job))
         }
         JobsCommand::Retry { job_id } => {
@@ -102,7 +106,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
             let action = scheduler
                 .retry_job(&job_id, chrono::Utc::now())
                 .await
-                .map_err(op_error)?;
+                .map_err(|e| op_error(app, e))?;
             emit(output, &action)
         }
         JobsCommand::Cancel { job_id, reason } => {
@@ -110,29 +114,30 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
             let action = scheduler
                 .cancel_job(&job_id, reason.as_deref(), chrono::Utc::now())
                 .await
-                .map_err(op_error)?;
+                .map_err(|e| op_error(app, e))?;
             emit(output, &action)
         }
     }
 }
 
-fn op_error(e: crate::scheduler::OpError) -> CliError {
+fn op_error(app: &App, e: crate::scheduler::OpError) -> CliError {
     use crate::scheduler::OpError;
     match e {
         OpError::NotFound(_) | OpError::WrongState { .. } => CliError::Invalid(e.to_string()),
-        OpError::Store(_) | OpError::Contended(_) => CliError::Runtime(e.to_string()),
+        OpError::Store(e) => store(app, e),
+        OpError::Contended(_) => CliError::Runtime(e.to_string()),
     }
 }
 
-fn store(e: crate::ports::StoreError) -> CliError {
-    CliError::Runtime(format!("job ledger: {e}"))
+fn store(app: &App, e: crate::ports::StoreError) -> CliError {
+    app.store_error("job ledger", e)
 }
 
-async fn show(ledger: &dyn Ledger, job_id: &str) -> Result<Job, CliError> {
+async fn show(app: &App, ledger: &dyn Ledger, job_id: &str) -> Result<Job, CliError> {
     ledger
         .get(job_id)
         .await
-        .map_err(store)?
+        .map_err(|e| store(app, e))?
         .ok_or_else(|| CliError::Invalid(format!("no job `{job_id}` in the ledger")))
 }
 
@@ -162,12 +167,16 @@ impl fmt::Display for JobList {
                 ]
             })
             .collect();
-        f.write_str(&table(
-            &[
-                "JOB", "STATE", "PAYER", "KIND", "BATCH", "ATTEMPT", "INSTANCE", "TYPE", "REASON",
-            ],
-            &rows,
-        ))?;
+        // No rows: the count line alone, not a table of headings over nothing.
+        if !rows.is_empty() {
+            f.write_str(&table(
+                &[
+                    "JOB", "STATE", "PAYER", "KIND", "BATCH", "ATTEMPT", "INSTANCE", "TYPE",
+                    "REASON",
+                ],
+                &rows,
+            ))?;
+        }
         let mut counts: BTreeMap<JobState, usize> = BTreeMap::new();
         for j in &self.0 {
             *counts.entry(j.state).or_default() += 1;

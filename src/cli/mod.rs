@@ -36,7 +36,14 @@ pub use simulate::SimulateArgs;
     name = "mayfly",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = "Examples:
+  mayfly payers validate payer-profiles/
+  mayfly --name prod submit --file jobs.jsonl
+  mayfly --endpoint-url http://127.0.0.1:5000 status
+  mayfly plan --jobs payer-profiles/examples/jobs.jsonl
+
+Every command's --help ends with examples of its own."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -99,7 +106,14 @@ impl CapsArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Payer onboarding: validate profile files, compare and apply them as config rows.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  mayfly payers validate payer-profiles/
+  mayfly payers diff payer-profiles/
+  mayfly payers apply payer-profiles/
+  mayfly payers pause cedar-plan --reason \"warehouse migration\""
+    )]
     Payers(PayersCommand),
     /// Check every rung of the payers' ladders against the account without launching
     /// anything: the image and its architecture, subnets and security groups (one VPC), the
@@ -114,19 +128,34 @@ pub enum Command {
     ///   mayfly preflight cedar-plan --output json
     Preflight(PreflightArgs),
     /// Put job requests on the intake queue: one from flags, or many from a JSON-lines file.
-    ///
-    ///   mayfly submit --job-id cedar:2026-11:claims --payer cedar-plan --kind claims --batch 2026-11
-    ///   mayfly submit --file jobs.jsonl
+    #[command(after_help = "Examples:
+  mayfly submit --job-id cedar-plan:2026-11:claims --payer cedar-plan --kind claims --batch 2026-11
+  mayfly submit --file jobs.jsonl")]
     Submit(SubmitArgs),
-    /// Run one scheduling pass: ingest, repair, plan, launch, report.
+    /// Run one scheduling pass: ingest, events, reconcile, repair, plan, launch, report.
+    #[command(after_help = "Examples:
+  mayfly tick
+  mayfly tick --dry-run
+  mayfly --output json tick --max-launches 10")]
     Tick(TickArgs),
     /// Show what one scheduling pass would do, without changing anything.
     ///
-    /// Against the live tables (reads only):   mayfly plan
-    /// Offline, from files (no AWS needed):    mayfly plan --jobs payer-profiles/examples/jobs.jsonl
+    /// Without --jobs, plans against the live config table and ledger (reads only); with
+    /// --jobs, plans offline from files and needs no AWS.
+    #[command(after_help = "Examples:
+  mayfly plan
+  mayfly plan --jobs payer-profiles/examples/jobs.jsonl
+  mayfly plan --profiles payer-profiles --jobs jobs.jsonl --now 2026-11-22T12:00:00Z")]
     Plan(PlanArgs),
     /// Look at jobs in the ledger.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  mayfly jobs list
+  mayfly jobs list --state dead --payer cedar-plan
+  mayfly jobs show cedar-plan:2026-11:claims
+  mayfly jobs retry cedar-plan:2026-10:eligibility"
+    )]
     Jobs(JobsCommand),
     /// Run the scheduler as a daemon: hold the leader lease and, while leader, run a pass
     /// every --interval, and soon after work arrives; standbys take over when the lease
@@ -141,8 +170,9 @@ pub enum Command {
     /// is conditional anyway). SIGTERM or SIGINT finishes the passes under way, releases the
     /// lease and exits 0. Prints one line per event (started, leader, standby, pass-start,
     /// pass, stopped).
-    ///
-    ///   mayfly run --interval 10s --lease-ttl 30s --metrics-addr 127.0.0.1:9464
+    #[command(after_help = "Examples:
+  mayfly run
+  mayfly run --interval 10s --lease-ttl 30s --metrics-addr 127.0.0.1:9464")]
     Run(RunArgs),
     /// Reconcile the ledger with this deployment's instances, as every pass does, and report
     /// each instance that needs attention: why, and what was done.
@@ -150,37 +180,46 @@ pub enum Command {
     /// Lost jobs are retried, overdue instances (boot, heartbeat, max runtime) terminated and
     /// their jobs retried, orphans marked and terminated after --orphan-grace. Instances of
     /// other deployments are never touched; those tagged mayfly:protect never terminated.
-    ///
-    ///   mayfly reap --dry-run
+    #[command(after_help = "Examples:
+  mayfly reap --dry-run
+  mayfly reap --orphan-grace 10m")]
     Reap(ReapArgs),
     /// One screen about the deployment: queue depths, jobs by state, live instances, paused
     /// payers, the oldest waiting job and why it waits, and instance cost since midnight UTC.
-    ///
-    ///   mayfly status
-    ///   mayfly status --output json
+    #[command(after_help = "Examples:
+  mayfly status
+  mayfly status --output json
+  mayfly --name prod status")]
     Status,
     /// Print the user-data script a job would get (offline; no AWS needed).
-    ///
-    ///   mayfly render --payer cedar-plan --kind claims --batch 2026-11 --input-bytes 21474836480
+    #[command(after_help = "Examples:
+  mayfly render --payer cedar-plan --kind claims --batch 2026-11
+  mayfly render --payer cedar-plan --kind claims --input-uri s3://drop/claims.837 --input-bytes 21474836480
+  mayfly render --profiles ~/payers --payer acme --kind claims --param FORMAT=x12")]
     Render(RenderArgs),
     /// Capacity planning, offline: simulate a trace of job arrivals under mayfly's planner
     /// with a modelled fleet, beside a fixed-size generic autoscaling group; print makespan,
     /// cost, billed/job-seconds and tier-order violations per payer and tier.
-    ///
-    ///   mayfly simulate --trace payer-profiles/examples/reference-trace.jsonl --baseline asg:6:m5.2xlarge
-    ///
-    ///   mayfly simulate --generate-trace --jobs 100000 --seed 7 > trace.jsonl
+    #[command(after_help = "Examples:
+  mayfly simulate --trace payer-profiles/examples/reference-trace.jsonl --baseline asg:6:m5.2xlarge
+  mayfly simulate --generate-trace --jobs 100000 --seed 7 > trace.jsonl")]
     Simulate(SimulateArgs),
     /// What the instances cost: totals and breakdowns, productive vs overhead.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  mayfly cost report --by payer
+  mayfly cost report --format html --out cost.html"
+    )]
     Cost(CostCommand),
     /// Why a job is (not) running: what it waits on, or where it runs and at what cost.
     ///
     /// Waiting on which lower-tier jobs, blocked by which dead one, which cap or quota,
     /// backoff until when, payer paused and why; dead with the last exit code and output
     /// tail; or running on which instance since when, at what cost so far.
-    ///
-    ///   mayfly explain cedar:2026-11:claims
+    #[command(after_help = "Examples:
+  mayfly explain cedar-plan:2026-11:claims
+  mayfly --output json explain cedar-plan:2026-11:claims")]
     Explain(ExplainArgs),
 }
 
@@ -224,6 +263,9 @@ pub enum PayersCommand {
     /// Validate profile files (or directories of them) without touching AWS.
     ///
     /// Exits 2 and names the file, field and reason of every problem.
+    #[command(after_help = "Examples:
+  mayfly payers validate payer-profiles/
+  mayfly payers validate payer-profiles/cedar-plan.toml --max-vcpus 512")]
     Validate {
         /// Profile files or directories of `*.toml` files.
         #[arg(required = true)]
@@ -232,6 +274,9 @@ pub enum PayersCommand {
         caps: CapsArgs,
     },
     /// Show, field by field, how profile files differ from the config table.
+    #[command(after_help = "Examples:
+  mayfly payers diff payer-profiles/
+  mayfly --output json payers diff payer-profiles/cedar-plan.toml")]
     Diff {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -239,6 +284,9 @@ pub enum PayersCommand {
         caps: CapsArgs,
     },
     /// Validate profile files and write the changed ones to the config table.
+    #[command(after_help = "Examples:
+  mayfly payers apply payer-profiles/
+  mayfly payers apply --dry-run payer-profiles/")]
     Apply {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -249,17 +297,26 @@ pub enum PayersCommand {
         caps: CapsArgs,
     },
     /// List the payers in the config table.
+    #[command(after_help = "Examples:
+  mayfly payers list
+  mayfly --output json payers list")]
     List,
     /// Print one payer's stored profile (TOML), version and pause state.
+    #[command(after_help = "Examples:
+  mayfly payers show cedar-plan")]
     Show { payer_id: String },
     /// Stop launching a payer's jobs (running jobs finish).
+    #[command(after_help = "Examples:
+  mayfly payers pause cedar-plan --reason \"warehouse migration\"")]
     Pause {
         payer_id: String,
         /// Why; shown by `plan`, `explain` and `status`.
         #[arg(long)]
         reason: String,
     },
-    /// Launch a paused payer's jobs again.
+    /// Launch a paused payer's jobs again (and clear the boot-failure count).
+    #[command(after_help = "Examples:
+  mayfly payers resume cedar-plan")]
     Resume { payer_id: String },
 }
 
@@ -401,22 +458,35 @@ pub struct ReapArgs {
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// List jobs by state (default: every active state).
+    #[command(after_help = "Examples:
+  mayfly jobs list
+  mayfly jobs list --state succeeded --state dead
+  mayfly jobs list --state dead --payer cedar-plan")]
     List {
-        /// Only this state (queued, launching, running, succeeded, failed, blocked, cancelled, dead).
+        /// Only jobs in this state (queued, launching, running, succeeded, failed, blocked,
+        /// cancelled, dead); repeat it for several.
         #[arg(long)]
-        state: Option<crate::job::JobState>,
+        state: Vec<crate::job::JobState>,
         /// Only this payer's jobs.
         #[arg(long)]
         payer: Option<String>,
     },
     /// Show one job with all its attempts.
+    #[command(after_help = "Examples:
+  mayfly jobs show cedar-plan:2026-11:claims
+  mayfly --output json jobs show cedar-plan:2026-11:claims")]
     Show { job_id: String },
     /// Queue a dead or cancelled job again, with a fresh budget of attempts.
     ///
     /// Higher-tier jobs of its batch that were blocked on it wait for it again, and run once
     /// it succeeds.
+    #[command(after_help = "Examples:
+  mayfly jobs retry cedar-plan:2026-10:eligibility")]
     Retry { job_id: String },
     /// Cancel a job that has not finished; an instance running it is terminated.
+    #[command(after_help = "Examples:
+  mayfly jobs cancel cedar-plan:2026-11:claims
+  mayfly jobs cancel cedar-plan:2026-11:claims --reason \"resent under a new id\"")]
     Cancel {
         job_id: String,
         /// Why; kept on the job.

@@ -41,6 +41,38 @@ impl std::fmt::Display for ValidateReport {
     }
 }
 
+/// Checks the profile paths a command was given (or defaulted to) before reading them, so
+/// a command run outside the repository says so instead of failing on the first read:
+/// which path is missing or empty, where it looked, and how to point elsewhere (`how`).
+pub(super) fn require_profiles(paths: &[PathBuf], how: &str) -> Result<(), CliError> {
+    let here = || {
+        std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "the current directory".to_owned())
+    };
+    for p in paths {
+        if !p.exists() {
+            return Err(CliError::Invalid(format!(
+                "no profile directory or file `{}` was found here ({}): {how}",
+                p.display(),
+                here()
+            )));
+        }
+    }
+    let files = profile::expand_paths(paths).map_err(|e| CliError::Invalid(e.to_string()))?;
+    if files.is_empty() {
+        let named: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(CliError::Invalid(format!(
+            "no payer profile (*.toml) in {}: {how}",
+            named.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// What `plan` and `render` say when their profiles are not where `--profiles` points.
+const PROFILES_FLAG: &str = "run from the mayfly repository (its payer-profiles/), or pass --profiles DIR with the directory of payer profiles";
+
 pub(super) fn validate(
     output: Output,
     paths: &[PathBuf],
@@ -50,6 +82,7 @@ pub(super) fn validate(
         catalog: Catalog::shipped(),
         global: caps,
     };
+    require_profiles(paths, "give profile files (*.toml) or directories of them")?;
     let files = profile::expand_paths(paths).map_err(|e| CliError::Invalid(e.to_string()))?;
     let mut report = ValidateReport {
         valid: Vec::new(),
@@ -74,10 +107,8 @@ pub(super) fn validate(
         }
     }
     emit(output, &report)?;
-    if report.errors.is_empty() && !files.is_empty() {
+    if report.errors.is_empty() {
         Ok(())
-    } else if files.is_empty() {
-        Err(CliError::Invalid("no profile files found".into()))
     } else {
         Err(CliError::Invalid(format!(
             "{} problem(s) found",
@@ -93,6 +124,7 @@ pub(super) fn offline_plan(output: Output, args: &PlanArgs) -> Result<(), CliErr
         catalog,
         global: caps,
     };
+    require_profiles(&args.profiles, PROFILES_FLAG)?;
     let payers = profile::load_and_validate(&args.profiles, &ctx)
         .map_err(|e| CliError::Invalid(e.to_string()))?;
     let now = args.now.unwrap_or_else(Utc::now);
@@ -148,6 +180,7 @@ pub(super) fn render(
         catalog: Catalog::shipped(),
         global: args.caps.caps(),
     };
+    require_profiles(&args.profiles, PROFILES_FLAG)?;
     let payers = profile::load_and_validate(&args.profiles, &ctx)
         .map_err(|e| CliError::Invalid(e.to_string()))?;
     let payer = payers

@@ -19,7 +19,7 @@ pub(super) async fn tick(app: &App, output: Output, args: &TickArgs) -> Result<(
             Utc::now(),
         )
         .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+        .map_err(|e| app.tick_error(e))?;
     let after = app.calls().snapshot();
     report.aws_calls = after
         .into_iter()
@@ -45,10 +45,10 @@ pub(super) async fn live_plan(app: &App, output: Output, args: &PlanArgs) -> Res
     let catalog = crate::catalog::Catalog::shipped();
     let payers = load_payers(app.config().as_ref(), catalog, pass.caps.caps())
         .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+        .map_err(|e| app.store_error("config table", e))?;
     let jobs = load_snapshot(app.ledger().as_ref())
         .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+        .map_err(|e| app.store_error("job ledger", e))?;
     let summaries = JobSummary::of_all(&jobs);
     let quotas = match pass.vcpu_quota {
         None => Some(read_quotas(&app.quotas(), &payers.valid, catalog).await),
@@ -78,7 +78,7 @@ pub(super) async fn reap(app: &App, output: Output, args: &ReapArgs) -> Result<(
     let report = scheduler
         .reap(args.dry_run, Utc::now())
         .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+        .map_err(|e| app.tick_error(e))?;
     emit(output, &report)?;
     if !report.errors.is_empty() {
         return Err(CliError::Runtime(

@@ -17,7 +17,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
     match cmd {
         PayersCommand::Validate { .. } => unreachable!("validate needs no AWS and is run offline"),
         PayersCommand::Diff { paths, caps } => {
-            let report = compare(store.as_ref(), &paths, caps.caps()).await?;
+            let report = compare(app, store.as_ref(), &paths, caps.caps()).await?;
             emit(output, &report)
         }
         PayersCommand::Apply {
@@ -25,7 +25,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             dry_run,
             caps,
         } => {
-            let mut report = compare(store.as_ref(), &paths, caps.caps()).await?;
+            let mut report = compare(app, store.as_ref(), &paths, caps.caps()).await?;
             report.dry_run = dry_run;
             if !dry_run {
                 for p in report
@@ -38,12 +38,13 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
                         .take()
                         .expect("compare keeps the profile of changed payers");
                     let pause = p.breaker_pause.take();
-                    let applied = apply_profile(
+                    let applied = apply_profile_with(
                         store.as_ref(),
                         &profile,
                         p.version,
                         pause.as_deref(),
                         Utc::now(),
+                        |e| app.store_error(&p.payer_id, e),
                     )
                     .await?;
                     p.version = Some(applied.version);
@@ -63,7 +64,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             emit(output, &report)
         }
         PayersCommand::List => {
-            let rows = store.list().await.map_err(runtime)?;
+            let rows = store.list().await.map_err(|e| runtime(app, e))?;
             let list = PayerList(
                 rows.into_iter()
                     .map(|r| PayerRow {
@@ -83,7 +84,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             let row = store
                 .get(&payer_id)
                 .await
-                .map_err(runtime)?
+                .map_err(|e| runtime(app, e))?
                 .ok_or_else(|| {
                     CliError::Invalid(format!("no payer `{payer_id}` in the config table"))
                 })?;
@@ -99,16 +100,16 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
             )
         }
         PayersCommand::Pause { payer_id, reason } => {
-            set_paused(store.as_ref(), output, &payer_id, Some(&reason)).await
+            set_paused(app, store.as_ref(), output, &payer_id, Some(&reason)).await
         }
         PayersCommand::Resume { payer_id } => {
-            set_paused(store.as_ref(), output, &payer_id, None).await
+            set_paused(app, store.as_ref(), output, &payer_id, None).await
         }
     }
 }
 
-fn runtime(e: StoreError) -> CliError {
-    CliError::Runtime(format!("config table: {e}"))
+fn runtime(app: &App, e: StoreError) -> CliError {
+    app.store_error("config table", e)
 }
 
 /// What applying one payer's profile did.
@@ -131,6 +132,23 @@ pub async fn apply_profile(
     now: chrono::DateTime<Utc>,
 ) -> Result<Applied, CliError> {
     let payer_id = &profile.payer_id;
+    apply_profile_with(store, profile, expected, breaker_pause, now, |e| {
+        CliError::Runtime(format!("{payer_id}: {e}"))
+    })
+    .await
+}
+
+/// [`apply_profile`], with `store_error` saying what a failed write means (a missing table,
+/// an unreachable endpoint) other than a conflict.
+async fn apply_profile_with(
+    store: &dyn ConfigStore,
+    profile: &crate::profile::PayerProfile,
+    expected: Option<u64>,
+    breaker_pause: Option<&str>,
+    now: chrono::DateTime<Utc>,
+    store_error: impl Fn(StoreError) -> CliError,
+) -> Result<Applied, CliError> {
+    let payer_id = &profile.payer_id;
     let version = store
         .put(profile, expected, now)
         .await
@@ -138,7 +156,7 @@ pub async fn apply_profile(
             StoreError::Conflict(_) => CliError::Runtime(format!(
                 "{payer_id}: changed by someone else meanwhile; diff and apply again"
             )),
-            other => CliError::Runtime(format!("{payer_id}: {other}")),
+            other => store_error(other),
         })?;
     let Some(reason) = breaker_pause else {
         return Ok(Applied {
@@ -162,19 +180,21 @@ pub async fn apply_profile(
 }
 
 async fn set_paused(
+    app: &App,
     store: &dyn ConfigStore,
     output: Output,
     payer_id: &str,
     reason: Option<&str>,
 ) -> Result<(), CliError> {
-    let row =
-        store.get(payer_id).await.map_err(runtime)?.ok_or_else(|| {
-            CliError::Invalid(format!("no payer `{payer_id}` in the config table"))
-        })?;
+    let row = store
+        .get(payer_id)
+        .await
+        .map_err(|e| runtime(app, e))?
+        .ok_or_else(|| CliError::Invalid(format!("no payer `{payer_id}` in the config table")))?;
     let version = store
         .set_paused(payer_id, reason, row.version, Utc::now())
         .await
-        .map_err(runtime)?;
+        .map_err(|e| runtime(app, e))?;
     let shown = Shown {
         payer_id: payer_id.to_owned(),
         version,
@@ -223,6 +243,7 @@ struct DiffReport {
 }
 
 async fn compare(
+    app: &App,
     store: &dyn ConfigStore,
     paths: &[PathBuf],
     caps: GlobalCaps,
@@ -231,13 +252,14 @@ async fn compare(
         catalog: Catalog::shipped(),
         global: caps,
     };
+    super::offline::require_profiles(paths, "give profile files (*.toml) or directories of them")?;
     let files = profile::expand_paths(paths).map_err(|e| CliError::Invalid(e.to_string()))?;
     let mut out = Vec::new();
     for file in files {
         let payers = profile::load_and_validate(std::slice::from_ref(&file), &ctx)
             .map_err(|e| CliError::Invalid(e.to_string()))?;
         for payer in payers {
-            let stored = store.get(payer.id()).await.map_err(runtime)?;
+            let stored = store.get(payer.id()).await.map_err(|e| runtime(app, e))?;
             let (status, changes, version) = match &stored {
                 None => (Status::New, Vec::new(), None),
                 Some(row) => {

@@ -49,8 +49,12 @@ pub struct SpotRefused {
 pub struct Status {
     pub deployment: String,
     pub at: DateTime<Utc>,
-    /// Approximate visible messages per queue: intake, intake DLQ, events, events DLQ.
+    /// Approximate messages per queue: intake, intake DLQ, events, events DLQ. The intake and
+    /// events queues count visible messages (waiting to be read); the DLQs count visible and
+    /// in-flight ones, since a message someone is looking at is still dead-lettered.
     pub queues: Vec<(String, u64)>,
+    /// Approximate in-flight messages per queue (received, not yet deleted or back).
+    pub in_flight: BTreeMap<String, u64>,
     pub jobs_by_state: BTreeMap<String, u64>,
     /// Live instances (pending, running, stopping, stopped) of this deployment, by type.
     pub instances: BTreeMap<String, u64>,
@@ -113,7 +117,12 @@ impl fmt::Display for Status {
         let queues: Vec<String> = self
             .queues
             .iter()
-            .map(|(q, n)| format!("{q} {n}"))
+            .map(|(q, n)| match self.in_flight.get(q) {
+                Some(&held) if held > 0 && q.ends_with("-dlq") => {
+                    format!("{q} {n} ({held} in flight)")
+                }
+                _ => format!("{q} {n}"),
+            })
             .collect();
         writeln!(f, "Queues:    {}", queues.join(", "))?;
         let jobs: Vec<String> = JobState::ALL
@@ -186,25 +195,36 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
     let d = &scheduler.deps;
     let now = Utc::now();
     let mut queues = Vec::new();
-    for (label, q) in [
-        ("intake", &d.intake),
-        ("intake-dlq", &d.intake_dlq),
-        ("events", &d.events),
-        ("events-dlq", &d.events_dlq),
+    let mut in_flight = BTreeMap::new();
+    for (label, q, dlq) in [
+        ("intake", &d.intake, false),
+        ("intake-dlq", &d.intake_dlq, true),
+        ("events", &d.events, false),
+        ("events-dlq", &d.events_dlq, true),
     ] {
-        let n = q
+        let visible = q
             .depth()
             .await
-            .map_err(|e| CliError::Runtime(format!("{label} queue depth: {e}")))?;
-        queues.push((label.to_owned(), n));
+            .map_err(|e| app.queue_error(&format!("{label} queue depth"), e))?;
+        let held = q
+            .in_flight()
+            .await
+            .map_err(|e| app.queue_error(&format!("{label} queue in flight"), e))?;
+        queues.push((label.to_owned(), if dlq { visible + held } else { visible }));
+        in_flight.insert(label.to_owned(), held);
     }
-    let rows = d.config.list().await.map_err(|e| runtime(&e))?;
+    let rows = d
+        .config
+        .list()
+        .await
+        .map_err(|e| app.store_error("config table", e))?;
     let payers = load_payers(d.config.as_ref(), scheduler.catalog, pass.caps.caps())
         .await
-        .map_err(|e| runtime(&e))?;
+        .map_err(|e| app.store_error("config table", e))?;
     let mut jobs = Vec::new();
     for state in JobState::ALL {
-        jobs.extend(d.ledger.by_state(state).await.map_err(|e| runtime(&e))?);
+        let found = d.ledger.by_state(state).await;
+        jobs.extend(found.map_err(|e| app.store_error("job ledger", e))?);
     }
     let gauges = LedgerGauges::from_jobs(&jobs, &rows, now);
     let mut instances = BTreeMap::new();
@@ -271,6 +291,7 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
         deployment: app.names.deployment.clone(),
         at: now,
         queues,
+        in_flight,
         jobs_by_state: gauges.jobs_by_state,
         instances,
         paused_payers: gauges.paused_payers,

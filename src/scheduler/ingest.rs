@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use super::report::IngestReport;
 use super::Scheduler;
 use crate::job::{Job, JobRequest, RequestError};
+use crate::ports::Message;
 use crate::profile::Payer;
 
 /// Parses a request and checks it against its payer's profile.
@@ -99,8 +100,9 @@ pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> 
                             done.push(m.receipt);
                         }
                         Ok(false) => {
-                            report.duplicates += 1;
-                            done.push(m.receipt);
+                            if resent(s, &job, &m, &mut report).await {
+                                done.push(m.receipt);
+                            }
                         }
                         // Not deleted: the message comes back after its visibility timeout.
                         Err(e) => report
@@ -120,4 +122,57 @@ pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> 
         }
     }
     report
+}
+
+/// A request whose `job_id` the ledger already has. The same content is a re-send, a quiet
+/// no-op. Other content is a conflict: the first accepted request stands, and this one goes
+/// to the intake DLQ saying which fields differ, so it is neither run nor silently lost.
+/// Says whether the message is done with (it may be deleted from intake).
+async fn resent(s: &Scheduler, job: &Job, m: &Message, report: &mut IngestReport) -> bool {
+    let accepted = match s.deps.ledger.get(&job.job_id).await {
+        Ok(Some(accepted)) => accepted,
+        // Not there after all: the message comes back and is ingested then.
+        Ok(None) => {
+            report.errors.push(format!(
+                "job {} exists and then did not; its request will be read again",
+                job.job_id
+            ));
+            return false;
+        }
+        Err(e) => {
+            report.errors.push(format!(
+                "reading job {} to compare a re-send: {e}",
+                job.job_id
+            ));
+            return false;
+        }
+    };
+    let differ = accepted.request_differences(job);
+    if differ.is_empty() {
+        report.duplicates += 1;
+        return true;
+    }
+    let reason = format!(
+        "job_id: job {} was already accepted with a different {}; the accepted request stands (send this one under a new job_id to run it)",
+        job.job_id,
+        differ.join(", ")
+    );
+    tracing::warn!(message_id = %m.message_id, job_id = %job.job_id, differ = ?differ, "Rejected a conflicting re-send of a job.");
+    match s
+        .deps
+        .intake_dlq
+        .send(&m.body, &[(crate::names::ERROR_ATTRIBUTE, &reason)])
+        .await
+    {
+        Ok(_) => {
+            report.conflicts += 1;
+            true
+        }
+        Err(e) => {
+            report
+                .errors
+                .push(format!("moving message {} to the DLQ: {e}", m.message_id));
+            false
+        }
+    }
 }

@@ -179,6 +179,11 @@ impl Scheduler {
     ) -> Result<PassReport, TickError> {
         let started = Instant::now();
         let mut report = PassReport::new(now, opts.dry_run);
+        if opts.dry_run {
+            report.skipped = vec!["ingest", "events", "reconcile", "repair", "launch"];
+        } else if opts.skip_reconcile {
+            report.skipped = vec!["reconcile"];
+        }
         let payers =
             load_payers(self.deps.config.as_ref(), self.catalog, self.settings.caps).await?;
         report.invalid_payers = payers.invalid.clone();

@@ -24,6 +24,36 @@ impl Arch {
     }
 }
 
+/// The kind of accelerator an instance type carries besides its CPUs. Sizing offers such a
+/// type only to a kind that asks for it (`gpus`, or a family that names it): its price pays
+/// for hardware a CPU-bound job leaves idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accelerator {
+    /// NVIDIA or AMD GPUs, whole or fractional (g*, gr*, p*).
+    Gpu,
+    /// AWS Inferentia (inf*).
+    Inferentia,
+    /// AWS Trainium (trn*).
+    Trainium,
+    /// FPGAs (f*).
+    Fpga,
+    /// Video transcoding accelerators (vt*).
+    Media,
+}
+
+impl Accelerator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accelerator::Gpu => "GPU",
+            Accelerator::Inferentia => "Inferentia",
+            Accelerator::Trainium => "Trainium",
+            Accelerator::Fpga => "FPGA",
+            Accelerator::Media => "media accelerator",
+        }
+    }
+}
+
 /// One instance type: what it offers and what it costs on demand.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +63,18 @@ pub struct InstanceType {
     pub memory_mib: u64,
     pub architectures: Vec<Arch>,
     pub gpus: u32,
+    /// The accelerator the type carries, if any (`data/README.md` says where it comes from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<Accelerator>,
+    /// A burstable type (t1, t2, t3, t3a, t4g): its vCPUs run at a baseline and bursts above
+    /// it cost CPU credits, so its on-demand price understates what a CPU-bound job pays.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub burstable: bool,
     pub on_demand_usd_per_hour: f64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl InstanceType {
@@ -112,6 +153,9 @@ impl Catalog {
             if t.architectures.is_empty() {
                 return Err(bad("no architecture"));
             }
+            if t.gpus > 0 && t.accelerator != Some(Accelerator::Gpu) {
+                return Err(bad("has GPUs but is not marked `accelerator: gpu`"));
+            }
             if by_name.insert(t.name.clone(), i).is_some() {
                 return Err(bad("listed twice"));
             }
@@ -177,6 +221,46 @@ mod tests {
         assert_eq!(c.get("g5.xlarge").unwrap().gpus, 1);
     }
 
+    /// The accelerator and burstable marks come from the specs' own fields; instance family
+    /// names say the same, and this keeps the two in step when the catalog is regenerated.
+    #[test]
+    fn accelerators_and_burstable_types_agree_with_family_names() {
+        let by_prefix = |family: &str| -> Option<Accelerator> {
+            let letters: String = family
+                .chars()
+                .take_while(char::is_ascii_lowercase)
+                .collect();
+            match letters.as_str() {
+                "g" | "gr" | "p" => Some(Accelerator::Gpu),
+                "inf" => Some(Accelerator::Inferentia),
+                "trn" => Some(Accelerator::Trainium),
+                "f" => Some(Accelerator::Fpga),
+                "vt" => Some(Accelerator::Media),
+                _ => None,
+            }
+        };
+        let c = Catalog::shipped();
+        for t in c.types() {
+            assert_eq!(t.accelerator, by_prefix(t.family()), "{}", t.name);
+            let burstable = ["t1", "t2", "t3", "t3a", "t4g"].contains(&t.family());
+            assert_eq!(t.burstable, burstable, "{}", t.name);
+        }
+        let count = |a: Accelerator| {
+            c.types()
+                .iter()
+                .filter(|t| t.accelerator == Some(a))
+                .count()
+        };
+        assert_eq!(count(Accelerator::Gpu), 64);
+        assert_eq!(count(Accelerator::Inferentia), 8);
+        assert_eq!(count(Accelerator::Trainium), 3);
+        assert_eq!(count(Accelerator::Fpga), 3);
+        assert_eq!(count(Accelerator::Media), 3);
+        // Fractional GPUs count as 0 GPUs, but the type still carries one.
+        let g6f = c.get("g6f.large").unwrap();
+        assert_eq!((g6f.gpus, g6f.accelerator), (0, Some(Accelerator::Gpu)));
+    }
+
     #[test]
     fn rejects_duplicates_and_free_types() {
         let t = |name: &str, price: f64| InstanceType {
@@ -185,11 +269,18 @@ mod tests {
             memory_mib: 1024,
             architectures: vec![Arch::X86_64],
             gpus: 0,
+            accelerator: None,
+            burstable: false,
             on_demand_usd_per_hour: price,
         };
         assert!(
             Catalog::from_types("r".into(), vec![t("a.large", 1.0), t("a.large", 1.0)]).is_err()
         );
         assert!(Catalog::from_types("r".into(), vec![t("a.large", 0.0)]).is_err());
+        let unmarked_gpu = InstanceType {
+            gpus: 1,
+            ..t("g9.large", 1.0)
+        };
+        assert!(Catalog::from_types("r".into(), vec![unmarked_gpu]).is_err());
     }
 }

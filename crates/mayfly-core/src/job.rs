@@ -62,13 +62,45 @@ impl RequestError {
     }
 }
 
-/// The field a serde_json error message names (`missing field \`batch\``, `unknown field
-/// \`colour\``), or `default` when it names none (a syntax error).
-pub fn serde_field<'a>(msg: &'a str, default: &'a str) -> &'a str {
-    msg.split('`')
-        .nth(1)
-        .filter(|_| msg.contains("field"))
-        .unwrap_or(default)
+/// Parses one JSON document as `T`. A failure names the field it is about as a dotted path
+/// (`priority`, `input.bytes`, `params.NOTE`, `input.uri` when it is missing), or `default`
+/// when it is about no field (not JSON, cut short).
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    default: &str,
+) -> Result<T, RequestError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = match e.inner().classify() {
+            serde_json::error::Category::Data => {
+                field_path(&e.path().to_string(), &e.inner().to_string(), default)
+            }
+            _ => default.to_owned(),
+        };
+        RequestError::new(field, e.into_inner().to_string())
+    })?;
+    de.end()
+        .map_err(|e| RequestError::new(default, e.to_string()))?;
+    Ok(value)
+}
+
+/// The field a data error is about: the path where it happened, plus the field a
+/// missing-field error names (serde reports it at the enclosing object, and says which field
+/// only in its message).
+fn field_path(path: &str, msg: &str, default: &str) -> String {
+    let parent = (path != ".").then_some(path);
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| msg.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    match (parent, named) {
+        // An unknown field's path already ends with it; a missing one's is its object's.
+        (Some(p), Some(f)) if p == f || p.ends_with(&format!(".{f}")) => p.to_owned(),
+        (Some(p), Some(f)) => format!("{p}.{f}"),
+        (None, Some(f)) => f.to_owned(),
+        (Some(p), None) => p.to_owned(),
+        (None, None) => default.to_owned(),
+    }
 }
 
 /// `[A-Za-z0-9._:-]{1,max}`: the alphabet of job ids and batches.
@@ -89,10 +121,7 @@ impl JobRequest {
                 "a job request is a JSON object, not an array",
             ));
         }
-        let req: JobRequest = serde_json::from_str(body).map_err(|e| {
-            let msg = e.to_string();
-            RequestError::new(serde_field(&msg, "(body)"), msg.clone())
-        })?;
+        let req: JobRequest = from_json(body, "(body)")?;
         req.validate()?;
         Ok(req)
     }
@@ -477,6 +506,26 @@ impl Job {
         }
     }
 
+    /// The request fields in which `other` (a job built from a re-sent request with the same
+    /// `job_id`) differs from this one: empty for a true re-send. A request without a
+    /// priority asks for 0, so it matches a job accepted with priority 0.
+    pub fn request_differences(&self, other: &Job) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        for (field, same) in [
+            ("payer_id", self.payer_id == other.payer_id),
+            ("kind", self.kind == other.kind),
+            ("batch", self.batch == other.batch),
+            ("input", self.input == other.input),
+            ("params", self.params == other.params),
+            ("priority", self.priority == other.priority),
+        ] {
+            if !same {
+                differ.push(field);
+            }
+        }
+        differ
+    }
+
     /// Attempts counted by the retry policy: those since the last manual retry that had an
     /// instance able to run the job ([`Attempt::spends_retry`]).
     pub fn attempts_in_budget(&self) -> u32 {
@@ -585,6 +634,37 @@ mod tests {
                 r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","params":{"MAYFLY_JOB_ID":"x"}}"#,
                 "params.MAYFLY_JOB_ID",
             ),
+            // Type errors name their field too, however deep.
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","priority":-1}"#,
+                "priority",
+            ),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","input":{"uri":"s3://x","bytes":"12"}}"#,
+                "input.bytes",
+            ),
+            (
+                r#"{"job_id":42,"payer_id":"p","kind":"k","batch":"b"}"#,
+                "job_id",
+            ),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","params":{"N":5}}"#,
+                "params.N",
+            ),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","input":{"bytes":1}}"#,
+                "input.uri",
+            ),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b","input":{"uri":"s3://x","size":1}}"#,
+                "input.size",
+            ),
+            // Cut short, or trailing text: about no field.
+            (r#"{"job_id":"a","payer_id":"p","input":{"uri":"#, "(body)"),
+            (
+                r#"{"job_id":"a","payer_id":"p","kind":"k","batch":"b"} x"#,
+                "(body)",
+            ),
         ];
         for (body, field) in cases {
             let err = JobRequest::parse(body).unwrap_err();
@@ -594,6 +674,24 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("missing field"));
+    }
+
+    #[test]
+    fn a_resent_request_differs_only_in_what_it_changed() {
+        let now = Utc::now();
+        let first = Job::from_request(request(), now);
+        let mut later = Job::from_request(request(), now + chrono::Duration::minutes(5));
+        later.state = JobState::Running;
+        assert!(first.request_differences(&later).is_empty());
+        let mut changed = request();
+        changed.kind = "members".into();
+        changed.params.insert("NOTE".into(), "x".into());
+        changed.priority = Some(7);
+        let changed = Job::from_request(changed, now);
+        assert_eq!(
+            first.request_differences(&changed),
+            ["kind", "params", "priority"]
+        );
     }
 
     #[test]

@@ -97,11 +97,10 @@ pub fn parse_snapshot(
             field: field.to_owned(),
             reason,
         };
-        let parsed: JobLine = match serde_json::from_str(body) {
-            Ok(p) => p,
+        let parsed: JobLine = match crate::job::from_json(body, "(line)") {
+            Ok(v) => v,
             Err(e) => {
-                let msg = e.to_string();
-                errors.push(err(crate::job::serde_field(&msg, "(line)"), msg.clone()));
+                errors.push(err(&e.field, e.reason));
                 continue;
             }
         };

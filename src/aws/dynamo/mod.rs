@@ -114,12 +114,16 @@ where
         Some(code) if is_throttle_code(code) => {
             StoreError::Throttled(format!("{op} on {table}: {code}"))
         }
+        Some("ResourceNotFoundException") => StoreError::NotFound(format!("table {table}")),
         Some(code) => StoreError::Other(format!(
             "{op} on {table}: {code}: {}",
             err.message().unwrap_or("(no message)")
         )),
         // No service error (timeout, dropped connection…): whether it applied is unknown.
-        None => StoreError::Other(format!("{op} on {table}: {}", DisplayErrorContext(&err))),
+        None => match crate::aws::no_response(op, &err) {
+            Some(what) => StoreError::Unreachable(format!("{what} ({op} on {table})")),
+            None => StoreError::Other(format!("{op} on {table}: {}", DisplayErrorContext(&err))),
+        },
     }
 }
 
@@ -183,13 +187,13 @@ mod tests {
         }
         assert_eq!(
             store_error("PutItem", "t", service_error("ResourceNotFoundException")),
-            StoreError::Other("PutItem on t: ResourceNotFoundException: details".into())
+            StoreError::NotFound("table t".into())
         );
         let timeout: SdkError<PutItemError, HttpResponse> = SdkError::timeout_error("timed out");
-        assert!(matches!(
+        assert_eq!(
             store_error("PutItem", "t", timeout),
-            StoreError::Other(_)
-        ));
+            StoreError::Unreachable("timed out (PutItem on t)".into())
+        );
     }
 
     #[test]

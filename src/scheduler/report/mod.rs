@@ -23,6 +23,8 @@ pub struct IngestReport {
     pub received: u32,
     pub accepted: u32,
     pub duplicates: u32,
+    /// Re-sent `job_id`s whose content differed from the accepted job: moved to the DLQ.
+    pub conflicts: u32,
     pub rejected: u32,
     pub errors: Vec<String>,
 }
@@ -189,6 +191,9 @@ pub struct PlanSummary {
 pub struct PassReport {
     pub at: DateTime<Utc>,
     pub dry_run: bool,
+    /// Steps this pass did not run (`ingest`, `events`, `reconcile`, `repair`, `launch`): a
+    /// dry run skips all of them, a daemon's planning pass leaves `reconcile` to its own period.
+    pub skipped: Vec<&'static str>,
     pub duration_ms: u64,
     pub invalid_payers: Vec<String>,
     pub ingest: IngestReport,
@@ -207,6 +212,7 @@ impl PassReport {
         Self {
             at,
             dry_run,
+            skipped: Vec::new(),
             duration_ms: 0,
             invalid_payers: Vec::new(),
             ingest: IngestReport::default(),
@@ -246,54 +252,7 @@ impl PassReport {
         }
     }
 
-    /// Whether anything went wrong that an operator should look at.
-    pub fn has_errors(&self) -> bool {
-        !self.ingest.errors.is_empty()
-            || !self.launch.errors.is_empty()
-            || !self.reconcile.errors.is_empty()
-            || !self.invalid_payers.is_empty()
-    }
-}
-
-impl fmt::Display for PassReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = if self.dry_run { " (dry run)" } else { "" };
-        writeln!(
-            f,
-            "Pass at {}{mode}, {} ms",
-            self.at.format("%Y-%m-%dT%H:%M:%SZ"),
-            self.duration_ms
-        )?;
-        let i = &self.ingest;
-        writeln!(
-            f,
-            "Ingest:  {} received, {} accepted, {} duplicate, {} rejected to the DLQ",
-            i.received, i.accepted, i.duplicates, i.rejected
-        )?;
-        let e = &self.events;
-        let ignored: u32 = e.ignored.values().sum();
-        writeln!(
-            f,
-            "Events:  {} received, {} applied, {} duplicate, {} ignored, {} malformed; {} succeeded, {} failed",
-            e.received, e.applied, e.duplicates, ignored, e.malformed, e.succeeded, e.failed
-        )?;
-        for (why, n) in &e.ignored {
-            writeln!(f, "           {n:>6}  ignored: {why}")?;
-        }
-        let r = &self.reconcile;
-        writeln!(f, "Reconcile: {}", r.summary_line())?;
-        for x in &r.findings {
-            writeln!(f, "           {}", x.line())?;
-        }
-        writeln!(
-            f,
-            "Plan:    {} to launch (est. ${:.4}/h), {} waiting",
-            self.plan.launches, self.plan.est_usd_per_hour, self.plan.waiting
-        )?;
-        for (code, n) in &self.plan.reasons {
-            writeln!(f, "           {n:>6}  {code}")?;
-        }
-        writeln!(f, "         vCPU quota: {}", self.plan.vcpu_quota)?;
+    fn launch_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l = &self.launch;
         writeln!(
             f,
@@ -333,6 +292,87 @@ impl fmt::Display for PassReport {
         }
         for (job, instance, ty) in &l.instances {
             writeln!(f, "           {job} → {instance} ({ty})")?;
+        }
+        Ok(())
+    }
+
+    /// Whether anything went wrong that an operator should look at.
+    pub fn has_errors(&self) -> bool {
+        !self.ingest.errors.is_empty()
+            || !self.launch.errors.is_empty()
+            || !self.reconcile.errors.is_empty()
+            || !self.invalid_payers.is_empty()
+    }
+}
+
+impl fmt::Display for PassReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = if self.dry_run { " (dry run)" } else { "" };
+        writeln!(
+            f,
+            "Pass at {}{mode}, {} ms",
+            self.at.format("%Y-%m-%dT%H:%M:%SZ"),
+            self.duration_ms
+        )?;
+        let skipped = |step: &str| self.skipped.contains(&step);
+        let i = &self.ingest;
+        if skipped("ingest") {
+            writeln!(
+                f,
+                "Ingest:  skipped (dry run: the intake queue was not read)"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "Ingest:  {} received, {} accepted, {} duplicate, {} conflicting re-send(s) and {} rejected to the DLQ",
+                i.received, i.accepted, i.duplicates, i.conflicts, i.rejected
+            )?;
+        }
+        let e = &self.events;
+        if skipped("events") {
+            writeln!(
+                f,
+                "Events:  skipped (dry run: the events queue was not read)"
+            )?;
+        } else {
+            let ignored: u32 = e.ignored.values().sum();
+            writeln!(
+                f,
+                "Events:  {} received, {} applied, {} duplicate, {} ignored, {} malformed; {} succeeded, {} failed",
+                e.received, e.applied, e.duplicates, ignored, e.malformed, e.succeeded, e.failed
+            )?;
+            for (why, n) in &e.ignored {
+                writeln!(f, "           {n:>6}  ignored: {why}")?;
+            }
+        }
+        let r = &self.reconcile;
+        if skipped("reconcile") && self.dry_run {
+            writeln!(f, "Reconcile: skipped (dry run: no instance listed, nothing reaped or repaired; `mayfly reap --dry-run` shows what it would do)")?;
+        } else if skipped("reconcile") {
+            writeln!(f, "Reconcile: skipped (runs on its own period)")?;
+        } else {
+            writeln!(f, "Reconcile: {}", r.summary_line())?;
+            for x in &r.findings {
+                writeln!(f, "           {}", x.line())?;
+            }
+        }
+        writeln!(
+            f,
+            "Plan:    {} to launch (est. ${:.4}/h), {} waiting",
+            self.plan.launches, self.plan.est_usd_per_hour, self.plan.waiting
+        )?;
+        for (code, n) in &self.plan.reasons {
+            writeln!(f, "           {n:>6}  {code}")?;
+        }
+        writeln!(f, "         vCPU quota: {}", self.plan.vcpu_quota)?;
+        let l = &self.launch;
+        if skipped("launch") {
+            writeln!(
+                f,
+                "Launch:  skipped (dry run: nothing launched; the plan above is what a pass would launch)"
+            )?;
+        } else {
+            self.launch_line(f)?;
         }
         let states: Vec<String> = self
             .jobs_by_state

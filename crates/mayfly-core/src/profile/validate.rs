@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ComputeSpec, JobKind, PayerProfile, ProfileError, ProfileErrors};
-use crate::catalog::Catalog;
+use crate::catalog::{Arch, Catalog};
 use crate::duration::Duration;
 use crate::secrets;
 use crate::sizing;
@@ -517,15 +517,98 @@ impl PayerProfile {
             }
         }
         if c.errors.len() == errors_before {
-            // Sizing is monotone, so if the largest requirement fits, every smaller one does.
-            let largest = sizing::Requirement::for_spec(spec, Some(u64::MAX));
-            if sizing::candidates(ctx.catalog, spec, &largest, self.caps.max_vcpus).is_empty() {
+            self.check_satisfiable(c, ctx, name, spec);
+        }
+    }
+
+    /// Whether the kind's largest job can be sized at all, and if not, what stands in the
+    /// way: a family of the wrong architecture, the vCPU ceiling, or nothing in the catalog.
+    fn check_satisfiable(
+        &self,
+        c: &mut Check<'_>,
+        ctx: &ValidateContext<'_>,
+        name: &str,
+        spec: &ComputeSpec,
+    ) {
+        let f = |field: &str| format!("kinds.{name}.compute.{field}");
+        let arch = spec.architecture.unwrap_or(Arch::X86_64);
+        let mut wrong_arch = false;
+        for (i, fam) in spec.families.iter().enumerate() {
+            if ctx.catalog.in_family(fam).any(|t| t.supports(arch)) {
+                continue;
+            }
+            wrong_arch = true;
+            let theirs = if ctx.catalog.in_family(fam).any(|t| t.supports(Arch::Arm64)) {
+                Arch::Arm64
+            } else {
+                Arch::X86_64
+            };
+            let reason = match spec.architecture {
+                None => format!(
+                    "`{fam}` is {theirs} only, and this kind runs {arch} because `architecture` is not set (it defaults to x86_64): set architecture = \"{theirs}\" (with an {theirs} image), or drop the family",
+                    theirs = theirs.as_str(),
+                    arch = arch.as_str(),
+                ),
+                Some(_) => format!(
+                    "`{fam}` is {} only, and this kind's architecture is {}: drop the family or change `architecture`",
+                    theirs.as_str(),
+                    arch.as_str()
+                ),
+            };
+            c.fail(f(&format!("families[{i}]")), reason);
+        }
+        if wrong_arch {
+            return;
+        }
+        // Sizing is monotone, so if the largest requirement fits, every smaller one does.
+        let largest = sizing::Requirement::for_spec(spec, Some(u64::MAX));
+        let cap = self.caps.max_vcpus;
+        if !sizing::candidates(ctx.catalog, spec, &largest, cap).is_empty() {
+            return;
+        }
+        let scope = if spec.families.is_empty() {
+            String::new()
+        } else {
+            format!(" in families {}", spec.families.join(", "))
+        };
+        // The same requirement with no vCPU ceiling: is the ceiling what stands in the way?
+        let unbounded = ComputeSpec {
+            max_vcpus: None,
+            vcpus_per_input_gib: None,
+            ..spec.clone()
+        };
+        let ceiling = sizing::vcpu_ceiling(spec, cap);
+        let limit = if ceiling < cap && spec.max_vcpus.is_none() {
+            format!("max_vcpus (not set, so min_vcpus {ceiling})")
+        } else if ceiling < cap {
+            format!("max_vcpus {ceiling}")
+        } else {
+            format!("caps.max_vcpus {cap}")
+        };
+        match sizing::candidates(ctx.catalog, &unbounded, &largest, u32::MAX).first() {
+            Some(t) => c.fail(
+                f("max_vcpus"),
+                format!(
+                    "no instance type within {limit} offers {largest}{scope}; the smallest that does is {} ({} vCPU, {} MiB): raise {limit} or ask for less memory per vCPU",
+                    t.name, t.vcpus, t.memory_mib
+                ),
+            ),
+            None => {
+                let excluded = ctx.catalog.types().iter().any(|t| {
+                    t.vcpus >= largest.vcpus
+                        && t.memory_mib >= largest.memory_mib
+                        && t.gpus >= largest.gpus
+                        && t.supports(arch)
+                        && !sizing::offered(t, spec)
+                });
+                let hint = if excluded && spec.families.is_empty() {
+                    " (types with accelerators and burstable types are offered only to a kind whose `families` name them)"
+                } else {
+                    ""
+                };
                 c.fail(
-                    f("max_vcpus"),
-                    format!(
-                        "no instance type in the catalog offers {largest} within caps.max_vcpus {}",
-                        self.caps.max_vcpus
-                    ),
+                    format!("kinds.{name}.compute"),
+                    format!("no instance type in the catalog offers {largest}{scope}{hint}"),
                 );
             }
         }

@@ -79,11 +79,10 @@ pub fn parse_trace(source_name: &str, text: &str) -> Result<Vec<TraceJob>, Vec<T
             field: field.to_owned(),
             reason,
         };
-        let job: TraceJob = match serde_json::from_str(body) {
-            Ok(j) => j,
+        let job: TraceJob = match crate::job::from_json(body, "(line)") {
+            Ok(v) => v,
             Err(e) => {
-                let msg = e.to_string();
-                errors.push(err(crate::job::serde_field(&msg, "(line)"), msg.clone()));
+                errors.push(err(&e.field, e.reason));
                 continue;
             }
         };
