@@ -123,9 +123,10 @@ pub enum Command {
     ///
     /// Exits 2 when a launch would fail, 1 when a check could not be made. Against an
     /// emulator it lists what the emulator cannot check instead of passing it.
-    ///
-    ///   mayfly preflight
-    ///   mayfly preflight cedar-plan --output json
+    #[command(after_help = "Examples:
+  mayfly preflight
+  mayfly preflight cedar-plan prairie-mutual
+  mayfly --output json preflight cedar-plan")]
     Preflight(PreflightArgs),
     /// Put job requests on the intake queue: one from flags, or many from a JSON-lines file.
     #[command(after_help = "Examples:
