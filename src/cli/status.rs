@@ -17,7 +17,7 @@ use crate::plan::{self, Snapshot};
 use crate::ports::ComputeError;
 use crate::ports::InstanceState;
 use crate::profile::CapacityType;
-use crate::scheduler::{load_payers, QuotaRead};
+use crate::scheduler::{load_payers, QuotaRead, QuotaStatus};
 use crate::summary::JobSummary;
 
 /// The oldest job not running yet, and what holds it.
@@ -65,6 +65,9 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spot_refused: Option<SpotRefused>,
     pub cost_today_usd: f64,
+    /// The vCPU quotas the plan keeps to: `--vcpu-quota`, the account's, or why they are
+    /// unknown.
+    pub vcpu_quotas: QuotaStatus,
 }
 
 /// The latest word on spot among the jobs' attempts: a launch that got a spot instance, or
@@ -168,6 +171,7 @@ impl fmt::Display for Status {
                 s.fix
             )?;
         }
+        writeln!(f, "vCPU quota: {}", self.vcpu_quotas)?;
         match &self.oldest_waiting {
             None => writeln!(f, "Oldest:    no job waiting")?,
             Some(w) => writeln!(
@@ -239,7 +243,7 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
         }
     }
     let summaries = JobSummary::of_all(&jobs);
-    let quotas = scheduler.account_quotas(&payers.valid).await;
+    let quotas = scheduler.account_quotas_shown(&payers.valid).await;
     let snapshot = Snapshot {
         jobs: &summaries,
         payers: &payers.valid,
@@ -298,6 +302,7 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
         queued: gauges.queued,
         oldest_waiting,
         spot_refused: spot_refused(&jobs),
+        vcpu_quotas: QuotaStatus::of(&plan),
         cost_today_usd: gauges.cost_today_usd,
     };
     emit(output, &status)

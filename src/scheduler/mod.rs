@@ -164,6 +164,15 @@ impl Scheduler {
         }
     }
 
+    /// As [`Scheduler::account_quotas`], read once without the cache and without logging a
+    /// failure: for a command that shows the outcome itself.
+    pub async fn account_quotas_shown(&self, payers: &[Payer]) -> Option<QuotaRead> {
+        match (&self.quotas, self.settings.vcpu_quota) {
+            (Some(cache), None) => Some(cache.read_once(payers, self.catalog).await),
+            _ => None,
+        }
+    }
+
     /// The moment now, for a time to record: the clock's, never earlier than `floor` (the
     /// pass's start), so a pass driven at a chosen time records nothing before it.
     pub fn moment(&self, floor: DateTime<Utc>) -> DateTime<Utc> {

@@ -100,6 +100,12 @@ impl QuotaCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// One read of the payers' pools, neither cached nor logged: for a command that shows
+    /// the outcome in its own output (`status`).
+    pub async fn read_once(&self, payers: &[Payer], catalog: &Catalog) -> QuotaRead {
+        read_quotas(self.reader.as_ref(), payers, catalog).await
+    }
+
     /// The quotas of the payers' pools: the last read while it is fresh and covers them,
     /// else a new one.
     pub async fn get(&self, payers: &[Payer], catalog: &Catalog) -> QuotaRead {
