@@ -13,6 +13,7 @@
 //! - [`plan_view`]: the text rendering of plans and reasons.
 //! - [`simulate`]: capacity planning on a virtual clock, mayfly beside a generic ASG.
 //! - [`ports`]: the narrow interfaces to the config table, ledger, queues and EC2.
+//! - [`ledger_index`]: what the ledger's indexes hold so reads skip the history; read meters.
 //! - [`aws`]: the adapters implementing the ports on the AWS SDK, and call counting.
 //! - [`fakes`]: stateful in-memory implementations of every port, for tests.
 //! - [`ratelimit`]: client-side token buckets mirroring EC2's API rate limits.
@@ -53,6 +54,7 @@ pub mod explain;
 pub mod fakes;
 pub mod lambda;
 pub mod lease;
+pub mod ledger_index;
 pub mod metrics;
 pub mod names;
 pub mod ports;

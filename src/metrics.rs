@@ -20,7 +20,7 @@ use crate::scheduler::PassReport;
 
 mod ledger;
 
-pub use ledger::{LedgerGauges, QueueGauge};
+pub use ledger::{load_today, LedgerGauges, QueueGauge};
 
 /// Counters accumulated over passes (monotonic for the life of the process).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -355,9 +355,15 @@ impl Metrics {
                 ),
                 f(
                     "mayfly_jobs",
-                    "Jobs in the ledger by state (active states and their batches).",
+                    "Jobs in flight or waiting by state (queued, launching, running, failed, blocked).",
                     Gauge,
                     by("state", &g.jobs_by_state),
+                ),
+                f(
+                    "mayfly_jobs_ended_today",
+                    "Jobs that ended since midnight UTC by state (succeeded, cancelled, dead).",
+                    Gauge,
+                    by("state", &g.ended_today),
                 ),
                 f(
                     "mayfly_payer_paused",
