@@ -96,9 +96,10 @@ pub trait Ledger: Send + Sync {
         day: NaiveDate,
         billed_before: Option<DateTime<Utc>>,
     ) -> Result<Vec<Job>, StoreError>;
-    /// At most `limit` jobs in `state` submitted at or after `since` (of `payer` only, when
-    /// given), oldest submitted first: one page of `jobs list`. Reads pages of the `by-state`
-    /// index from `since` until it has `limit` jobs.
+    /// At most `limit` jobs in `state` submitted in `[since, before)` (of `payer` only, when
+    /// given), oldest submitted first: one page of `jobs list`, or the in-flight jobs a cost
+    /// report needs. Reads pages of the `by-state` index from `since` (bounded by `before` in
+    /// the key condition) until it has `limit` jobs.
     async fn page(&self, query: &PageQuery) -> Result<Vec<Job>, StoreError>;
 }
 
@@ -108,6 +109,7 @@ pub struct PageQuery {
     pub state: JobState,
     pub payer: Option<String>,
     pub since: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
     pub limit: usize,
 }
 
@@ -117,6 +119,18 @@ impl PageQuery {
         job.state == self.state
             && self.payer.as_ref().is_none_or(|p| &job.payer_id == p)
             && self.since.is_none_or(|t| job.submitted_at >= t)
+            && self.before.is_none_or(|t| job.submitted_at < t)
+    }
+
+    /// Every job in `state`, all pages.
+    pub fn all(state: JobState) -> Self {
+        Self {
+            state,
+            payer: None,
+            since: None,
+            before: None,
+            limit: usize::MAX,
+        }
     }
 }
 

@@ -95,6 +95,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
                     state,
                     payer: payer.clone(),
                     since,
+                    before: None,
                     limit,
                 };
                 let page = ledger.page(&query).await.map_err(store)?;

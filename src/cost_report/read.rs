@@ -1,5 +1,6 @@
-//! Which jobs a report reads: the jobs in flight or waiting (their open attempts are costed to
-//! now), and of the terminal jobs only those whose bill can overlap the range.
+//! Which jobs a report reads: the jobs in flight or waiting submitted before `to` (their open
+//! attempts are costed to now), and of the terminal jobs only those whose bill can overlap
+//! the range.
 //!
 //! With `--from`, the terminal jobs are read from the `by-settled-day` index: every partition
 //! from `from`'s day through tomorrow, keeping (by the index's sort key) only jobs whose bill
@@ -17,7 +18,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::Query;
 use crate::job::{Job, JobState};
 use crate::ledger_index::settled_days;
-use crate::ports::{Ledger, StoreError};
+use crate::ports::{Ledger, PageQuery, StoreError};
 use crate::scheduler::ACTIVE;
 
 /// What a report over `query` reads from the ledger.
@@ -71,8 +72,13 @@ pub async fn read_jobs(
             by_id.insert(job.job_id.clone(), job);
         }
     };
+    // A job submitted at or after `to` launched nothing before it.
     for state in ACTIVE {
-        ledger.by_state(state).await?.into_iter().for_each(&mut keep);
+        let q = PageQuery {
+            before: query.to,
+            ..PageQuery::all(state)
+        };
+        ledger.page(&q).await?.into_iter().for_each(&mut keep);
     }
     match Coverage::of(query, now) {
         Coverage::Days(days) => {

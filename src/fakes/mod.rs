@@ -3,6 +3,7 @@
 //! Core logic is tested against them; adapters are tested against the emulator.
 
 mod compute;
+pub mod history;
 mod queue;
 mod store;
 

@@ -291,8 +291,15 @@ impl Ledger for FakeLedger {
     }
 
     async fn page(&self, query: &PageQuery) -> Result<Vec<Job>, StoreError> {
+        // The key condition: the state, and the submitted range (BETWEEN is inclusive).
         let mut matching = self.matching(|j| {
-            j.state == query.state && query.since.is_none_or(|t| j.submitted_at >= t)
+            j.state == query.state
+                && query.since.is_none_or(|t| j.submitted_at >= t)
+                && match (query.since, query.before) {
+                    (Some(_), Some(b)) => j.submitted_at <= b,
+                    (None, Some(b)) => j.submitted_at < b,
+                    _ => true,
+                }
         });
         matching.sort_by(|a, b| (a.submitted_at, &a.job_id).cmp(&(b.submitted_at, &b.job_id)));
         let mut out = self.query(matching, Some(query.limit), |j| query.matches(j));

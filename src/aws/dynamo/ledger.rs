@@ -46,8 +46,9 @@ struct IndexQuery<'a> {
     index: &'a str,
     key: &'a str,
     value: &'a str,
-    /// `(sort key attribute, operator, value)`, e.g. `("billed_from", "<", "…")`.
-    sort: Option<(&'a str, &'a str, String)>,
+    /// `(sort key attribute, condition on #sort with :sort / :sort2, values)`, e.g.
+    /// `("billed_from", "#sort < :sort", ["…"])`.
+    sort: Option<(&'a str, &'static str, Vec<String>)>,
     /// Stop after the page on which this many jobs were kept.
     want: Option<usize>,
 }
@@ -95,8 +96,9 @@ impl DynamoLedger {
         let mut jobs = Vec::new();
         let mut start = None;
         let mut condition = "#key = :value".to_owned();
-        if let Some((_, op, _)) = &q.sort {
-            condition.push_str(&format!(" AND #sort {op} :sort"));
+        if let Some((_, cond, _)) = &q.sort {
+            condition.push_str(" AND ");
+            condition.push_str(cond);
         }
         if let Some(m) = &self.meter {
             m.query();
@@ -113,10 +115,11 @@ impl DynamoLedger {
                 .scan_index_forward(true)
                 .set_limit(self.page_size)
                 .set_exclusive_start_key(start.take());
-            if let Some((name, _, value)) = &q.sort {
-                req = req
-                    .expression_attribute_names("#sort", *name)
-                    .expression_attribute_values(":sort", s(value));
+            if let Some((name, _, values)) = &q.sort {
+                req = req.expression_attribute_names("#sort", *name);
+                for (placeholder, value) in [":sort", ":sort2"].into_iter().zip(values) {
+                    req = req.expression_attribute_values(placeholder, s(value));
+                }
             }
             let out = req
                 .send()
@@ -270,7 +273,7 @@ impl Ledger for DynamoLedger {
             index: BY_SETTLED_DAY,
             key: attr::SETTLED_DAY,
             value: &day,
-            sort: billed_before.map(|t| (attr::BILLED_FROM, "<", sortable(t))),
+            sort: billed_before.map(|t| (attr::BILLED_FROM, "#sort < :sort", vec![sortable(t)])),
             want: None,
         };
         self.query(q, |_| true).await
@@ -282,7 +285,17 @@ impl Ledger for DynamoLedger {
             index: BY_STATE,
             key: attr::STATE,
             value: query.state.as_str(),
-            sort: query.since.map(|t| (attr::SUBMITTED_AT, ">=", sortable(t))),
+            // BETWEEN is inclusive at both ends; `matches` drops a job submitted at `before`.
+            sort: match (query.since, query.before) {
+                (Some(a), Some(b)) => Some((
+                    attr::SUBMITTED_AT,
+                    "#sort BETWEEN :sort AND :sort2",
+                    vec![sortable(a), sortable(b)],
+                )),
+                (Some(a), None) => Some((attr::SUBMITTED_AT, "#sort >= :sort", vec![sortable(a)])),
+                (None, Some(b)) => Some((attr::SUBMITTED_AT, "#sort < :sort", vec![sortable(b)])),
+                (None, None) => None,
+            },
             want: Some(query.limit),
         };
         let mut jobs = self.query(q, |j| query.matches(j)).await?;
