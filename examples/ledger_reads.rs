@@ -460,7 +460,7 @@ async fn confirm(h: History) -> Result<bool, String> {
         h.terminal, h.days, h.waiting, h.in_flight, h.payers
     );
     println!(
-        "{:<24} {:>13} {:>13} {:>13} | same",
+        "{:<24} {:>17} {:>17} {:>17} | same",
         "operation", "emulator", "FakeLedger", "YearLedger"
     );
     let mut same = true;
@@ -474,7 +474,7 @@ async fn confirm(h: History) -> Result<bool, String> {
         same &= agree;
         let cell = |c: ReadCount| format!("{} ({} MB)", c.items, mb(c.bytes));
         println!(
-            "{:<24} {:>13} {:>13} {:>13} | {}",
+            "{:<24} {:>17} {:>17} {:>17} | {}",
             op,
             cell(e[i]),
             cell(f[i]),
