@@ -22,6 +22,11 @@ pub enum CostCommand {
     /// and end of the instance; per-second billing with a 60 s minimum. Attempts still
     /// running are costed to now. The JSON schema is in docs/cost-report.md.
     ///
+    /// With --from, only the jobs whose bill can overlap the range are read (the ledger's
+    /// by-settled-day index); without it, every job is, which on a large ledger takes long.
+    /// What is read is said on stderr first, and a progress line follows on stderr while it
+    /// reads.
+    ///
     ///   mayfly cost report --from 2026-11-01 --to 2026-12-01 --by payer
     ///   mayfly cost report --payer cedar-plan --by day --format csv > cedar.csv
     ///   mayfly cost report --format html --out cost.html

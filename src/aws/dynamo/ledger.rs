@@ -436,6 +436,45 @@ mod tests {
     }
 
     #[test]
+    fn sparse_index_keys_follow_the_state() {
+        let queued = ledger_item(&job(), Retention { days: Some(30) }).unwrap();
+        for key in [
+            attr::BLOCKER_BATCH,
+            attr::SETTLED_DAY,
+            attr::BILLED_FROM,
+            attr::EXPIRES_AT,
+        ] {
+            assert!(!queued.contains_key(key), "{key} on a queued job");
+        }
+        let mut dead = job();
+        dead.state = JobState::Dead;
+        let launched = DateTime::parse_from_rfc3339("2026-11-01T23:50:00Z").unwrap();
+        dead.attempts = vec![crate::job::Attempt {
+            number: 1,
+            instance_id: Some("i-0a1b2c3d4e5f60001".into()),
+            launched_at: Some(launched.with_timezone(&Utc)),
+            finished_at: Some(launched.with_timezone(&Utc) + chrono::Duration::minutes(20)),
+            ..Default::default()
+        }];
+        let item = ledger_item(&dead, Retention { days: Some(30) }).unwrap();
+        assert_eq!(string(&item, attr::BLOCKER_BATCH), Some("acme#2026-11-01"));
+        // It settled after midnight: its last recorded time, the finish, is the next day.
+        assert_eq!(string(&item, attr::SETTLED_DAY), Some("2026-11-02"));
+        assert_eq!(
+            string(&item, attr::BILLED_FROM),
+            Some("2026-11-01T23:50:00.000000Z")
+        );
+        let expires = DateTime::parse_from_rfc3339("2026-12-02T00:10:00Z").unwrap();
+        assert_eq!(number(&item, attr::EXPIRES_AT), Some(expires.timestamp() as u64));
+        let kept = ledger_item(&dead, Retention::default()).unwrap();
+        assert!(!kept.contains_key(attr::EXPIRES_AT));
+        dead.state = JobState::Succeeded;
+        let item = ledger_item(&dead, Retention::default()).unwrap();
+        assert!(!item.contains_key(attr::BLOCKER_BATCH));
+        assert_eq!(string(&item, attr::SETTLED_DAY), Some("2026-11-02"));
+    }
+
+    #[test]
     fn corrupt_job_items_name_the_key() {
         let mut item = ledger_item(&job(), Retention::default()).unwrap();
         item.insert(attr::DOC.into(), s("{not json"));
