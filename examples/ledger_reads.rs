@@ -102,12 +102,18 @@ impl YearLedger {
             let settled = (end + Duration::seconds(1)).date_naive();
             y.settled.entry(settled).or_default().push((launched, k));
             if ledger_index::is_blocker(s.state) {
-                y.blockers.entry((s.payer, s.batch_day)).or_default().push(k);
+                y.blockers
+                    .entry((s.payer, s.batch_day))
+                    .or_default()
+                    .push(k);
             }
             y.batches.entry((s.payer, s.batch_day)).or_default().push(k);
             if k % 9973 == 0 {
                 let job = h.job(&s);
-                assert_eq!(ledger_index::settled_at(&job), Some(end + Duration::seconds(1)));
+                assert_eq!(
+                    ledger_index::settled_at(&job),
+                    Some(end + Duration::seconds(1))
+                );
                 assert_eq!(ledger_index::billed_from(&job), Some(launched));
                 assert_eq!(y.size(&s), exact_size(&job), "job {k}: one size per shape");
             }
@@ -124,7 +130,9 @@ impl YearLedger {
     fn size(&self, s: &Spec) -> u64 {
         let key = (s.state, s.kind, s.launched.is_some(), s.end.is_some());
         let mut sizes = self.sizes.lock().expect("sizes");
-        *sizes.entry(key).or_insert_with(|| exact_size(&self.h.job(s)))
+        *sizes
+            .entry(key)
+            .or_insert_with(|| exact_size(&self.h.job(s)))
     }
 
     fn active(&self) -> impl Iterator<Item = Spec> + '_ {
@@ -158,7 +166,10 @@ impl YearLedger {
             .flatten()
             .map(|&k| self.h.spec(k))
             .collect();
-        specs.extend(self.active().filter(|s| s.payer == payer && s.batch_day == day));
+        specs.extend(
+            self.active()
+                .filter(|s| s.payer == payer && s.batch_day == day),
+        );
         self.meter.query_of(specs.iter().map(|s| self.size(s)));
     }
 
@@ -197,9 +208,17 @@ impl Ledger for YearLedger {
         let Some((payer, day)) = self.group(payer_id, batch) else {
             return Ok(self.query(Vec::new()));
         };
-        let mut specs: Vec<Spec> = self.batches.get(&(payer, day)).into_iter().flatten()
-            .map(|&k| self.h.spec(k)).collect();
-        specs.extend(self.active().filter(|s| s.payer == payer && s.batch_day == day));
+        let mut specs: Vec<Spec> = self
+            .batches
+            .get(&(payer, day))
+            .into_iter()
+            .flatten()
+            .map(|&k| self.h.spec(k))
+            .collect();
+        specs.extend(
+            self.active()
+                .filter(|s| s.payer == payer && s.batch_day == day),
+        );
         Ok(self.query(specs))
     }
     async fn blockers(&self, payer_id: &str, batch: &str) -> Result<Vec<Job>, StoreError> {
@@ -276,14 +295,22 @@ async fn after(ledger: &dyn Ledger, meter: &dyn Fn() -> ReadCount) -> Vec<ReadCo
     };
     load_snapshot(ledger).await.expect("snapshot");
     lap(&mut out);
-    LedgerGauges::load(ledger, &config, now()).await.expect("gauges");
+    LedgerGauges::load(ledger, &config, now())
+        .await
+        .expect("gauges");
     lap(&mut out);
     let snapshot = load_snapshot(ledger).await.expect("snapshot");
-    load_today(ledger, Some(snapshot), now()).await.expect("today");
+    load_today(ledger, Some(snapshot), now())
+        .await
+        .expect("today");
     lap(&mut out);
-    cost_report::read_jobs(ledger, &yesterday, now()).await.expect("day");
+    cost_report::read_jobs(ledger, &yesterday, now())
+        .await
+        .expect("day");
     lap(&mut out);
-    cost_report::read_jobs(ledger, &month, now()).await.expect("month");
+    cost_report::read_jobs(ledger, &month, now())
+        .await
+        .expect("month");
     lap(&mut out);
     out
 }
@@ -335,10 +362,13 @@ fn bounds(y: &YearLedger) -> Bounds {
         .iter()
         .map(|g| y.blockers.get(g).map_or(0, Vec::len) as u64)
         .sum();
-    let today_terminal: u64 = [today().date_naive(), today().date_naive() + Duration::days(1)]
-        .iter()
-        .map(|d| y.settled.get(d).map_or(0, Vec::len) as u64)
-        .sum();
+    let today_terminal: u64 = [
+        today().date_naive(),
+        today().date_naive() + Duration::days(1),
+    ]
+    .iter()
+    .map(|d| y.settled.get(d).map_or(0, Vec::len) as u64)
+    .sum();
     let (from, to) = (today() - Duration::days(1), today());
     let billed_yesterday = (0..h.total())
         .map(|k| h.spec(k))
@@ -362,7 +392,7 @@ fn print_table(h: &History, b: &[ReadCount], a: &[ReadCount], bounds: &Bounds) -
     let mut ok = true;
     for (i, op) in OPS.iter().enumerate() {
         let (limit, what) = match i {
-            0 | 1 | 2 => (bounds.work, "in-flight + waiting + today's + blockers"),
+            0..=2 => (bounds.work, "in-flight + waiting + today's + blockers"),
             3 => (2 * bounds.billed_yesterday, "2 x jobs billed that day"),
             _ => (u64::MAX, ""),
         };
@@ -371,7 +401,10 @@ fn print_table(h: &History, b: &[ReadCount], a: &[ReadCount], bounds: &Bounds) -
         let target = if limit == u64::MAX {
             "-".to_owned()
         } else {
-            format!("<= {limit} ({what}): {}", if met { "met" } else { "MISSED" })
+            format!(
+                "<= {limit} ({what}): {}",
+                if met { "met" } else { "MISSED" }
+            )
         };
         println!(
             "{:<24} {:>12} {:>10} {:>8} | {:>9} {:>8} {:>7} | {target}",
@@ -390,7 +423,9 @@ fn print_table(h: &History, b: &[ReadCount], a: &[ReadCount], bounds: &Bounds) -
 fn history(args: &Args) -> History {
     let small = args.emulator;
     History {
-        terminal: args.terminal.unwrap_or(if small { 50_000 } else { 3_600_000 }),
+        terminal: args
+            .terminal
+            .unwrap_or(if small { 50_000 } else { 3_600_000 }),
         days: args.days.unwrap_or(if small { 30 } else { 365 }),
         waiting: args.waiting.unwrap_or(if small { 1_000 } else { 10_000 }),
         in_flight: args.in_flight.unwrap_or(if small { 50 } else { 500 }),
@@ -402,7 +437,10 @@ fn history(args: &Args) -> History {
 /// Writes the history into a fresh deployment in the emulator; returns its ledger.
 async fn seed_emulator(h: &History, meter: Arc<ReadMeter>) -> Result<DynamoLedger, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/emulator.sh");
-    let url = Command::new("bash").args([script, "url"]).output().map_err(|e| e.to_string())?;
+    let url = Command::new("bash")
+        .args([script, "url"])
+        .output()
+        .map_err(|e| e.to_string())?;
     let url = String::from_utf8_lossy(&url.stdout).trim().to_owned();
     if url.is_empty() {
         return Err("no emulator: run `scripts/emulator.sh start` first".into());
@@ -413,7 +451,10 @@ async fn seed_emulator(h: &History, meter: Arc<ReadMeter>) -> Result<DynamoLedge
         .output()
         .map_err(|e| e.to_string())?;
     if !deployed.status.success() {
-        return Err(format!("deploy: {}", String::from_utf8_lossy(&deployed.stderr)));
+        return Err(format!(
+            "deploy: {}",
+            String::from_utf8_lossy(&deployed.stderr)
+        ));
     }
     let sdk = mayfly::aws::load_sdk_config(Some("us-east-1"), Some(&url), None).await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
@@ -430,7 +471,9 @@ async fn seed_emulator(h: &History, meter: Arc<ReadMeter>) -> Result<DynamoLedge
                     .set_item(Some(item))
                     .build()
                     .map_err(|e| e.to_string())?;
-                Ok(aws_sdk_dynamodb::types::WriteRequest::builder().put_request(put).build())
+                Ok(aws_sdk_dynamodb::types::WriteRequest::builder()
+                    .put_request(put)
+                    .build())
             })
             .collect::<Result<Vec<_>, String>>()?;
         client
@@ -440,7 +483,11 @@ async fn seed_emulator(h: &History, meter: Arc<ReadMeter>) -> Result<DynamoLedge
             .await
             .map_err(|e| format!("BatchWriteItem: {e:?}"))?;
     }
-    eprintln!("seeded {} items into {table} in {:.0?}", h.total(), started.elapsed());
+    eprintln!(
+        "seeded {} items into {table} in {:.0?}",
+        h.total(),
+        started.elapsed()
+    );
     Ok(DynamoLedger::new(client, table).with_meter(meter))
 }
 
@@ -449,7 +496,9 @@ async fn confirm(h: History) -> Result<bool, String> {
     let dynamo = seed_emulator(&h, Arc::clone(&meter)).await?;
     let fake = FakeLedger::new();
     for k in 0..h.total() {
-        fake.create(&h.job(&h.spec(k))).await.map_err(|e| e.to_string())?;
+        fake.create(&h.job(&h.spec(k)))
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let year = YearLedger::new(h);
     let e = after(&dynamo, &|| meter.count()).await;

@@ -381,7 +381,12 @@ async fn blockers_and_settled_days_follow_the_state_on_every_write() {
     assert_eq!(ledger.settled_on(day, None).await, Ok(vec![]));
 
     // Dead: a blocker of its batch, settled the day after (its bill ran past midnight).
-    let mut dead = ended(a.clone(), JobState::Dead, late, late + Duration::minutes(20));
+    let mut dead = ended(
+        a.clone(),
+        JobState::Dead,
+        late,
+        late + Duration::minutes(20),
+    );
     dead.version = 1;
     ledger.update(&dead, 0).await.expect("dead");
     assert_eq!(ledger.blockers("acme", "b1").await, Ok(vec![dead.clone()]));
@@ -437,11 +442,17 @@ async fn a_page_reads_from_since_up_to_the_limit() {
     );
     assert_eq!(queries(&clients) - before, 1, "one page of two was enough");
     assert_eq!(
-        ids(ledger.page(&page(Some("acme"), Some(1), None, 2)).await.unwrap()),
+        ids(ledger
+            .page(&page(Some("acme"), Some(1), None, 2))
+            .await
+            .unwrap()),
         ["p-2", "p-4"]
     );
     assert_eq!(
-        ids(ledger.page(&page(None, Some(5), Some(7), 10)).await.unwrap()),
+        ids(ledger
+            .page(&page(None, Some(5), Some(7), 10))
+            .await
+            .unwrap()),
         ["p-5", "p-6"]
     );
     assert_eq!(
@@ -458,9 +469,18 @@ async fn the_backfill_gives_old_items_their_keys_once_and_resumes() {
     // Terminal items as written before the indexes: no blocker or settled-day keys.
     let old: Vec<Job> = (0..5)
         .map(|i| {
-            let state = if i == 0 { JobState::Dead } else { JobState::Succeeded };
+            let state = if i == 0 {
+                JobState::Dead
+            } else {
+                JobState::Succeeded
+            };
             let launched = t0() + Duration::minutes(i);
-            let mut j = ended(job(&format!("o-{i}"), "acme", "b1", launched), state, launched, launched + Duration::minutes(5));
+            let mut j = ended(
+                job(&format!("o-{i}"), "acme", "b1", launched),
+                state,
+                launched,
+                launched + Duration::minutes(5),
+            );
             j.version = 3;
             j
         })
@@ -482,14 +502,21 @@ async fn the_backfill_gives_old_items_their_keys_once_and_resumes() {
     let queued = job("q-0", "acme", "b1", t0());
     let plain = DynamoLedger::new(clients.dynamodb.clone(), table.clone());
     assert_eq!(plain.create(&queued).await, Ok(true));
-    assert_eq!(plain.settled_on(day, None).await, Ok(vec![]), "not indexed yet");
+    assert_eq!(
+        plain.settled_on(day, None).await,
+        Ok(vec![]),
+        "not indexed yet"
+    );
 
     let ledger = DynamoLedger::new(clients.dynamodb.clone(), table.clone())
         .with_retention(mayfly::ledger_index::Retention { days: Some(30) });
     // Two items a page, resumed from each page's last key.
     let (mut next, mut updated, mut scanned) = (None::<String>, 0, 0);
     loop {
-        let page = ledger.backfill_page(next.as_deref(), 2).await.expect("page");
+        let page = ledger
+            .backfill_page(next.as_deref(), 2)
+            .await
+            .expect("page");
         updated += page.updated;
         scanned += page.scanned;
         next = page.next;
@@ -497,7 +524,11 @@ async fn the_backfill_gives_old_items_their_keys_once_and_resumes() {
             break;
         }
     }
-    assert_eq!((scanned, updated), (6, 5), "every terminal item, not the queued one");
+    assert_eq!(
+        (scanned, updated),
+        (6, 5),
+        "every terminal item, not the queued one"
+    );
     let mut settled = plain.settled_on(day, None).await.expect("settled");
     settled.sort_by(|a, b| a.job_id.cmp(&b.job_id));
     assert_eq!(settled, old);
@@ -510,8 +541,13 @@ async fn the_backfill_gives_old_items_their_keys_once_and_resumes() {
         .send()
         .await
         .expect("get");
-    let expires = item.item().and_then(|i| i.get("expires_at")).and_then(|v| v.as_n().ok());
-    let want = (old[1].updated_at.unwrap() + Duration::days(30)).timestamp().to_string();
+    let expires = item
+        .item()
+        .and_then(|i| i.get("expires_at"))
+        .and_then(|v| v.as_n().ok());
+    let want = (old[1].updated_at.unwrap() + Duration::days(30))
+        .timestamp()
+        .to_string();
     assert_eq!(expires, Some(&want));
 
     // A second run writes nothing.

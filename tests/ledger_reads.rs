@@ -185,10 +185,15 @@ async fn gauges_read_no_terminal_job_settled_before_today_and_match_a_full_read(
     assert_eq!(gauges.queued, full.queued);
     assert!((gauges.cost_today_usd - full.cost_today_usd).abs() < 1e-9);
     assert!(gauges.cost_today_usd > 0.0);
-    assert!(gauges.ended_today.get("succeeded").is_some_and(|&n| n > 100));
+    assert!(gauges
+        .ended_today
+        .get("succeeded")
+        .is_some_and(|&n| n > 100));
     let whole = load_today(&ledger, None, now()).await.expect("read");
-    assert!(whole.iter().all(|j| !j.state.is_terminal()
-        || ledger_index::settled_at(j).is_some_and(|t| t >= midnight)));
+    assert!(whole
+        .iter()
+        .all(|j| !j.state.is_terminal()
+            || ledger_index::settled_at(j).is_some_and(|t| t >= midnight)));
 }
 
 #[tokio::test]

@@ -92,7 +92,11 @@ pub async fn read_jobs(
         }
         Coverage::Everything => {
             for state in [JobState::Succeeded, JobState::Cancelled, JobState::Dead] {
-                ledger.by_state(state).await?.into_iter().for_each(&mut keep);
+                ledger
+                    .by_state(state)
+                    .await?
+                    .into_iter()
+                    .for_each(&mut keep);
             }
         }
     }

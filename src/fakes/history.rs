@@ -71,7 +71,9 @@ impl History {
     }
 
     fn midnight(&self, i: u32) -> DateTime<Utc> {
-        self.date(i).and_hms_opt(0, 0, 0).map_or(self.now, |t| t.and_utc())
+        self.date(i)
+            .and_hms_opt(0, 0, 0)
+            .map_or(self.now, |t| t.and_utc())
     }
 
     /// The first terminal job of day `i`.

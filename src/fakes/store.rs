@@ -203,7 +203,11 @@ impl FakeLedger {
     }
 
     fn matching(&self, key: impl Fn(&Job) -> bool) -> Vec<Job> {
-        lock(&self.jobs).values().filter(|j| key(j)).cloned().collect()
+        lock(&self.jobs)
+            .values()
+            .filter(|j| key(j))
+            .cloned()
+            .collect()
     }
 
     fn count_write(&self, job_id: &str) {
@@ -283,8 +287,7 @@ impl Ledger for FakeLedger {
         let day = ledger_index::day_key(day);
         let mut matching = self.matching(|j| {
             ledger_index::settled_day(j).as_deref() == Some(day.as_str())
-                && ledger_index::billed_from(j)
-                    .is_some_and(|t| billed_before.is_none_or(|b| t < b))
+                && ledger_index::billed_from(j).is_some_and(|t| billed_before.is_none_or(|b| t < b))
         });
         matching.sort_by_key(|j| (ledger_index::billed_from(j), j.job_id.clone()));
         Ok(self.query(matching, None, |_| true))

@@ -143,7 +143,11 @@ pub async fn load_today(
         Some(jobs) => jobs.into_iter().for_each(&mut keep),
         None => {
             for state in ACTIVE {
-                ledger.by_state(state).await?.into_iter().for_each(&mut keep);
+                ledger
+                    .by_state(state)
+                    .await?
+                    .into_iter()
+                    .for_each(&mut keep);
             }
         }
     }
@@ -152,7 +156,11 @@ pub async fn load_today(
         .and_hms_opt(0, 0, 0)
         .map_or(now, |t| t.and_utc());
     for day in ledger_index::settled_days(midnight, now) {
-        ledger.settled_on(day, None).await?.into_iter().for_each(&mut keep);
+        ledger
+            .settled_on(day, None)
+            .await?
+            .into_iter()
+            .for_each(&mut keep);
     }
     Ok(by_id.into_values().collect())
 }

@@ -87,7 +87,9 @@ pub fn check_cost_report(name: &str, jobs: &[Job], work: &Path) {
     let to = (first.date_naive() + chrono::Duration::days(2)).to_string();
     let ranged = mayfly(
         name,
-        &["cost", "report", "--format", "json", "--from", &from, "--to", &to],
+        &[
+            "cost", "report", "--format", "json", "--from", &from, "--to", &to,
+        ],
     );
     let said = String::from_utf8_lossy(&ranged.stderr);
     assert!(said.contains("terminal jobs settled"), "{said}");

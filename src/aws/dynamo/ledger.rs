@@ -314,7 +314,10 @@ pub fn ledger_item(job: &Job, retention: Retention) -> Result<Item, StoreError> 
     let mut item = HashMap::from([
         (attr::JOB_ID.to_owned(), s(&job.job_id)),
         (attr::STATE.to_owned(), s(job.state.as_str())),
-        (attr::SUBMITTED_AT.to_owned(), s(&sortable(job.submitted_at))),
+        (
+            attr::SUBMITTED_AT.to_owned(),
+            s(&sortable(job.submitted_at)),
+        ),
         (attr::PAYER_ID.to_owned(), s(&job.payer_id)),
         (attr::KIND.to_owned(), s(&job.kind)),
         (attr::BATCH.to_owned(), s(&job.batch)),
@@ -465,7 +468,10 @@ mod tests {
             Some("2026-11-01T23:50:00.000000Z")
         );
         let expires = DateTime::parse_from_rfc3339("2026-12-02T00:10:00Z").unwrap();
-        assert_eq!(number(&item, attr::EXPIRES_AT), Some(expires.timestamp() as u64));
+        assert_eq!(
+            number(&item, attr::EXPIRES_AT),
+            Some(expires.timestamp() as u64)
+        );
         let kept = ledger_item(&dead, Retention::default()).unwrap();
         assert!(!kept.contains_key(attr::EXPIRES_AT));
         dead.state = JobState::Succeeded;

@@ -115,11 +115,7 @@ async fn a_second_snapshot_is_read_from_the_copy_with_the_daemons_own_writes() {
     let cache = CachedLedger::new(inner.clone());
 
     let first = load_snapshot(&cache).await.expect("snapshot");
-    assert_eq!(
-        ids(&first),
-        ["a", "b"],
-        "the batch's dead job is read too"
-    );
+    assert_eq!(ids(&first), ["a", "b"], "the batch's dead job is read too");
     let reads = inner.queries.load(Ordering::Relaxed);
     assert_eq!(reads, 6, "five states and one batch");
 
