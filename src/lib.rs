@@ -15,6 +15,7 @@
 //! - [`simulate`]: capacity planning on a virtual clock, mayfly beside a generic ASG.
 //! - [`state_reason`]: why EC2 ended an instance, and what that means for its attempt.
 //! - [`ports`]: the narrow interfaces to the config table, ledger, queues and EC2.
+//! - [`ledger_index`]: what the ledger's indexes hold so reads skip the history; read meters.
 //! - [`aws`]: the adapters implementing the ports on the AWS SDK, and call counting.
 //! - [`fakes`]: stateful in-memory implementations of every port, for tests.
 //! - [`ratelimit`]: client-side token buckets mirroring EC2's API rate limits.
@@ -57,6 +58,7 @@ pub mod explain;
 pub mod fakes;
 pub mod lambda;
 pub mod lease;
+pub mod ledger_index;
 pub mod metrics;
 pub mod names;
 pub mod ports;

@@ -20,7 +20,7 @@ use crate::scheduler::PassReport;
 
 mod ledger;
 
-pub use ledger::{LedgerGauges, QueueGauge};
+pub use ledger::{load_today, LedgerGauges, QueueGauge};
 
 /// Counters accumulated over passes (monotonic for the life of the process).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -375,9 +375,15 @@ impl Metrics {
                 ),
                 f(
                     "mayfly_jobs",
-                    "Jobs in the ledger by state (active states and their batches).",
+                    "Jobs in flight or waiting by state (queued, launching, running, failed, blocked).",
                     Gauge,
                     by("state", &g.jobs_by_state),
+                ),
+                f(
+                    "mayfly_jobs_ended_today",
+                    "Jobs that ended since midnight UTC by state (succeeded, cancelled, dead).",
+                    Gauge,
+                    by("state", &g.ended_today),
                 ),
                 f(
                     "mayfly_payer_paused",
@@ -543,5 +549,42 @@ mod tests {
         assert!(text.contains("# TYPE mayfly_cost_today_usd gauge\nmayfly_cost_today_usd 0\n"));
         let without = Metrics::from_pass(&r, None).to_prometheus();
         assert!(!without.contains("mayfly_queued_jobs"));
+    }
+
+    #[test]
+    fn terminal_states_are_counted_for_today_in_a_series_of_their_own() {
+        use crate::job::{Job, JobRequest, JobState};
+        let now = at("2026-11-29T12:00:00Z");
+        let job = |id: &str, state: JobState, updated: &str| {
+            let req = JobRequest::parse(&format!(
+                r#"{{"job_id":"{id}","payer_id":"cedar-plan","kind":"claims","batch":"b"}}"#
+            ))
+            .expect("request");
+            let mut j = Job::from_request(req, at("2026-11-01T00:00:00Z"));
+            j.state = state;
+            j.updated_at = Some(at(updated));
+            j
+        };
+        let jobs = [
+            job("a", JobState::Running, "2026-11-29T11:00:00Z"),
+            job("b", JobState::Succeeded, "2026-11-29T10:00:00Z"),
+            job("c", JobState::Succeeded, "2026-11-28T23:59:59Z"),
+            job("d", JobState::Dead, "2026-11-29T00:00:00Z"),
+        ];
+        let g = LedgerGauges::from_jobs(&jobs, &[], now);
+        let text = Metrics::from_pass(&PassReport::new(now, false), Some(g)).to_prometheus();
+        assert!(
+            text.contains("mayfly_jobs{state=\"running\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("mayfly_jobs{state=\"succeeded\"}"), "{text}");
+        assert!(
+            text.contains("mayfly_jobs_ended_today{state=\"succeeded\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mayfly_jobs_ended_today{state=\"dead\"} 1\n"),
+            "{text}"
+        );
     }
 }

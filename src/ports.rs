@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::job::{Job, JobState};
 use crate::profile::PayerProfile;
@@ -110,6 +110,53 @@ pub trait Ledger: Send + Sync {
     async fn by_state(&self, state: JobState) -> Result<Vec<Job>, StoreError>;
     /// Every job of one payer's batch (all pages), by job id.
     async fn by_batch(&self, payer_id: &str, batch: &str) -> Result<Vec<Job>, StoreError>;
+    /// The dead and cancelled jobs of one payer's batch (the sparse `by-blocker` index), by
+    /// job id: what holds the batch's higher tiers back.
+    async fn blockers(&self, payer_id: &str, batch: &str) -> Result<Vec<Job>, StoreError>;
+    /// The terminal jobs settled on UTC day `day` (the `by-settled-day` index; see
+    /// [`crate::ledger_index`]), and of those only the ones whose bill began before
+    /// `billed_before` when given; by the start of their bill.
+    async fn settled_on(
+        &self,
+        day: NaiveDate,
+        billed_before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Job>, StoreError>;
+    /// At most `limit` jobs in `state` submitted in `[since, before)` (of `payer` only, when
+    /// given), oldest submitted first: one page of `jobs list`, or the in-flight jobs a cost
+    /// report needs. Reads pages of the `by-state` index from `since` (bounded by `before` in
+    /// the key condition) until it has `limit` jobs.
+    async fn page(&self, query: &PageQuery) -> Result<Vec<Job>, StoreError>;
+}
+
+/// One page of jobs of one state, for [`Ledger::page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageQuery {
+    pub state: JobState,
+    pub payer: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
+    pub limit: usize,
+}
+
+impl PageQuery {
+    /// The job belongs to the page's filter (ignoring the limit).
+    pub fn matches(&self, job: &Job) -> bool {
+        job.state == self.state
+            && self.payer.as_ref().is_none_or(|p| &job.payer_id == p)
+            && self.since.is_none_or(|t| job.submitted_at >= t)
+            && self.before.is_none_or(|t| job.submitted_at < t)
+    }
+
+    /// Every job in `state`, all pages.
+    pub fn all(state: JobState) -> Self {
+        Self {
+            state,
+            payer: None,
+            since: None,
+            before: None,
+            limit: usize::MAX,
+        }
+    }
 }
 
 /// A message received from a queue.

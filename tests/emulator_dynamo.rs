@@ -390,3 +390,205 @@ async fn config_list_reads_every_page_sorted_by_payer() {
     );
     assert_eq!(store.list().await, Ok(listed));
 }
+
+/// `job` as it ends: one attempt on an instance launched at `launched`, finished at `end`.
+fn ended(mut j: Job, state: JobState, launched: DateTime<Utc>, end: DateTime<Utc>) -> Job {
+    j.state = state;
+    j.attempt = 1;
+    j.attempts = vec![mayfly::job::Attempt {
+        number: 1,
+        instance_id: Some("i-0a1b2c3d4e5f60001".into()),
+        usd_per_hour: Some(0.096),
+        launched_at: Some(launched),
+        finished_at: Some(end),
+        ..Default::default()
+    }];
+    j.updated_at = Some(end);
+    j
+}
+
+#[tokio::test]
+async fn blockers_and_settled_days_follow_the_state_on_every_write() {
+    let (names, clients) = deployment("dyn-sparse").await;
+    let ledger = DynamoLedger::new(clients.dynamodb.clone(), names.jobs_table());
+    let day = t0().date_naive();
+    let late = t0() + Duration::hours(17) + Duration::minutes(50); // 23:50
+    let a = job("a", "acme", "b1", t0());
+    assert_eq!(ledger.create(&a).await, Ok(true));
+    assert_eq!(ledger.blockers("acme", "b1").await, Ok(vec![]));
+    assert_eq!(ledger.settled_on(day, None).await, Ok(vec![]));
+
+    // Dead: a blocker of its batch, settled the day after (its bill ran past midnight).
+    let mut dead = ended(
+        a.clone(),
+        JobState::Dead,
+        late,
+        late + Duration::minutes(20),
+    );
+    dead.version = 1;
+    ledger.update(&dead, 0).await.expect("dead");
+    assert_eq!(ledger.blockers("acme", "b1").await, Ok(vec![dead.clone()]));
+    assert_eq!(ledger.blockers("acme", "b2").await, Ok(vec![]));
+    assert_eq!(ledger.settled_on(day, None).await, Ok(vec![]));
+    let next = day.succ_opt().unwrap();
+    assert_eq!(ledger.settled_on(next, None).await, Ok(vec![dead.clone()]));
+    // Only jobs whose bill began before the bound.
+    assert_eq!(ledger.settled_on(next, Some(late)).await, Ok(vec![]));
+    assert_eq!(
+        ledger
+            .settled_on(next, Some(late + Duration::seconds(1)))
+            .await,
+        Ok(vec![dead.clone()])
+    );
+
+    // Retried: queued again, in neither sparse index.
+    let mut retried = dead.clone();
+    retried.state = JobState::Queued;
+    retried.version = 2;
+    ledger.update(&retried, 1).await.expect("retry");
+    assert_eq!(ledger.blockers("acme", "b1").await, Ok(vec![]));
+    assert_eq!(ledger.settled_on(next, None).await, Ok(vec![]));
+}
+
+#[tokio::test]
+async fn a_page_reads_from_since_up_to_the_limit() {
+    let (names, clients) = deployment("dyn-page").await;
+    let ledger = DynamoLedger::new(clients.dynamodb.clone(), names.jobs_table()).with_page_size(2);
+    let jobs: Vec<Job> = (0..8)
+        .map(|i| {
+            let payer = if i % 2 == 0 { "acme" } else { "zenith" };
+            job(&format!("p-{i}"), payer, "b1", t0() + Duration::minutes(i))
+        })
+        .collect();
+    for j in &jobs {
+        assert_eq!(ledger.create(j).await, Ok(true));
+    }
+    let page = |payer: Option<&str>, since: Option<i64>, before: Option<i64>, limit| {
+        mayfly::ports::PageQuery {
+            state: JobState::Queued,
+            payer: payer.map(str::to_owned),
+            since: since.map(|m| t0() + Duration::minutes(m)),
+            before: before.map(|m| t0() + Duration::minutes(m)),
+            limit,
+        }
+    };
+    let ids = |v: Vec<Job>| v.into_iter().map(|j| j.job_id).collect::<Vec<_>>();
+    let before = queries(&clients);
+    assert_eq!(
+        ids(ledger.page(&page(None, Some(3), None, 2)).await.unwrap()),
+        ["p-3", "p-4"]
+    );
+    assert_eq!(queries(&clients) - before, 1, "one page of two was enough");
+    assert_eq!(
+        ids(ledger
+            .page(&page(Some("acme"), Some(1), None, 2))
+            .await
+            .unwrap()),
+        ["p-2", "p-4"]
+    );
+    assert_eq!(
+        ids(ledger
+            .page(&page(None, Some(5), Some(7), 10))
+            .await
+            .unwrap()),
+        ["p-5", "p-6"]
+    );
+    assert_eq!(
+        ids(ledger.page(&page(None, None, Some(2), 10)).await.unwrap()),
+        ["p-0", "p-1"]
+    );
+}
+
+#[tokio::test]
+async fn the_backfill_gives_old_items_their_keys_once_and_resumes() {
+    let (names, clients) = deployment("dyn-backfill").await;
+    let table = names.jobs_table();
+    let day = t0().date_naive();
+    // Terminal items as written before the indexes: no blocker or settled-day keys.
+    let old: Vec<Job> = (0..5)
+        .map(|i| {
+            let state = if i == 0 {
+                JobState::Dead
+            } else {
+                JobState::Succeeded
+            };
+            let launched = t0() + Duration::minutes(i);
+            let mut j = ended(
+                job(&format!("o-{i}"), "acme", "b1", launched),
+                state,
+                launched,
+                launched + Duration::minutes(5),
+            );
+            j.version = 3;
+            j
+        })
+        .collect();
+    for j in &old {
+        let mut item = mayfly::aws::dynamo::ledger_item(j, Default::default()).expect("item");
+        for key in ["blocker_batch", "settled_day", "billed_from", "expires_at"] {
+            item.remove(key);
+        }
+        clients
+            .dynamodb
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .expect("put an old item");
+    }
+    let queued = job("q-0", "acme", "b1", t0());
+    let plain = DynamoLedger::new(clients.dynamodb.clone(), table.clone());
+    assert_eq!(plain.create(&queued).await, Ok(true));
+    assert_eq!(
+        plain.settled_on(day, None).await,
+        Ok(vec![]),
+        "not indexed yet"
+    );
+
+    let ledger = DynamoLedger::new(clients.dynamodb.clone(), table.clone())
+        .with_retention(mayfly::ledger_index::Retention { days: Some(30) });
+    // Two items a page, resumed from each page's last key.
+    let (mut next, mut updated, mut scanned) = (None::<String>, 0, 0);
+    loop {
+        let page = ledger
+            .backfill_page(next.as_deref(), 2)
+            .await
+            .expect("page");
+        updated += page.updated;
+        scanned += page.scanned;
+        next = page.next;
+        if next.is_none() {
+            break;
+        }
+    }
+    assert_eq!(
+        (scanned, updated),
+        (6, 5),
+        "every terminal item, not the queued one"
+    );
+    let mut settled = plain.settled_on(day, None).await.expect("settled");
+    settled.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    assert_eq!(settled, old);
+    assert_eq!(plain.blockers("acme", "b1").await, Ok(vec![old[0].clone()]));
+    let item = clients
+        .dynamodb
+        .get_item()
+        .table_name(&table)
+        .key("job_id", AttributeValue::S("o-1".into()))
+        .send()
+        .await
+        .expect("get");
+    let expires = item
+        .item()
+        .and_then(|i| i.get("expires_at"))
+        .and_then(|v| v.as_n().ok());
+    let want = (old[1].updated_at.unwrap() + Duration::days(30))
+        .timestamp()
+        .to_string();
+    assert_eq!(expires, Some(&want));
+
+    // A second run writes nothing.
+    let again = ledger.backfill_page(None, 100).await.expect("again");
+    assert_eq!((again.scanned, again.updated, again.next), (6, 0, None));
+}

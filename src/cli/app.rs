@@ -10,6 +10,7 @@ use crate::aws::iam::IamReader;
 use crate::aws::quotas::ServiceQuotas;
 use crate::aws::sqs::SqsQueue;
 use crate::aws::{self, counting::CallCounter, Clients};
+use crate::ledger_index::Retention;
 use crate::names::Names;
 use crate::ports::{ConfigStore, Ledger, QueueError, StoreError};
 use crate::ratelimit::Ec2Limits;
@@ -23,6 +24,7 @@ pub struct App {
     clients: Clients,
     region: String,
     endpoint_url: Option<String>,
+    retention: Retention,
 }
 
 impl App {
@@ -40,6 +42,9 @@ impl App {
             names: Names::new(&global.name),
             clients: Clients::new(&sdk),
             region,
+            retention: Retention {
+                days: global.retention_days,
+            },
             endpoint_url: global
                 .endpoint_url
                 .clone()
@@ -85,10 +90,13 @@ impl App {
     }
 
     pub fn ledger(&self) -> Arc<dyn Ledger> {
-        Arc::new(DynamoLedger::new(
-            self.clients.dynamodb.clone(),
-            self.names.jobs_table(),
-        ))
+        Arc::new(self.dynamo_ledger())
+    }
+
+    /// The ledger adapter itself, with the deployment's retention.
+    pub fn dynamo_ledger(&self) -> DynamoLedger {
+        DynamoLedger::new(self.clients.dynamodb.clone(), self.names.jobs_table())
+            .with_retention(self.retention)
     }
 
     async fn queue(&self, name: String) -> Result<SqsQueue, CliError> {

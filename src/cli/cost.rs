@@ -7,8 +7,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::{emit, App, CliError, Output};
-use crate::cost_report::{self, GroupBy, Query};
-use crate::job::JobState;
+use std::sync::Arc;
+
+use super::progress::with_progress;
+use crate::cost_report::{self, Coverage, GroupBy, Query};
+use crate::ledger_index::ReadMeter;
 
 #[derive(Debug, Subcommand)]
 pub enum CostCommand {
@@ -18,6 +21,11 @@ pub enum CostCommand {
     /// (on-demand, or the spot price for the type and AZ), the root volume, and the launch
     /// and end of the instance; per-second billing with a 60 s minimum. Attempts still
     /// running are costed to now. The JSON schema is in docs/cost-report.md.
+    ///
+    /// With --from, only the jobs whose bill can overlap the range are read (the ledger's
+    /// by-settled-day index); without it, every job is, which on a large ledger takes long.
+    /// What is read is said on stderr first, and a progress line follows on stderr while it
+    /// reads.
     #[command(after_help = "Examples:
   mayfly cost report --from 2026-11-01 --to 2026-12-01 --by payer
   mayfly cost report --payer cedar-plan --by day --format csv > cedar.csv
@@ -56,7 +64,7 @@ pub struct CostReportArgs {
     pub out: Option<PathBuf>,
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(super) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -76,27 +84,24 @@ pub(super) async fn run(app: &App, output: Output, cmd: CostCommand) -> Result<(
             )));
         }
     }
-    let ledger = app.ledger();
-    let mut jobs = Vec::new();
-    for state in JobState::ALL {
-        let found = ledger
-            .by_state(state)
-            .await
-            .map_err(|e| app.store_error("job ledger", e))?;
-        jobs.extend(found);
-    }
+    let meter = Arc::new(ReadMeter::new());
+    let ledger = app.dynamo_ledger().with_meter(Arc::clone(&meter));
     let query = Query {
         from: args.from,
         to: args.to,
         payer: args.payer.clone(),
         by: args.by,
     };
-    let report = cost_report::build(
-        &jobs,
-        crate::catalog::Catalog::shipped(),
-        &query,
-        Utc::now(),
-    );
+    let now = Utc::now();
+    eprintln!("cost report reads {}", Coverage::of(&query, now));
+    let jobs = with_progress(
+        &meter,
+        "job ledger",
+        cost_report::read_jobs(&ledger, &query, now),
+    )
+    .await
+    .map_err(|e| app.store_error("job ledger", e))?;
+    let report = cost_report::build(&jobs, crate::catalog::Catalog::shipped(), &query, now);
     let format = args.format.unwrap_or(match output {
         Output::Json => ReportFormat::Json,
         Output::Text => ReportFormat::Table,

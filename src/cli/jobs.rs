@@ -9,8 +9,8 @@ use super::{emit, App, CliError, JobsCommand, Output, SubmitArgs};
 use crate::job::{Job, JobInput, JobRequest, JobState};
 use crate::jobs_file;
 use crate::plan_view::table;
-use crate::ports::{Ledger, Queue};
-use crate::scheduler::load_snapshot;
+use crate::ports::{Ledger, PageQuery, Queue};
+use crate::scheduler::ACTIVE;
 
 #[derive(Debug, Serialize)]
 struct Submitted {
@@ -77,24 +77,46 @@ pub(super) async fn submit(app: &App, output: Output, args: &SubmitArgs) -> Resu
 pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(), CliError> {
     let ledger = app.ledger();
     match cmd {
-        JobsCommand::List { state, payer } => {
+        JobsCommand::List {
+            state,
+            payer,
+            since,
+            limit,
+        } => {
+            let limit = limit as usize;
+            let states = if state.is_empty() {
+                ACTIVE.to_vec()
+            } else {
+                let mut wanted = state;
+                wanted.sort();
+                wanted.dedup();
+                wanted
+            };
             let mut jobs = Vec::new();
-            if state.is_empty() {
-                let active = load_snapshot(ledger.as_ref())
-                    .await
-                    .map_err(|e| store(app, e))?;
-                jobs.extend(active.into_iter().filter(|j| !j.state.is_terminal()));
-            }
-            let mut wanted = state;
-            wanted.sort();
-            wanted.dedup();
-            for s in wanted {
-                jobs.extend(ledger.by_state(s).await.map_err(|e| store(app, e))?);
-            }
-            if let Some(p) = &payer {
-                jobs.retain(|j| &j.payer_id == p);
+            let mut full = false;
+            for state in states {
+                let query = PageQuery {
+                    state,
+                    payer: payer.clone(),
+                    since,
+                    before: None,
+                    limit,
+                };
+                let page = ledger.page(&query).await.map_err(|e| store(app, e))?;
+                full |= page.len() >= limit;
+                jobs.extend(page);
             }
             jobs.sort_by(|a, b| (a.submitted_at, &a.job_id).cmp(&(b.submitted_at, &b.job_id)));
+            full |= jobs.len() > limit;
+            jobs.truncate(limit);
+            if full {
+                if let Some(last) = jobs.last() {
+                    eprintln!(
+                        "showing the first {limit}; more may follow: add --since {} (jobs submitted then appear again)",
+                        last.submitted_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    );
+                }
+            }
             emit(output, &JobList(jobs))
         }
         JobsCommand::Show { job_id } => {

@@ -5,10 +5,12 @@ mod app;
 mod cost;
 mod explain;
 mod jobs;
+mod ledger;
 mod offline;
 mod pass;
 mod payers;
 mod preflight;
+mod progress;
 mod run;
 mod simulate;
 mod status;
@@ -68,6 +70,11 @@ pub struct GlobalArgs {
     /// Deployment name: prefixes tables and queues and is the cluster tag value.
     #[arg(long, global = true, default_value = "mayfly", env = "MAYFLY_NAME")]
     pub name: String,
+    /// Keep terminal jobs (succeeded, cancelled, dead) this many days after they settle, then
+    /// let DynamoDB's TTL delete them (the deployment's RetentionDays). Unset: kept forever.
+    /// Every process that writes the ledger must be given the same value.
+    #[arg(long, global = true, env = "MAYFLY_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retention_days: Option<u32>,
     /// Output format on stdout; logs always go to stderr.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -158,6 +165,9 @@ pub enum Command {
   mayfly jobs retry cedar-plan:2026-10:eligibility"
     )]
     Jobs(JobsCommand),
+    /// Ledger maintenance.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Run the scheduler as a daemon: hold the leader lease and, while leader, run a pass
     /// every --interval, and soon after work arrives; standbys take over when the lease
     /// expires.
@@ -457,12 +467,44 @@ pub struct ReapArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Give items written before the by-blocker and by-settled-day indexes (or before
+    /// --retention-days was set) their index keys, so the indexes hold every job.
+    ///
+    /// Scans the ledger one page at a time, at most --rate items a second, and writes only
+    /// the items missing a key (conditional on their version: a job written meanwhile keeps
+    /// what it wrote). Idempotent: a second run writes nothing. Resumable: every page prints
+    /// the --start-after that continues from it. Run it once after the stack update that
+    /// adds the indexes, with the same --retention-days as the deployment.
+    ///
+    ///   mayfly ledger backfill --rate 200
+    ///   mayfly ledger backfill --rate 200 --start-after 'cedar:2026-03-02:claims'
+    Backfill {
+        /// Continue after this job id (printed by an earlier run).
+        #[arg(long)]
+        start_after: Option<String>,
+        /// Items scanned per second at most (each read costs about 0.5 read unit per 4 KB,
+        /// each item given its keys one write unit per 1 KB).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+        rate: u32,
+        /// Items per Scan page.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// List jobs by state (default: every active state).
+    /// List jobs by state (default: every state in flight or waiting), oldest submitted
+    /// first, one page at a time.
+    ///
+    /// Reads the by-state index from --since on, only until the page is full: a terminal
+    /// state's history is never read whole. When more jobs follow, stderr says how to ask for
+    /// the next page (--since the last one's submitted time).
     #[command(after_help = "Examples:
   mayfly jobs list
-  mayfly jobs list --state succeeded --state dead
-  mayfly jobs list --state dead --payer cedar-plan")]
+  mayfly jobs list --state succeeded --state dead --since 2026-12-01
+  mayfly jobs list --state dead --payer cedar-plan --limit 20")]
     List {
         /// Only jobs in this state (queued, launching, running, succeeded, failed, blocked,
         /// cancelled, dead); repeat it for several.
@@ -471,6 +513,12 @@ pub enum JobsCommand {
         /// Only this payer's jobs.
         #[arg(long)]
         payer: Option<String>,
+        /// Only jobs submitted at or after this time (RFC 3339, or a UTC date YYYY-MM-DD).
+        #[arg(long, value_parser = cost::parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// At most this many jobs.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
     },
     /// Show one job with all its attempts.
     #[command(after_help = "Examples:
@@ -539,6 +587,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::Tick(args) => pass::tick(&app, output, &args).await,
                 Command::Plan(args) => pass::live_plan(&app, output, &args).await,
                 Command::Jobs(cmd) => jobs::run(&app, output, cmd).await,
+                Command::Ledger(cmd) => ledger::run(&app, output, cmd).await,
                 Command::Reap(args) => pass::reap(&app, output, &args).await,
                 Command::Run(args) => run::run(&app, output, &args).await,
                 Command::Status => status::status(&app, output).await,

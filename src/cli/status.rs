@@ -1,6 +1,7 @@
 //! `mayfly status`: one screen about a deployment: queue depths, jobs by state, running
 //! instances, paused payers, the oldest waiting job and why it waits, and cost today.
-//! Reads only. The ledger is read whole (one query per state), once.
+//! Reads only: the jobs a pass plans from (in flight, waiting, and the blockers of their
+//! batches) and the terminal jobs settled today; never the ledger's history.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,12 +13,12 @@ use super::{emit, App, CliError, Output, PassArgs};
 use crate::aws::ec2::classify;
 use crate::aws::permissions::SPOT_ROLE_FIX;
 use crate::job::{Job, JobState};
-use crate::metrics::{LedgerGauges, QueueGauge};
+use crate::metrics::{load_today, LedgerGauges, QueueGauge};
 use crate::plan::{self, Snapshot};
 use crate::ports::ComputeError;
 use crate::ports::InstanceState;
 use crate::profile::CapacityType;
-use crate::scheduler::{load_payers, QuotaRead, QuotaStatus};
+use crate::scheduler::{load_payers, load_snapshot, QuotaRead, QuotaStatus};
 use crate::summary::JobSummary;
 
 /// The oldest job not running yet, and what holds it.
@@ -55,7 +56,10 @@ pub struct Status {
     pub queues: Vec<(String, u64)>,
     /// Approximate in-flight messages per queue (received, not yet deleted or back).
     pub in_flight: BTreeMap<String, u64>,
+    /// Jobs in flight or waiting, by state.
     pub jobs_by_state: BTreeMap<String, u64>,
+    /// Jobs that ended since midnight UTC, by state.
+    pub ended_today: BTreeMap<String, u64>,
     /// Live instances (pending, running, stopping, stopped) of this deployment, by type.
     pub instances: BTreeMap<String, u64>,
     pub paused_payers: BTreeMap<String, String>,
@@ -128,11 +132,19 @@ impl fmt::Display for Status {
             })
             .collect();
         writeln!(f, "Queues:    {}", queues.join(", "))?;
-        let jobs: Vec<String> = JobState::ALL
-            .iter()
-            .map(|s| format!("{s} {}", self.jobs_by_state.get(s.as_str()).unwrap_or(&0)))
-            .collect();
-        writeln!(f, "Jobs:      {}", jobs.join(", "))?;
+        let count = |states: &BTreeMap<String, u64>, terminal: bool| -> Vec<String> {
+            JobState::ALL
+                .iter()
+                .filter(|s| s.is_terminal() == terminal)
+                .map(|s| format!("{s} {}", states.get(s.as_str()).unwrap_or(&0)))
+                .collect()
+        };
+        writeln!(
+            f,
+            "Jobs:      {}; ended today: {}",
+            count(&self.jobs_by_state, false).join(", "),
+            count(&self.ended_today, true).join(", ")
+        )?;
         let live: u64 = self.instances.values().sum();
         let types: Vec<String> = self
             .instances
@@ -225,11 +237,12 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
     let payers = load_payers(d.config.as_ref(), scheduler.catalog, pass.caps.caps())
         .await
         .map_err(|e| app.store_error("config table", e))?;
-    let mut jobs = Vec::new();
-    for state in JobState::ALL {
-        let found = d.ledger.by_state(state).await;
-        jobs.extend(found.map_err(|e| app.store_error("job ledger", e))?);
-    }
+    let snapshot = load_snapshot(d.ledger.as_ref())
+        .await
+        .map_err(|e| app.store_error("job ledger", e))?;
+    let jobs = load_today(d.ledger.as_ref(), Some(snapshot), now)
+        .await
+        .map_err(|e| app.store_error("job ledger", e))?;
     let gauges = LedgerGauges::from_jobs(&jobs, &rows, now);
     let mut instances = BTreeMap::new();
     for i in d
@@ -297,6 +310,7 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
         queues,
         in_flight,
         jobs_by_state: gauges.jobs_by_state,
+        ended_today: gauges.ended_today,
         instances,
         paused_payers: gauges.paused_payers,
         queued: gauges.queued,

@@ -8,6 +8,7 @@
 
 mod attempt;
 mod html;
+mod read;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +21,7 @@ use crate::cost::AttemptCost;
 use crate::job::Job;
 
 pub use attempt::{attempt_line, job_lines, AttemptLine, BillingEnd};
+pub use read::{read_jobs, Coverage};
 
 /// The version of the JSON document; bumped on an incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -1,7 +1,7 @@
 //! The daemon's copy of the ledger's in-flight jobs, kept between passes.
 //!
-//! Why: a pass plans from every in-flight job (five state queries) plus every job of each
-//! batch in flight (one query per batch). A one-shot pass must read them; a daemon woken by
+//! Why: a pass plans from every in-flight job (five state queries) plus the dead and
+//! cancelled jobs of each batch in flight (one `by-blocker` query per batch). A one-shot pass must read them; a daemon woken by
 //! one arrival would re-read hundreds of unchanged jobs to launch one, and its enqueue →
 //! RunInstances time would grow with the jobs in flight.
 //!
@@ -25,8 +25,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
+use chrono::{DateTime, NaiveDate, Utc};
+
 use crate::job::{Job, JobState};
-use crate::ports::{Ledger, StoreError};
+use crate::ledger_index::is_blocker;
+use crate::ports::{Ledger, PageQuery, StoreError};
 use crate::scheduler::ACTIVE;
 
 /// A ledger that answers state and batch queries from what it last read and wrote.
@@ -51,7 +54,7 @@ struct Held {
     jobs: HashMap<String, Entry>,
     /// States whose every job is in `jobs`.
     states: HashSet<JobState>,
-    /// Batches whose every job is in `jobs`.
+    /// Batches whose every blocker (dead or cancelled job) is in `jobs`.
     batches: HashSet<(String, String)>,
     /// Counts what this process learned job by job (writes, reads by id), so a load that
     /// ran meanwhile does not undo it.
@@ -98,11 +101,12 @@ impl Held {
         out
     }
 
-    fn in_batch(&self, payer_id: &str, batch: &str) -> Vec<Job> {
+    fn blockers_of(&self, payer_id: &str, batch: &str) -> Vec<Job> {
         let mut out: Vec<Job> = self
             .jobs
             .values()
             .filter(|e| e.job.payer_id == payer_id && e.job.batch == batch)
+            .filter(|e| is_blocker(e.job.state))
             .map(|e| e.job.clone())
             .collect();
         out.sort_by(|a, b| a.job_id.cmp(&b.job_id));
@@ -161,7 +165,7 @@ impl CachedLedger {
         self.len() == 0
     }
 
-    /// Reads every in-flight state, and every batch with an in-flight job, from DynamoDB
+    /// Reads every in-flight state, and the blockers of every batch with an in-flight job, from DynamoDB
     /// again, and replaces the copy with it, keeping what this process learned while reading
     /// (passes may run meanwhile and read the old copy). Batches whose jobs have all finished
     /// are let go, so the copy holds what a pass plans from, not everything the daemon ever
@@ -179,7 +183,7 @@ impl CachedLedger {
             .collect();
         let mut batch_rows = Vec::with_capacity(batches.len());
         for (payer, batch) in batches {
-            let rows = self.inner.by_batch(&payer, &batch).await?;
+            let rows = self.inner.blockers(&payer, &batch).await?;
             batch_rows.push(((payer, batch), rows));
         }
         let mut c = self.held();
@@ -254,22 +258,41 @@ impl Ledger for CachedLedger {
     }
 
     async fn by_batch(&self, payer_id: &str, batch: &str) -> Result<Vec<Job>, StoreError> {
+        // No pass reads whole batches; not worth a copy.
+        self.inner.by_batch(payer_id, batch).await
+    }
+
+    async fn blockers(&self, payer_id: &str, batch: &str) -> Result<Vec<Job>, StoreError> {
         let key = (payer_id.to_owned(), batch.to_owned());
         {
             let c = self.held();
             if c.batches.contains(&key) {
-                return Ok(c.in_batch(payer_id, batch));
+                return Ok(c.blockers_of(payer_id, batch));
             }
         }
-        // Jobs never leave their batch, so a read only adds (an index read may lag a job
-        // just created, which the copy keeps).
-        let rows = self.inner.by_batch(payer_id, batch).await?;
+        // A read only adds: a job leaving the blockers (a retry) is written by someone, and
+        // the copy learns or drops it as with any write. An index read may lag a job just
+        // written, which the copy keeps.
+        let rows = self.inner.blockers(payer_id, batch).await?;
         let mut c = self.held();
         for job in rows {
             c.merge(job, 0);
         }
         c.batches.insert(key);
-        Ok(c.in_batch(payer_id, batch))
+        Ok(c.blockers_of(payer_id, batch))
+    }
+
+    async fn settled_on(
+        &self,
+        day: NaiveDate,
+        billed_before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Job>, StoreError> {
+        // History, not in flight: never held.
+        self.inner.settled_on(day, billed_before).await
+    }
+
+    async fn page(&self, query: &PageQuery) -> Result<Vec<Job>, StoreError> {
+        self.inner.page(query).await
     }
 }
 

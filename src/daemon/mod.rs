@@ -16,7 +16,8 @@ use crate::metrics::{LedgerGauges, Metrics, PassCounters};
 use crate::ports::{ConfigStore, Ledger};
 use crate::scheduler::PassReport;
 
-/// How long ledger gauges are reused between scrapes: they read every job.
+/// How long ledger gauges are reused between scrapes: they read every job in flight or waiting
+/// and today's terminal jobs.
 pub const LEDGER_REFRESH: Duration = Duration::from_secs(10);
 
 /// What the daemon's metrics are made of: the pass counters it accumulates, the AWS call

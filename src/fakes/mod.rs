@@ -4,6 +4,7 @@
 
 mod account;
 mod compute;
+pub mod history;
 mod queue;
 mod store;
 

@@ -1,13 +1,18 @@
-//! In-memory config table and job ledger with DynamoDB's conditional-write semantics.
+//! In-memory config table and job ledger with DynamoDB's conditional-write semantics. The
+//! ledger answers its queries from the same index keys the DynamoDB adapter writes
+//! ([`crate::ledger_index`]) and counts what DynamoDB would read for each: the items whose
+//! keys match the query (never the whole table), their item bytes, in 1 MB pages.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::aws::dynamo::{item_bytes, ledger_item};
 use crate::job::{Job, JobState};
-use crate::ports::{ConfigStore, Ledger, StoreError, StoredPayer};
+use crate::ledger_index::{self, ReadCount, ReadMeter, Retention, PAGE_BYTES};
+use crate::ports::{ConfigStore, Ledger, PageQuery, StoreError, StoredPayer};
 use crate::profile::PayerProfile;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -131,12 +136,18 @@ impl ConfigStore for FakeConfigStore {
     }
 }
 
-/// The job ledger. Counts writes, and can be told to throttle the next writes.
+/// The job ledger. Counts writes and reads, and can be told to throttle the next writes.
 #[derive(Debug, Default)]
 pub struct FakeLedger {
     jobs: Mutex<BTreeMap<String, Job>>,
     writes: Mutex<BTreeMap<String, u32>>,
     throttle_next: Mutex<u32>,
+    meter: Arc<ReadMeter>,
+}
+
+/// The item size DynamoDB would count for `job`.
+fn size(job: &Job) -> u64 {
+    ledger_item(job, Retention::default()).map_or(0, |i| item_bytes(&i))
 }
 
 impl FakeLedger {
@@ -168,6 +179,54 @@ impl FakeLedger {
             ));
         }
         Ok(())
+    }
+
+    /// What the queries so far read.
+    pub fn reads(&self) -> ReadCount {
+        self.meter.count()
+    }
+
+    /// The meter the queries count into (shared, to watch reads as they happen).
+    pub fn meter(&self) -> Arc<ReadMeter> {
+        Arc::clone(&self.meter)
+    }
+
+    /// One Query over the items whose index keys match (`matching`, in index order): counts
+    /// them as examined, page by page, and keeps those `keep` accepts; with `want`, stops
+    /// after the page on which that many were kept, as the adapter does.
+    fn query(
+        &self,
+        matching: Vec<Job>,
+        want: Option<usize>,
+        keep: impl Fn(&Job) -> bool,
+    ) -> Vec<Job> {
+        self.meter.query();
+        let mut out = Vec::new();
+        let (mut items, mut bytes) = (0, 0);
+        for job in matching {
+            items += 1;
+            bytes += size(&job);
+            if keep(&job) {
+                out.push(job);
+            }
+            if bytes >= PAGE_BYTES {
+                self.meter.page(items, bytes);
+                (items, bytes) = (0, 0);
+                if want.is_some_and(|w| out.len() >= w) {
+                    return out;
+                }
+            }
+        }
+        self.meter.page(items, bytes);
+        out
+    }
+
+    fn matching(&self, key: impl Fn(&Job) -> bool) -> Vec<Job> {
+        lock(&self.jobs)
+            .values()
+            .filter(|j| key(j))
+            .cloned()
+            .collect()
     }
 
     fn count_write(&self, job_id: &str) {
@@ -214,20 +273,59 @@ impl Ledger for FakeLedger {
     }
 
     async fn by_state(&self, state: JobState) -> Result<Vec<Job>, StoreError> {
-        let mut out: Vec<Job> = lock(&self.jobs)
-            .values()
-            .filter(|j| j.state == state)
-            .cloned()
-            .collect();
-        out.sort_by_key(|j| j.submitted_at);
-        Ok(out)
+        let mut matching = self.matching(|j| j.state == state);
+        matching.sort_by_key(|j| j.submitted_at);
+        Ok(self.query(matching, None, |_| true))
     }
 
     async fn by_batch(&self, payer_id: &str, batch: &str) -> Result<Vec<Job>, StoreError> {
-        Ok(lock(&self.jobs)
-            .values()
-            .filter(|j| j.payer_id == payer_id && j.batch == batch)
-            .cloned()
-            .collect())
+        let key = crate::names::ledger::payer_batch(payer_id, batch);
+        let matching =
+            self.matching(|j| crate::names::ledger::payer_batch(&j.payer_id, &j.batch) == key);
+        Ok(self.query(matching, None, |j| {
+            j.payer_id == payer_id && j.batch == batch
+        }))
+    }
+
+    async fn blockers(&self, payer_id: &str, batch: &str) -> Result<Vec<Job>, StoreError> {
+        let key = crate::names::ledger::payer_batch(payer_id, batch);
+        let matching = self.matching(|j| {
+            ledger_index::is_blocker(j.state)
+                && crate::names::ledger::payer_batch(&j.payer_id, &j.batch) == key
+        });
+        Ok(self.query(matching, None, |j| {
+            j.payer_id == payer_id && j.batch == batch
+        }))
+    }
+
+    async fn settled_on(
+        &self,
+        day: NaiveDate,
+        billed_before: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let day = ledger_index::day_key(day);
+        let mut matching = self.matching(|j| {
+            ledger_index::settled_day(j).as_deref() == Some(day.as_str())
+                && ledger_index::billed_from(j).is_some_and(|t| billed_before.is_none_or(|b| t < b))
+        });
+        matching.sort_by_key(|j| (ledger_index::billed_from(j), j.job_id.clone()));
+        Ok(self.query(matching, None, |_| true))
+    }
+
+    async fn page(&self, query: &PageQuery) -> Result<Vec<Job>, StoreError> {
+        // The key condition: the state, and the submitted range (BETWEEN is inclusive).
+        let mut matching = self.matching(|j| {
+            j.state == query.state
+                && query.since.is_none_or(|t| j.submitted_at >= t)
+                && match (query.since, query.before) {
+                    (Some(_), Some(b)) => j.submitted_at <= b,
+                    (None, Some(b)) => j.submitted_at < b,
+                    _ => true,
+                }
+        });
+        matching.sort_by(|a, b| (a.submitted_at, &a.job_id).cmp(&(b.submitted_at, &b.job_id)));
+        let mut out = self.query(matching, Some(query.limit), |j| query.matches(j));
+        out.truncate(query.limit);
+        Ok(out)
     }
 }

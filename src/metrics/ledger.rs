@@ -1,11 +1,18 @@
 //! Gauges read from the ledger and the config table: queued jobs and the oldest one's age per
-//! payer and tier, jobs by state, paused payers, failed attempts today by cause, and the cost
-//! of instance time since midnight UTC (from each attempt's recorded price, with
-//! [`crate::cost`]'s billing rules).
+//! payer and tier, jobs in flight or waiting by state, jobs that ended today by state, paused
+//! payers, failed attempts today by cause, and the cost of instance time since midnight UTC
+//! (from each attempt's recorded price, with [`crate::cost`]'s billing rules).
+//!
+//! What they read follows the work, not the ledger's age: the in-flight and waiting states,
+//! and the terminal jobs settled today (the `by-settled-day` index). A terminal job settled
+//! before midnight has no billed second and no failure today ([`crate::ledger_index`]).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+
+use crate::ledger_index;
+use crate::scheduler::ACTIVE;
 use serde::Serialize;
 
 use crate::catalog::Catalog;
@@ -30,8 +37,10 @@ pub struct QueueGauge {
 pub struct LedgerGauges {
     /// Queued jobs per payer and tier, sorted by payer then tier.
     pub queued: Vec<QueueGauge>,
-    /// Jobs by state, for the states read.
+    /// Jobs in flight or waiting (queued, launching, running, failed, blocked), by state.
     pub jobs_by_state: BTreeMap<String, u64>,
+    /// Jobs that ended (succeeded, cancelled, dead) since midnight UTC, by state.
+    pub ended_today: BTreeMap<String, u64>,
     /// Paused payers and why.
     pub paused_payers: BTreeMap<String, String>,
     /// Failed attempts since midnight UTC by cause (`exit_code`, `spot_interruption`,
@@ -44,23 +53,20 @@ pub struct LedgerGauges {
 }
 
 impl LedgerGauges {
-    /// Reads every job (one query per state, all pages) and every payer row. Terminal jobs
-    /// are read too, for today's cost and failures: callers cache the result rather than
-    /// read it on every scrape.
+    /// Reads the jobs in flight and waiting, today's terminal jobs ([`load_today`]) and every
+    /// payer row.
     pub async fn load(
         ledger: &dyn Ledger,
         config: &dyn ConfigStore,
         now: DateTime<Utc>,
     ) -> Result<Self, StoreError> {
         let payers = config.list().await?;
-        let mut jobs = Vec::new();
-        for state in JobState::ALL {
-            jobs.extend(ledger.by_state(state).await?);
-        }
+        let jobs = load_today(ledger, None, now).await?;
         Ok(Self::from_jobs(&jobs, &payers, now))
     }
 
-    /// Computes the gauges from jobs (any states) and the payer rows.
+    /// Computes the gauges from jobs (any states; terminal jobs count only if they settled
+    /// today) and the payer rows.
     pub fn from_jobs(jobs: &[Job], payers: &[StoredPayer], now: DateTime<Utc>) -> Self {
         let mut g = LedgerGauges::default();
         let by_id: BTreeMap<&str, &StoredPayer> = payers
@@ -79,7 +85,11 @@ impl LedgerGauges {
             .map_or(now, |t| t.and_utc());
         let mut queued: BTreeMap<(String, Option<u8>), (u64, DateTime<Utc>)> = BTreeMap::new();
         for job in jobs {
-            *g.jobs_by_state.entry(job.state.to_string()).or_default() += 1;
+            if !job.state.is_terminal() {
+                *g.jobs_by_state.entry(job.state.to_string()).or_default() += 1;
+            } else if ledger_index::settled_at(job).is_some_and(|t| t >= midnight) {
+                *g.ended_today.entry(job.state.to_string()).or_default() += 1;
+            }
             let payer = by_id.get(job.payer_id.as_str());
             if job.state == JobState::Queued {
                 let tier = payer.and_then(|p| p.profile.kinds.get(&job.kind).map(|k| k.tier));
@@ -112,6 +122,48 @@ impl LedgerGauges {
             .collect();
         g
     }
+}
+
+/// The jobs in flight or waiting (`snapshot`, when the caller already read them, e.g. with
+/// [`crate::scheduler::load_snapshot`]; else one query per active state), plus the terminal
+/// jobs settled today (or tomorrow: an instance's clock may run ahead), the newer version of
+/// each. No terminal job settled before today is read.
+pub async fn load_today(
+    ledger: &dyn Ledger,
+    snapshot: Option<Vec<Job>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Job>, StoreError> {
+    let mut by_id: BTreeMap<String, Job> = BTreeMap::new();
+    let mut keep = |job: Job| match by_id.get(&job.job_id) {
+        Some(held) if held.version >= job.version => {}
+        _ => {
+            by_id.insert(job.job_id.clone(), job);
+        }
+    };
+    match snapshot {
+        Some(jobs) => jobs.into_iter().for_each(&mut keep),
+        None => {
+            for state in ACTIVE {
+                ledger
+                    .by_state(state)
+                    .await?
+                    .into_iter()
+                    .for_each(&mut keep);
+            }
+        }
+    }
+    let midnight = now
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map_or(now, |t| t.and_utc());
+    for day in ledger_index::settled_days(midnight, now) {
+        ledger
+            .settled_on(day, None)
+            .await?
+            .into_iter()
+            .for_each(&mut keep);
+    }
+    Ok(by_id.into_values().collect())
 }
 
 /// What a job's attempts cost between `since` and `now`, billed as `cost report` bills them

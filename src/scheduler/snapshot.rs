@@ -53,8 +53,10 @@ pub const ACTIVE: [JobState; 5] = [
     JobState::Failed,
 ];
 
-/// Every active job, plus every job of each (payer, batch) that has an active job, so tier
-/// gates see the succeeded and dead jobs of the batch. Queries only; no scan.
+/// Every active job, plus the dead and cancelled jobs of each (payer, batch) that has an
+/// active job, so tier gates see what blocks the batch. Succeeded jobs are not read: a
+/// succeeded lower tier holds nothing back, and the planner only counts the tiers' jobs that
+/// have not succeeded. Queries only, none over the ledger's history; no scan.
 pub async fn load_snapshot(ledger: &dyn Ledger) -> Result<Vec<Job>, StoreError> {
     let mut jobs: BTreeMap<String, Job> = BTreeMap::new();
     for state in ACTIVE {
@@ -67,7 +69,7 @@ pub async fn load_snapshot(ledger: &dyn Ledger) -> Result<Vec<Job>, StoreError> 
         .map(|j| (j.payer_id.clone(), j.batch.clone()))
         .collect();
     for (payer, batch) in groups {
-        for job in ledger.by_batch(&payer, &batch).await? {
+        for job in ledger.blockers(&payer, &batch).await? {
             // An index read may lag a write just made: keep the newer version.
             match jobs.get(&job.job_id) {
                 Some(existing) if existing.version >= job.version => {}

@@ -71,8 +71,37 @@ pub fn check_cost_report(name: &str, jobs: &[Job], work: &Path) {
     let (attempts, expected) = expected_total(jobs);
     assert!(attempts >= jobs.len() && expected > 0.0);
 
+    let full = mayfly(name, &["cost", "report", "--format", "json"]);
+    let said = String::from_utf8_lossy(&full.stderr);
+    assert!(said.contains("every job in the ledger"), "{said}");
     let json = run(name, &["cost", "report", "--format", "json"]);
     let doc: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
+    // A range read from the by-settled-day index answers as the full read does.
+    let first = jobs
+        .iter()
+        .flat_map(|j| &j.attempts)
+        .filter_map(|a| a.launched_at)
+        .min()
+        .expect("a launch");
+    let from = first.date_naive().to_string();
+    let to = (first.date_naive() + chrono::Duration::days(2)).to_string();
+    let ranged = mayfly(
+        name,
+        &[
+            "cost", "report", "--format", "json", "--from", &from, "--to", &to,
+        ],
+    );
+    let said = String::from_utf8_lossy(&ranged.stderr);
+    assert!(said.contains("terminal jobs settled"), "{said}");
+    let mut ranged: serde_json::Value =
+        serde_json::from_slice(&ranged.stdout).expect("one JSON document");
+    let mut whole = doc.clone();
+    for d in [&mut ranged, &mut whole] {
+        for field in ["generated_at", "from", "to"] {
+            d[field] = serde_json::Value::Null;
+        }
+    }
+    assert_eq!(ranged, whole, "the range holds every attempt");
     let spec = std::fs::read_to_string(super::path("docs/cost-report.md")).expect("the doc");
     schema::assert_matches_doc(&spec, &doc);
     let total = doc["totals"]["total_usd"].as_f64().expect("total");

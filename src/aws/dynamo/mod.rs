@@ -4,6 +4,7 @@
 //!   payer config table (`{name}-payers`).
 //! - [`DynamoLedger`] (`ledger.rs`): [`Ledger`](crate::ports::Ledger) on the job ledger
 //!   (`{name}-jobs`).
+//!   `backfill.rs` adds the index keys of newer versions to items written before them.
 //! - [`DynamoLeaseStore`] (`lease.rs`): [`LeaseStore`](crate::lease::LeaseStore) on one item
 //!   of the job ledger.
 //!
@@ -13,13 +14,15 @@
 //! denial (by code, or an HTTP 403 whose body has none the SDK can read, as the emulator
 //! answers) names the operation, the table and the grant it needs.
 
+mod backfill;
 mod config;
 mod lease;
 mod ledger;
 
+pub use backfill::BackfillPage;
 pub use config::DynamoConfigStore;
 pub use lease::DynamoLeaseStore;
-pub use ledger::DynamoLedger;
+pub use ledger::{item_bytes, ledger_item, DynamoLedger};
 
 use std::collections::HashMap;
 
@@ -50,6 +53,10 @@ mod attr {
     pub const DOC: &str = "doc";
     pub const BOOT_FAILURES: &str = "boot_failures";
     pub const PAUSED_BY: &str = "paused_by";
+    pub const BLOCKER_BATCH: &str = "blocker_batch";
+    pub const SETTLED_DAY: &str = "settled_day";
+    pub const BILLED_FROM: &str = "billed_from";
+    pub const EXPIRES_AT: &str = "expires_at";
 }
 
 fn page_limit(n: u32) -> i32 {

@@ -1,0 +1,49 @@
+//! A progress line on stderr for ledger reads that take more than a moment: items and
+//! megabytes read so far, from the adapter's [`ReadMeter`], once a second.
+
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use crate::ledger_index::{ReadCount, ReadMeter};
+
+fn line(what: &str, c: ReadCount) -> String {
+    format!(
+        "{what}: {} items, {:.1} MB read in {} queries",
+        c.items,
+        c.bytes as f64 / 1e6,
+        c.queries
+    )
+}
+
+/// Runs `read`; from one second on, shows what `meter` counted so far on stderr (rewritten
+/// in place on a terminal, a line every ten seconds otherwise), and the total at the end.
+pub async fn with_progress<T>(meter: &ReadMeter, what: &str, read: impl Future<Output = T>) -> T {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty { 1 } else { 10 };
+    tokio::pin!(read);
+    let mut shown = false;
+    let mut ticks = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut read => {
+                if shown {
+                    eprintln!("{}{}", if tty { "\r" } else { "" }, line(what, meter.count()));
+                }
+                return out;
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                if ticks % every == 0 {
+                    let text = line(what, meter.count());
+                    let mut err = std::io::stderr().lock();
+                    let _ = if tty { write!(err, "\r{text}") } else { writeln!(err, "{text}") };
+                    let _ = err.flush();
+                    shown = true;
+                }
+            }
+        }
+    }
+}
