@@ -118,9 +118,10 @@ step "Jobs"
 spot_note="(Spot attempts show about \$0 of compute here: the emulator's spot price history is a placeholder, \$0.00001/h. On AWS each spot attempt is priced at its type's spot price in its AZ at launch.)"
 
 step "What it cost (mayfly cost report; the HTML chart is in .mayfly/cost.html)"
-"${mayfly[@]}" cost report --by payer
+# What the report reads (and its progress) goes to the log; the report to the screen.
+"${mayfly[@]}" cost report --by payer 2>>"$log"
 printf '%s\n' "$spot_note"
-"${mayfly[@]}" cost report --format html --out .mayfly/cost.html
+"${mayfly[@]}" cost report --format html --out .mayfly/cost.html 2>>"$log"
 
 step "Why a job ran as it did (mayfly explain)"
 "${mayfly[@]}" explain cedar-plan:2026-11:claims

@@ -93,10 +93,11 @@ pub(super) async fn run(app: &App, output: Output, cmd: CostCommand) -> Result<(
         by: args.by,
     };
     let now = Utc::now();
-    eprintln!("cost report reads {}", Coverage::of(&query, now));
+    let notice = format!("cost report reads {}", Coverage::of(&query, now));
     let jobs = with_progress(
         &meter,
         "job ledger",
+        Some(&notice),
         cost_report::read_jobs(&ledger, &query, now),
     )
     .await

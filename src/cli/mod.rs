@@ -166,7 +166,12 @@ pub enum Command {
     )]
     Jobs(JobsCommand),
     /// Ledger maintenance.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  mayfly ledger backfill
+  mayfly ledger backfill --rate 100 --start-after 'cedar-plan:2026-03:claims'"
+    )]
     Ledger(LedgerCommand),
     /// Run the scheduler as a daemon: hold the leader lease and, while leader, run a pass
     /// every --interval, and soon after work arrives; standbys take over when the lease
@@ -476,9 +481,10 @@ pub enum LedgerCommand {
     /// what it wrote). Idempotent: a second run writes nothing. Resumable: every page prints
     /// the --start-after that continues from it. Run it once after the stack update that
     /// adds the indexes, with the same --retention-days as the deployment.
-    ///
-    ///   mayfly ledger backfill --rate 200
-    ///   mayfly ledger backfill --rate 200 --start-after 'cedar:2026-03-02:claims'
+    #[command(after_help = "Examples:
+  mayfly ledger backfill --rate 200
+  mayfly ledger backfill --rate 200 --start-after 'cedar-plan:2026-03:claims'
+  mayfly --name mayfly-prod ledger backfill --retention-days 400")]
     Backfill {
         /// Continue after this job id (printed by an earlier run).
         #[arg(long)]

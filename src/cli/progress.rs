@@ -18,7 +18,22 @@ fn line(what: &str, c: ReadCount) -> String {
 
 /// Runs `read`; from one second on, shows what `meter` counted so far on stderr (rewritten
 /// in place on a terminal, a line every ten seconds otherwise), and the total at the end.
-pub async fn with_progress<T>(meter: &ReadMeter, what: &str, read: impl Future<Output = T>) -> T {
+/// `notice` (what the read covers) goes to stderr once the ledger has answered a first page,
+/// so a read that fails at once (no such table) says only why.
+pub async fn with_progress<T>(
+    meter: &ReadMeter,
+    what: &str,
+    notice: Option<&str>,
+    read: impl Future<Output = T>,
+) -> T {
+    let mut notice = notice;
+    let mut say_notice = |meter: &ReadMeter| {
+        if meter.count().pages > 0 {
+            if let Some(n) = notice.take() {
+                eprintln!("{n}");
+            }
+        }
+    };
     let tty = std::io::stderr().is_terminal();
     let every = if tty { 1 } else { 10 };
     tokio::pin!(read);
@@ -29,12 +44,14 @@ pub async fn with_progress<T>(meter: &ReadMeter, what: &str, read: impl Future<O
     loop {
         tokio::select! {
             out = &mut read => {
+                say_notice(meter);
                 if shown {
                     eprintln!("{}{}", if tty { "\r" } else { "" }, line(what, meter.count()));
                 }
                 return out;
             }
             _ = tick.tick() => {
+                say_notice(meter);
                 ticks += 1;
                 if ticks % every == 0 {
                     let text = line(what, meter.count());
