@@ -247,6 +247,36 @@ async fn a_missing_image_waits_with_the_code_and_launches_after_a_fixed_profile_
 }
 
 #[tokio::test]
+async fn a_missing_image_that_appears_launches_after_payers_resume() {
+    let (w, ec2) = world();
+    w.apply_examples().await;
+    ec2.set_image("ami-0a1b2c3d4e5f60003", false);
+    let a = submit_eligibility(&w, "2031-08").await;
+    let report = w.tick(t0()).await;
+    assert_eq!(report.launch.config_failures, 1, "{report}");
+    assert_eq!(w.job(&a).await.state, JobState::Queued);
+    let row = w.config.get("cedar-plan").await.unwrap().unwrap();
+    assert!(row.paused_by_breaker);
+
+    // Paused, the payer launches nothing, even once the image exists.
+    ec2.set_image("ami-0a1b2c3d4e5f60003", true);
+    let still = w.tick(t0() + Duration::minutes(1)).await;
+    assert!(still.launch.instances.is_empty(), "{still}");
+    assert_eq!(w.job(&a).await.state, JobState::Queued);
+
+    // `mayfly payers resume cedar-plan`: the same job launches, nothing re-submitted.
+    w.config
+        .set_paused("cedar-plan", None, row.version, t0())
+        .await
+        .expect("resumed");
+    let next = w.tick(t0() + Duration::minutes(2)).await;
+    assert_eq!(next.launch.instances.len(), 1, "{next}");
+    let job = w.job(&a).await;
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.attempts_in_budget(), 1, "the refused launch spent no retry");
+}
+
+#[tokio::test]
 async fn a_denied_launch_names_the_operation_and_the_role_and_pauses_the_payer() {
     let (w, ec2) = world();
     ec2.set_denied("RunInstances", true);
