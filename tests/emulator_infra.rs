@@ -1,6 +1,9 @@
-//! The infra template's optional permissions, deployed into the emulator: the job instance's
-//! role reads exactly the inputs and secrets it is given, and nothing without them; the
-//! scheduler role may have EC2 use exactly the root volume keys it is given, and none without.
+//! The infra templates' optional permissions, deployed into the emulator: the deployment's own
+//! instance role reads nothing, and a payer's role (`infra/payer.yaml`) exactly that payer's
+//! inputs and secrets, under the deployment's IAM path; the operator's data key encrypts the
+//! queues, with its grants; the scheduler role may have EC2 use exactly the root volume keys
+//! it is given, and none without. (moto evaluates no condition: the conditions themselves are
+//! checked by the offline policy evaluator, `tests/iam_policies.rs`.)
 
 mod support;
 
@@ -70,32 +73,55 @@ fn grant(statements: &Value) -> (String, Vec<String>) {
 }
 
 #[test]
-fn the_instance_role_reads_exactly_the_inputs_and_secrets_it_is_given() {
-    let bare = support::unique_name("infra-bare");
-    support::deploy(&bare);
-    let policies = instance_policies(&bare);
+fn the_deployment_role_reads_nothing_and_a_payer_role_exactly_its_own() {
+    let name = support::unique_name("infra-payer");
+    support::deploy(&name);
+    let policies = instance_policies(&name);
     let names: Vec<&str> = policies.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
         ["report-events"],
-        "no input or secret access by default"
+        "the deployment's own instance role reads no data"
     );
 
-    let name = support::unique_name("infra-grants");
     let parameter = "arn:aws:ssm:us-east-1:123456789012:parameter/mayfly/harbor-health/*";
     let secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:mayfly/claims-AbCdEf";
-    support::deploy_with(
+    let outputs = support::deploy_payer(
         &name,
+        "harbor-health",
         &[
             (
-                "InputBucketArns",
-                "arn:aws:s3:::example-payer-a-drop,arn:aws:s3:::example-shared-drop/payer-b",
+                "InputArns",
+                "arn:aws:s3:::example-payer-a-drop,arn:aws:s3:::example-shared-drop/harbor-health",
             ),
             ("SecretParameterArns", parameter),
             ("SecretArns", secret),
         ],
     );
-    let policies = instance_policies(&name);
+    // Role and instance profile under the deployment's path: the one the scheduler may pass.
+    let path = format!("/mayfly/{name}/");
+    let role_arn = &outputs["RoleArn"];
+    assert!(
+        role_arn.starts_with(&format!("arn:aws:iam::123456789012:role{path}")),
+        "{role_arn}"
+    );
+    let profile: Value = serde_json::from_str(&support::aws(&[
+        "iam",
+        "get-instance-profile",
+        "--instance-profile-name",
+        &outputs["InstanceProfileName"],
+        "--output",
+        "json",
+    ]))
+    .expect("JSON");
+    assert_eq!(profile["InstanceProfile"]["Path"], path.as_str());
+    assert_eq!(
+        profile["InstanceProfile"]["Roles"][0]["Arn"],
+        role_arn.as_str()
+    );
+
+    let role = role_arn.rsplit('/').next().expect("a role name");
+    let policies = role_policies(role);
     let names: Vec<&str> = policies.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -128,7 +154,7 @@ fn the_instance_role_reads_exactly_the_inputs_and_secrets_it_is_given() {
                     "s3:GetObject",
                     &[
                         "arn:aws:s3:::example-payer-a-drop/*",
-                        "arn:aws:s3:::example-shared-drop/payer-b/*"
+                        "arn:aws:s3:::example-shared-drop/harbor-health/*"
                     ]
                 )
             ),
@@ -141,6 +167,66 @@ fn the_instance_role_reads_exactly_the_inputs_and_secrets_it_is_given() {
                 owned("secretsmanager:GetSecretValue", &[secret])
             ),
         ]
+    );
+}
+
+#[test]
+fn the_operator_key_encrypts_the_queues_and_the_roles_get_its_grants() {
+    let name = support::unique_name("infra-datakey");
+    let key = "arn:aws:kms:us-east-1:123456789012:key/2222abcd-12ab-34cd-56ef-1234567890ab";
+    support::deploy_with(
+        &name,
+        &[
+            ("DataKmsKeyArn", key),
+            ("VpcId", "vpc-0123456789abcdef0"),
+            ("AllowedImageOwners", "amazon,111122223333"),
+        ],
+    );
+    for queue in ["intake", "intake-dlq", "events", "events-dlq"] {
+        let url = format!("https://sqs.us-east-1.amazonaws.com/123456789012/{name}-{queue}");
+        let attributes: Value = serde_json::from_str(&support::aws(&[
+            "sqs",
+            "get-queue-attributes",
+            "--endpoint-url",
+            &support::endpoint(),
+            "--queue-url",
+            &url,
+            "--attribute-names",
+            "All",
+            "--output",
+            "json",
+        ]))
+        .expect("JSON");
+        assert_eq!(
+            attributes["Attributes"]["KmsMasterKeyId"], key,
+            "{queue}: {attributes}"
+        );
+    }
+    let grant_of = |role: &str, policy: &str| -> Value {
+        let (_, statements) = role_policies(role)
+            .into_iter()
+            .find(|(p, _)| p == policy)
+            .unwrap_or_else(|| panic!("{role} has no {policy} policy"));
+        assert_eq!(statements.as_array().map(Vec::len), Some(1), "{statements}");
+        statements[0].clone()
+    };
+    let scheduler = grant_of(&format!("{name}-scheduler"), "data-key");
+    assert_eq!(scheduler["Resource"], key);
+    assert_eq!(
+        scheduler["Condition"]["StringEquals"]["kms:ViaService"],
+        serde_json::json!([
+            "dynamodb.us-east-1.amazonaws.com",
+            "sqs.us-east-1.amazonaws.com"
+        ])
+    );
+    let instance = grant_of(&format!("{name}-instance"), "events-queue-key");
+    assert_eq!(
+        instance["Action"],
+        serde_json::json!(["kms:GenerateDataKey", "kms:Decrypt"])
+    );
+    assert_eq!(
+        instance["Condition"]["StringEquals"]["kms:ViaService"],
+        "sqs.us-east-1.amazonaws.com"
     );
 }
 
