@@ -121,6 +121,10 @@ pub struct Message {
     pub receipt: String,
     /// How many times the queue has delivered it (1 on first delivery).
     pub receive_count: u32,
+    /// Who sent it, as SQS stamps it (`SenderId`): for an IAM user its user id, for an
+    /// assumed role `<role id>:<session name>`, and for an EC2 instance profile's role
+    /// `<role id>:<instance id>`. `None` when the queue did not say.
+    pub sender_id: Option<String>,
 }
 
 /// A failure of a queue operation.
