@@ -395,11 +395,16 @@ pub trait LaunchChecks: Send + Sync {
     async fn spot_price_listed(&self, instance_type: &str, zone: &str) -> Result<bool, AwsError>;
 }
 
-/// An instance profile: the roles it holds (by name).
+/// An instance profile: its IAM path and the roles it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceProfileInfo {
     pub name: String,
+    /// The instance profile's IAM path (`/` unless created under one).
+    pub path: String,
+    /// The roles it holds, by name.
     pub roles: Vec<String>,
+    /// The same roles' IAM paths, in the same order.
+    pub role_paths: Vec<String>,
 }
 
 /// IAM, as `mayfly preflight` reads it.

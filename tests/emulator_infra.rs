@@ -326,3 +326,81 @@ fn the_scheduler_role_may_have_ec2_use_exactly_the_root_volume_keys_it_is_given(
         );
     }
 }
+
+#[tokio::test]
+async fn payers_apply_refuses_an_instance_profile_outside_the_path_or_another_payers() {
+    let name = support::unique_name("infra-owners");
+    support::deploy(&name);
+    let outputs = support::deploy_payer(&name, "cedar-plan", &[]);
+    let own = outputs["InstanceProfileName"].clone();
+    // An instance profile made by hand, at the root path: the scheduler may not pass its role.
+    let outside = format!("{name}-by-hand");
+    support::aws(&[
+        "iam",
+        "create-instance-profile",
+        "--instance-profile-name",
+        &outside,
+    ]);
+    let sdk = support::sdk_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let (subnets, sgs) = support::emulator_network(&ec2).await;
+    let dir = std::env::temp_dir().join(format!("mayfly-owners-{name}"));
+    support::write_profiles_for(&name, &subnets, &sgs, &dir);
+    let point = |payer: &str, profile: &str| {
+        let file = dir.join(format!("{payer}.toml"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut doc: toml::Table = toml::from_str(&text).unwrap();
+        doc["launch"]
+            .as_table_mut()
+            .unwrap()
+            .insert("instance_profile".into(), profile.into());
+        std::fs::write(&file, toml::to_string(&doc).unwrap()).unwrap();
+    };
+    point("cedar-plan", &own);
+    point("harbor-health", &own);
+    point("prairie-mutual", &outside);
+    let dir_s = dir.display().to_string();
+
+    let diff = support::mayfly(&name, &["payers", "diff", &dir_s]);
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        text.contains(&format!(
+            "refused: launch.instance_profile: instance profile {own} is already payer cedar-plan's"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "refused: launch.instance_profile: instance profile {outside} is at IAM path /, outside /mayfly/{name}/"
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("refused:").count(),
+        2,
+        "cedar-plan's own is fine: {text}"
+    );
+
+    let apply = support::mayfly(&name, &["payers", "apply", &dir_s]);
+    let stderr = String::from_utf8_lossy(&apply.stderr);
+    assert_eq!(apply.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nothing applied"), "{stderr}");
+    assert!(
+        stderr.contains("harbor-health") && stderr.contains("prairie-mutual"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("launch.instance_profile"), "{stderr}");
+    let listed = support::mayfly(&name, &["--output", "json", "payers", "list"]);
+    let rows: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows, serde_json::json!([]), "nothing written");
+
+    // Each payer on its own role (or on the deployment's, which reads nothing): applied.
+    point("harbor-health", &format!("{name}-instance"));
+    point("prairie-mutual", &format!("{name}-instance"));
+    let apply = support::mayfly(&name, &["payers", "apply", &dir_s]);
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+}

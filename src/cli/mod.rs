@@ -7,6 +7,7 @@ mod explain;
 mod jobs;
 mod offline;
 mod pass;
+mod payer_roles;
 mod payers;
 mod preflight;
 mod run;
