@@ -124,7 +124,7 @@ function resolver(template, stack, overrides) {
     });
   function value(node) {
     if (Array.isArray(node)) {
-      return node.map(value).filter((v) => v !== NO_VALUE).flat(0);
+      return node.map(value).filter((v) => v !== NO_VALUE);
     }
     if (node === null || typeof node !== 'object') return node;
     const keys = Object.keys(node);
@@ -210,13 +210,13 @@ const mutations = {
     }
   },
   removeStatement: (sid) => (t) => {
+    statements(t, sid); // it must exist
     for (const r of Object.values(t.Resources)) {
       const docs = [];
       if (r.Type === 'AWS::IAM::Role') (r.Properties.Policies || []).forEach((p) => docs.push(p.PolicyDocument));
       if (r.Type === 'AWS::IAM::Policy') docs.push(r.Properties.PolicyDocument);
       for (const d of docs) d.Statement = d.Statement.filter((s) => s.Sid !== sid);
     }
-    statements; // (the statement existed: checked by the unmutated run)
   },
   anyResource: (sid) => (t) => {
     for (const s of statements(t, sid)) s.Resource = '*';
@@ -266,8 +266,9 @@ async function evaluate({ file, stack, params, role }, req, mutate) {
   const template = readTemplate(file);
   if (mutate) mutate(template);
   const { policies, arn } = rolePolicies(template, stack, params || {}, role);
-  const session = arn.replace(':iam::', ':sts::').replace(/:role\/.*\//, ':assumed-role/').replace(/:role\//, ':assumed-role/');
-  return decide(policies, `${session}/session`, req);
+  // The caller is a session of the role (the Lambda function's, or an instance's).
+  const roleName = arn.split('/').pop();
+  return decide(policies, `arn:aws:sts::${ACCOUNT}:assumed-role/${roleName}/session`, req);
 }
 
 module.exports = { readTemplate, rolePolicies, evaluate, mutations, NAME, ACCOUNT, REGION };
