@@ -9,7 +9,7 @@ cd "$repo"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-step "Installing test tools (moto, awscli, cfn-lint, shellcheck) into .venv"
+step "Installing test tools (moto, awscli, cfn-lint, shellcheck, checkov) into .venv"
 bash scripts/emulator.sh install
 export PATH="$repo/.venv/bin:$PATH"
 
@@ -28,6 +28,8 @@ shellcheck scripts/*.sh .ci/run
 if compgen -G "infra/*.yaml" >/dev/null; then
   step "cfn-lint infra"
   cfn-lint infra/*.yaml
+  step "checkov infra (each remaining finding is suppressed in the template with its reason)"
+  bash scripts/emulator.sh checkov
 fi
 
 # With the `lambda` feature, so the mayfly-lambda binary and its test are linted and run too

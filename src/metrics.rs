@@ -75,6 +75,9 @@ pub struct PassCounters {
     pub launches_from_events: u64,
     /// Jobs that succeeded on a `finished` that arrived after their attempt was judged lost.
     pub late_successes: u64,
+    /// Instance events refused because their sender could not speak for the instance they
+    /// name (moved to the events DLQ with the reason).
+    pub events_refused: u64,
 }
 
 impl PassCounters {
@@ -89,6 +92,7 @@ impl PassCounters {
         self.events_applied += u64::from(r.events.applied);
         self.launches_from_events += u64::from(r.events.adopted);
         self.late_successes += u64::from(r.events.late_successes);
+        self.events_refused += u64::from(r.events.refused);
         let l = &r.launch;
         self.launches_found_gone += u64::from(l.found_gone);
         self.launches += l.instances.len() as u64;
@@ -295,6 +299,13 @@ impl Metrics {
                 "Instance events applied to the ledger.",
                 Counter,
                 plain(p.events_applied as f64),
+            ),
+            f(
+                "mayfly_events_refused_total",
+                "Instance events moved to the events DLQ because their sender was not the \
+                 instance they name.",
+                Counter,
+                plain(p.events_refused as f64),
             ),
             f(
                 "mayfly_verdicts_total",

@@ -19,6 +19,18 @@ pub mod tags {
 /// events).
 pub const ERROR_ATTRIBUTE: &str = "mayfly-error";
 
+/// The IAM path of a deployment's per-payer roles and instance profiles (`infra/payer.yaml`):
+/// the scheduler may pass the roles under it, and no others but the deployment's own.
+pub fn payer_role_path(deployment: &str) -> String {
+    format!("/mayfly/{deployment}/")
+}
+
+/// The instance profile `infra/mayfly.yaml` creates for the deployment itself: its role
+/// reads no data, so any payer whose jobs read none may share it.
+pub fn deployment_instance_profile(deployment: &str) -> String {
+    format!("{deployment}-instance")
+}
+
 /// The resource names of one deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {

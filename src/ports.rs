@@ -168,6 +168,10 @@ pub struct Message {
     pub receipt: String,
     /// How many times the queue has delivered it (1 on first delivery).
     pub receive_count: u32,
+    /// Who sent it, as SQS stamps it (`SenderId`): for an IAM user its user id, for an
+    /// assumed role `<role id>:<session name>`, and for an EC2 instance profile's role
+    /// `<role id>:<instance id>`. `None` when the queue did not say.
+    pub sender_id: Option<String>,
 }
 
 /// A failure of a queue operation.
@@ -438,11 +442,16 @@ pub trait LaunchChecks: Send + Sync {
     async fn spot_price_listed(&self, instance_type: &str, zone: &str) -> Result<bool, AwsError>;
 }
 
-/// An instance profile: the roles it holds (by name).
+/// An instance profile: its IAM path and the roles it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceProfileInfo {
     pub name: String,
+    /// The instance profile's IAM path (`/` unless created under one).
+    pub path: String,
+    /// The roles it holds, by name.
     pub roles: Vec<String>,
+    /// The same roles' IAM paths, in the same order.
+    pub role_paths: Vec<String>,
 }
 
 /// IAM, as `mayfly preflight` reads it.

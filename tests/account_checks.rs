@@ -206,6 +206,50 @@ async fn a_payer_that_launches_everywhere_passes_with_the_launch_dry_run_on_ever
 }
 
 #[tokio::test]
+async fn a_payer_role_under_the_deployment_path_may_be_passed_and_one_elsewhere_is_warned() {
+    let a = account();
+    // infra/payer.yaml's role and profile, under /mayfly/acct/: the scheduler may pass it.
+    a.add_instance_profile_at(
+        "/mayfly/acct/",
+        "acct-payer-a-profile",
+        &["acct-payer-a-role"],
+    );
+    // A role of the same name shape under another deployment's path: it may not.
+    a.add_instance_profile_at("/mayfly/other/", "other-payer-a-profile", &["other-role"]);
+    let mine = payer(&profile_text(
+        "acme",
+        "ami-0a860000",
+        &["subnet-0aaaaaaa"],
+        "sg-01111111",
+        "acct-payer-a-profile",
+        &["m7i.large"],
+    ));
+    let r = check(&a, &[mine]).await;
+    assert!(r.warnings.is_empty(), "{r}");
+    let theirs = payer(&profile_text(
+        "acme",
+        "ami-0a860000",
+        &["subnet-0aaaaaaa"],
+        "sg-01111111",
+        "other-payer-a-profile",
+        &["m7i.large"],
+    ));
+    let r = check(&a, &[theirs]).await;
+    let pass: Vec<&str> = r
+        .warnings
+        .iter()
+        .filter(|w| w.check == Check::PassRole)
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(pass.len(), 1, "{r}");
+    assert!(
+        pass[0].contains("the roles under /mayfly/acct/"),
+        "{}",
+        pass[0]
+    );
+}
+
+#[tokio::test]
 async fn each_broken_setting_is_its_own_line_naming_payer_kind_rung_and_code() {
     let a = account();
     // On AWS every dry run of these payers fails too; findings already made are not repeated.

@@ -19,13 +19,15 @@ use support::world::{request, send_event, t0, EchoUserData, FaultyCompute, World
 fn world() -> (World, Arc<FakeCompute>, Arc<FakeLedger>) {
     let ec2 = Arc::new(FakeCompute::new());
     let ledger = Arc::new(FakeLedger::new());
+    let events = Arc::new(FakeQueue::new());
     let w = World {
         cluster: "fake".into(),
         config: Arc::new(FakeConfigStore::new()),
         ledger: ledger.clone(),
         intake: Arc::new(FakeQueue::new()),
         intake_dlq: Arc::new(FakeQueue::new()),
-        events: Arc::new(FakeQueue::new()),
+        events: events.clone(),
+        events_fake: Some(events),
         events_dlq: Arc::new(FakeQueue::new()),
         compute: Arc::new(FaultyCompute::new(ec2.clone())),
         user_data: Arc::new(EchoUserData),

@@ -784,6 +784,18 @@ async fn queue_sends_receives_and_deletes_in_batches() {
     }
     assert_eq!(received.len(), 25);
     assert!(received.iter().all(|m| m.receive_count == 1));
+    // SenderId is requested and read, but moto stamps one constant on every message,
+    // whoever sent it (AWS stamps the caller's identity): events cannot prove their sender
+    // on the emulator, which is why its tests run with --unverified-event-senders and the
+    // check is proven on the fakes (tests/event_senders.rs). Should moto start carrying the
+    // caller, this fails and the emulator can check senders too.
+    assert!(
+        received
+            .iter()
+            .all(|m| m.sender_id.as_deref() == Some("AIDAIT2UOQQY3AUEKVGXU")),
+        "{:?}",
+        received.iter().map(|m| &m.sender_id).collect::<Vec<_>>()
+    );
     let mut bodies: Vec<_> = received.iter().map(|m| m.body.clone()).collect();
     bodies.sort();
     bodies.dedup();

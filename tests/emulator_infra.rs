@@ -1,6 +1,9 @@
-//! The infra template's optional permissions, deployed into the emulator: the job instance's
-//! role reads exactly the inputs and secrets it is given, and nothing without them; the
-//! scheduler role may have EC2 use exactly the root volume keys it is given, and none without.
+//! The infra templates' optional permissions, deployed into the emulator: the deployment's own
+//! instance role reads nothing, and a payer's role (`infra/payer.yaml`) exactly that payer's
+//! inputs and secrets, under the deployment's IAM path; the operator's data key encrypts the
+//! queues, with its grants; the scheduler role may have EC2 use exactly the root volume keys
+//! it is given, and none without. (moto evaluates no condition: the conditions themselves are
+//! checked by the offline policy evaluator, `tests/iam_policies.rs`.)
 
 mod support;
 
@@ -70,32 +73,55 @@ fn grant(statements: &Value) -> (String, Vec<String>) {
 }
 
 #[test]
-fn the_instance_role_reads_exactly_the_inputs_and_secrets_it_is_given() {
-    let bare = support::unique_name("infra-bare");
-    support::deploy(&bare);
-    let policies = instance_policies(&bare);
+fn the_deployment_role_reads_nothing_and_a_payer_role_exactly_its_own() {
+    let name = support::unique_name("infra-payer");
+    support::deploy(&name);
+    let policies = instance_policies(&name);
     let names: Vec<&str> = policies.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
         ["report-events"],
-        "no input or secret access by default"
+        "the deployment's own instance role reads no data"
     );
 
-    let name = support::unique_name("infra-grants");
     let parameter = "arn:aws:ssm:us-east-1:123456789012:parameter/mayfly/harbor-health/*";
     let secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:mayfly/claims-AbCdEf";
-    support::deploy_with(
+    let outputs = support::deploy_payer(
         &name,
+        "harbor-health",
         &[
             (
-                "InputBucketArns",
-                "arn:aws:s3:::example-payer-a-drop,arn:aws:s3:::example-shared-drop/payer-b",
+                "InputArns",
+                "arn:aws:s3:::example-payer-a-drop,arn:aws:s3:::example-shared-drop/harbor-health",
             ),
             ("SecretParameterArns", parameter),
             ("SecretArns", secret),
         ],
     );
-    let policies = instance_policies(&name);
+    // Role and instance profile under the deployment's path: the one the scheduler may pass.
+    let path = format!("/mayfly/{name}/");
+    let role_arn = &outputs["RoleArn"];
+    assert!(
+        role_arn.starts_with(&format!("arn:aws:iam::123456789012:role{path}")),
+        "{role_arn}"
+    );
+    let profile: Value = serde_json::from_str(&support::aws(&[
+        "iam",
+        "get-instance-profile",
+        "--instance-profile-name",
+        &outputs["InstanceProfileName"],
+        "--output",
+        "json",
+    ]))
+    .expect("JSON");
+    assert_eq!(profile["InstanceProfile"]["Path"], path.as_str());
+    assert_eq!(
+        profile["InstanceProfile"]["Roles"][0]["Arn"],
+        role_arn.as_str()
+    );
+
+    let role = role_arn.rsplit('/').next().expect("a role name");
+    let policies = role_policies(role);
     let names: Vec<&str> = policies.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -128,7 +154,7 @@ fn the_instance_role_reads_exactly_the_inputs_and_secrets_it_is_given() {
                     "s3:GetObject",
                     &[
                         "arn:aws:s3:::example-payer-a-drop/*",
-                        "arn:aws:s3:::example-shared-drop/payer-b/*"
+                        "arn:aws:s3:::example-shared-drop/harbor-health/*"
                     ]
                 )
             ),
@@ -141,6 +167,66 @@ fn the_instance_role_reads_exactly_the_inputs_and_secrets_it_is_given() {
                 owned("secretsmanager:GetSecretValue", &[secret])
             ),
         ]
+    );
+}
+
+#[test]
+fn the_operator_key_encrypts_the_queues_and_the_roles_get_its_grants() {
+    let name = support::unique_name("infra-datakey");
+    let key = "arn:aws:kms:us-east-1:123456789012:key/2222abcd-12ab-34cd-56ef-1234567890ab";
+    support::deploy_with(
+        &name,
+        &[
+            ("DataKmsKeyArn", key),
+            ("VpcId", "vpc-0123456789abcdef0"),
+            ("AllowedImageOwners", "amazon,111122223333"),
+        ],
+    );
+    for queue in ["intake", "intake-dlq", "events", "events-dlq"] {
+        let url = format!("https://sqs.us-east-1.amazonaws.com/123456789012/{name}-{queue}");
+        let attributes: Value = serde_json::from_str(&support::aws(&[
+            "sqs",
+            "get-queue-attributes",
+            "--endpoint-url",
+            &support::endpoint(),
+            "--queue-url",
+            &url,
+            "--attribute-names",
+            "All",
+            "--output",
+            "json",
+        ]))
+        .expect("JSON");
+        assert_eq!(
+            attributes["Attributes"]["KmsMasterKeyId"], key,
+            "{queue}: {attributes}"
+        );
+    }
+    let grant_of = |role: &str, policy: &str| -> Value {
+        let (_, statements) = role_policies(role)
+            .into_iter()
+            .find(|(p, _)| p == policy)
+            .unwrap_or_else(|| panic!("{role} has no {policy} policy"));
+        assert_eq!(statements.as_array().map(Vec::len), Some(1), "{statements}");
+        statements[0].clone()
+    };
+    let scheduler = grant_of(&format!("{name}-scheduler"), "data-key");
+    assert_eq!(scheduler["Resource"], key);
+    assert_eq!(
+        scheduler["Condition"]["StringEquals"]["kms:ViaService"],
+        serde_json::json!([
+            "dynamodb.us-east-1.amazonaws.com",
+            "sqs.us-east-1.amazonaws.com"
+        ])
+    );
+    let instance = grant_of(&format!("{name}-instance"), "events-queue-key");
+    assert_eq!(
+        instance["Action"],
+        serde_json::json!(["kms:GenerateDataKey", "kms:Decrypt"])
+    );
+    assert_eq!(
+        instance["Condition"]["StringEquals"]["kms:ViaService"],
+        "sqs.us-east-1.amazonaws.com"
     );
 }
 
@@ -239,4 +325,82 @@ fn the_scheduler_role_may_have_ec2_use_exactly_the_root_volume_keys_it_is_given(
             ]
         );
     }
+}
+
+#[tokio::test]
+async fn payers_apply_refuses_an_instance_profile_outside_the_path_or_another_payers() {
+    let name = support::unique_name("infra-owners");
+    support::deploy(&name);
+    let outputs = support::deploy_payer(&name, "cedar-plan", &[]);
+    let own = outputs["InstanceProfileName"].clone();
+    // An instance profile made by hand, at the root path: the scheduler may not pass its role.
+    let outside = format!("{name}-by-hand");
+    support::aws(&[
+        "iam",
+        "create-instance-profile",
+        "--instance-profile-name",
+        &outside,
+    ]);
+    let sdk = support::sdk_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let (subnets, sgs) = support::emulator_network(&ec2).await;
+    let dir = std::env::temp_dir().join(format!("mayfly-owners-{name}"));
+    support::write_profiles_for(&name, &subnets, &sgs, &dir);
+    let point = |payer: &str, profile: &str| {
+        let file = dir.join(format!("{payer}.toml"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut doc: toml::Table = toml::from_str(&text).unwrap();
+        doc["launch"]
+            .as_table_mut()
+            .unwrap()
+            .insert("instance_profile".into(), profile.into());
+        std::fs::write(&file, toml::to_string(&doc).unwrap()).unwrap();
+    };
+    point("cedar-plan", &own);
+    point("harbor-health", &own);
+    point("prairie-mutual", &outside);
+    let dir_s = dir.display().to_string();
+
+    let diff = support::mayfly(&name, &["payers", "diff", &dir_s]);
+    let text = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        text.contains(&format!(
+            "refused: launch.instance_profile: instance profile {own} is already payer cedar-plan's"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "refused: launch.instance_profile: instance profile {outside} is at IAM path /, outside /mayfly/{name}/"
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("refused:").count(),
+        2,
+        "cedar-plan's own is fine: {text}"
+    );
+
+    let apply = support::mayfly(&name, &["payers", "apply", &dir_s]);
+    let stderr = String::from_utf8_lossy(&apply.stderr);
+    assert_eq!(apply.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nothing applied"), "{stderr}");
+    assert!(
+        stderr.contains("harbor-health") && stderr.contains("prairie-mutual"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("launch.instance_profile"), "{stderr}");
+    let listed = support::mayfly(&name, &["--output", "json", "payers", "list"]);
+    let rows: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows, serde_json::json!([]), "nothing written");
+
+    // Each payer on its own role (or on the deployment's, which reads nothing): applied.
+    point("harbor-health", &format!("{name}-instance"));
+    point("prairie-mutual", &format!("{name}-instance"));
+    let apply = support::mayfly(&name, &["payers", "apply", &dir_s]);
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
 }

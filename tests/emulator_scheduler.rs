@@ -38,6 +38,7 @@ async fn world() -> (World, Clients) {
         intake: queue(names.intake_queue()).await,
         intake_dlq: queue(names.intake_dlq()).await,
         events: queue(names.events_queue()).await,
+        events_fake: None,
         events_dlq: queue(names.events_dlq()).await,
         compute: Arc::new(FaultyCompute::new(Arc::new(Ec2Compute::new(
             clients.ec2.clone(),

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 use mayfly::fakes::{FakeLedger, FakeQueue};
-use support::world::{on_fakes as world, request, t0, Fault, World};
+use support::world::{instance_sender, on_fakes as world, request, t0, Fault, World};
 
 fn event(kind: EventKind, job_id: &str, attempt: u32, instance_id: &str) -> InstanceEvent {
     InstanceEvent {
@@ -33,8 +33,15 @@ fn sqs(records: &[(&str, String)]) -> Trigger {
     let records: Vec<Value> = records
         .iter()
         .map(|(id, body)| {
+            // SQS names the sender: for an event, the instance it names (as its instance
+            // profile's role); anything else comes from a producer's IAM user.
+            let sender = serde_json::from_str::<Value>(body)
+                .ok()
+                .and_then(|v| v["instance_id"].as_str().map(instance_sender))
+                .unwrap_or_else(|| "AIDAFAKEPRODUCER0001".to_owned());
             json!({"messageId": id, "receiptHandle": format!("rh-{id}"), "body": body,
-                   "attributes": {"ApproximateReceiveCount": "1"}, "eventSource": "aws:sqs",
+                   "attributes": {"ApproximateReceiveCount": "1", "SenderId": sender},
+                   "eventSource": "aws:sqs",
                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:fake-events"})
         })
         .collect();

@@ -117,9 +117,16 @@ async fn demo_workload_runs_end_to_end() {
 
     let ledger = DynamoLedger::new(clients.dynamodb.clone(), names.jobs_table());
     let deadline = Instant::now() + Duration::from_secs(240);
+    // Every AWS operation the passes make, as the counting layer records them.
+    let mut operations = std::collections::BTreeSet::new();
     let jobs = loop {
-        let pass = mayfly(&name, &["tick"]);
+        let pass = mayfly(&name, &["--output", "json", "tick"]);
         assert!(pass.status.code().is_some());
+        if let Ok(report) = serde_json::from_slice::<serde_json::Value>(&pass.stdout) {
+            if let Some(calls) = report["aws_calls"].as_object() {
+                operations.extend(calls.keys().cloned());
+            }
+        }
         let jobs = all_jobs(&ledger).await;
         if jobs.len() == 8 && jobs.iter().all(|j| j.state.is_terminal()) {
             break jobs;
@@ -135,6 +142,24 @@ async fn demo_workload_runs_end_to_end() {
     };
     fleet.kill().ok();
     fleet.wait().ok();
+
+    // Each of them is one the IAM policy test checks the scheduler role grants
+    // (tests/iam/operations.json, tests/iam_policies.rs): a new call cannot ship without it.
+    let listed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::path("tests/iam/operations.json")).unwrap(),
+    )
+    .unwrap();
+    let granted = listed["roles"]["scheduler"].as_object().unwrap();
+    assert!(operations.contains("EC2.RunInstances"), "{operations:?}");
+    let unlisted: Vec<&String> = operations
+        .iter()
+        .filter(|op| !granted.contains_key(op.as_str()))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "operations the passes made that tests/iam/operations.json does not list (add each \
+         with the request IAM authorises, and grant it in infra/mayfly.yaml): {unlisted:?}"
+    );
 
     let ctx = ValidateContext {
         catalog: Catalog::shipped(),

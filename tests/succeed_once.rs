@@ -37,6 +37,7 @@ fn rig_with(clock: Option<Arc<ManualClock>>) -> Rig {
     let w = World {
         ledger: ledger.clone(),
         events: events.clone(),
+        events_fake: Some(events.clone()),
         compute: Arc::new(FaultyCompute::new(ec2.clone())),
         clock: clock.map(|c| c as Arc<dyn mayfly::clock::Clock>),
         ..on_fakes()

@@ -31,13 +31,13 @@ impl IdentityChecks for IamReader {
             .send()
             .await
             .map_err(aws_error)?;
-        let roles = out
-            .instance_profile()
-            .map(|p| p.roles().iter().map(|r| r.role_name().to_owned()).collect())
-            .unwrap_or_default();
+        let profile = out.instance_profile();
+        let roles = profile.map(|p| p.roles()).unwrap_or_default();
         Ok(InstanceProfileInfo {
             name: name.to_owned(),
-            roles,
+            path: profile.map_or("/", |p| p.path()).to_owned(),
+            roles: roles.iter().map(|r| r.role_name().to_owned()).collect(),
+            role_paths: roles.iter().map(|r| r.path().to_owned()).collect(),
         })
     }
 

@@ -80,6 +80,7 @@ impl Queue for SqsQueue {
             .max_number_of_messages(max)
             .wait_time_seconds(wait)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SenderId)
             .send()
             .await
             .map_err(|e| queue_error("ReceiveMessage", &self.url, e))?;
@@ -195,9 +196,14 @@ fn to_message(m: &aws_sdk_sqs::types::Message) -> Option<Message> {
         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
+    let sender_id = m
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::SenderId))
+        .cloned();
     Some(Message {
         message_id: message_id.to_owned(),
         body: m.body().unwrap_or_default().to_owned(),
+        sender_id,
         receipt: receipt.to_owned(),
         receive_count,
     })
@@ -261,6 +267,10 @@ mod tests {
             .receipt_handle("r-1")
             .body("{}")
             .attributes(MessageSystemAttributeName::ApproximateReceiveCount, "3")
+            .attributes(
+                MessageSystemAttributeName::SenderId,
+                "AROAEXAMPLEROLEID:i-0123456789abcdef0",
+            )
             .build();
         assert_eq!(
             to_message(&m),
@@ -269,6 +279,7 @@ mod tests {
                 body: "{}".into(),
                 receipt: "r-1".into(),
                 receive_count: 3,
+                sender_id: Some("AROAEXAMPLEROLEID:i-0123456789abcdef0".into()),
             })
         );
         let no_receipt = aws_sdk_sqs::types::Message::builder()

@@ -14,7 +14,7 @@ use crate::ledger_index::Retention;
 use crate::names::Names;
 use crate::ports::{ConfigStore, Ledger, QueueError, StoreError};
 use crate::ratelimit::Ec2Limits;
-use crate::scheduler::{Deps, Scheduler, Settings, TickError};
+use crate::scheduler::{Deps, EventSenders, Scheduler, Settings, TickError};
 use crate::userdata::{InstanceEnv, TemplateUserData};
 
 /// The real adapters of one deployment.
@@ -171,6 +171,14 @@ impl App {
 
     /// A scheduler wired to this deployment.
     pub async fn scheduler(&self, pass: &PassArgs) -> Result<Scheduler, CliError> {
+        if pass.unverified_event_senders && self.endpoint_url.is_none() {
+            return Err(CliError::Invalid(
+                "--unverified-event-senders (MAYFLY_UNVERIFIED_EVENT_SENDERS): only against an \
+                 emulator (--endpoint-url or AWS_ENDPOINT_URL); on AWS, SQS names every \
+                 event's sender and mayfly applies an event only from the instance it names"
+                    .into(),
+            ));
+        }
         let events = self.queue(self.names.events_queue()).await?;
         let events_url = events.url().to_owned();
         let env = InstanceEnv {
@@ -199,6 +207,9 @@ impl App {
             .root_volume_kms_key
             .clone_from(&pass.root_volume_kms_key);
         settings.max_launches = pass.max_launches;
+        if pass.unverified_event_senders {
+            settings.event_senders = EventSenders::Unverified;
+        }
         settings.lost_grace = chrono::Duration::seconds(pass.reap.lost_grace.as_secs() as i64);
         settings.orphan_grace = chrono::Duration::seconds(pass.reap.orphan_grace.as_secs() as i64);
         Ok(Scheduler::new(deps, settings).with_quotas(Arc::new(self.quotas())))

@@ -8,6 +8,7 @@ mod jobs;
 mod ledger;
 mod offline;
 mod pass;
+mod payer_roles;
 mod payers;
 mod preflight;
 mod progress;
@@ -394,6 +395,11 @@ pub struct PassArgs {
     /// scheduler role needs grants on the key (infra/README.md, RootVolumeKmsKeyArn).
     #[arg(long, env = "MAYFLY_ROOT_VOLUME_KMS_KEY", value_name = "KEY", value_parser = parse_kms_key)]
     pub root_volume_kms_key: Option<String>,
+    /// Apply instance events without checking that the instance they name sent them (SQS's
+    /// SenderId). Only for an emulator whose SenderId is a constant (moto's is): refused
+    /// without an endpoint override. On AWS every event must come from its own instance.
+    #[arg(long, env = "MAYFLY_UNVERIFIED_EVENT_SENDERS")]
+    pub unverified_event_senders: bool,
     #[command(flatten)]
     pub caps: CapsArgs,
     #[command(flatten)]

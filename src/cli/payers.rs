@@ -1,12 +1,13 @@
 //! `mayfly payers diff|apply|list|show|pause|resume`: the config table, from profile files.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use chrono::Utc;
 use serde::Serialize;
 
-use super::{emit, App, CliError, Output, PayersCommand};
+use super::{emit, payer_roles, App, CliError, Output, PayersCommand};
 use crate::catalog::Catalog;
 use crate::plan_view::table;
 use crate::ports::{ConfigStore, StoreError};
@@ -27,6 +28,21 @@ pub(super) async fn run(app: &App, output: Output, cmd: PayersCommand) -> Result
         } => {
             let mut report = compare(app, store.as_ref(), &paths, caps.caps()).await?;
             report.dry_run = dry_run;
+            let refused: Vec<String> = report
+                .payers
+                .iter()
+                .filter(|p| p.status != Status::Unchanged)
+                .filter_map(|p| {
+                    let why = p.refused.as_deref()?;
+                    Some(format!("{} ({}): {why}", p.payer_id, p.source))
+                })
+                .collect();
+            if !refused.is_empty() {
+                return Err(CliError::Invalid(format!(
+                    "nothing applied: {}",
+                    refused.join("; ")
+                )));
+            }
             if !dry_run {
                 for p in report
                     .payers
@@ -231,6 +247,10 @@ struct PayerDiff {
     /// The stored row's circuit-breaker pause, which applying a changed profile lifts.
     #[serde(skip)]
     breaker_pause: Option<String>,
+    /// Why `payers apply` refuses the profile (its instance profile is outside the
+    /// deployment's IAM path, or already another payer's); the reason names the field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +275,7 @@ async fn compare(
     super::offline::require_profiles(paths, "give profile files (*.toml) or directories of them")?;
     let files = profile::expand_paths(paths).map_err(|e| CliError::Invalid(e.to_string()))?;
     let mut out = Vec::new();
+    let mut launch_profiles = Vec::new();
     for file in files {
         let payers = profile::load_and_validate(std::slice::from_ref(&file), &ctx)
             .map_err(|e| CliError::Invalid(e.to_string()))?;
@@ -276,6 +297,7 @@ async fn compare(
                 .as_ref()
                 .filter(|row| row.paused_by_breaker && status == Status::Changed)
                 .and_then(|row| row.paused.clone());
+            launch_profiles.push(payer.profile.launch.instance_profile.clone());
             out.push(PayerDiff {
                 payer_id: payer.id().to_owned(),
                 source: file.display().to_string(),
@@ -286,9 +308,11 @@ async fn compare(
                 resumed: None,
                 profile: (status != Status::Unchanged).then_some(payer.profile),
                 breaker_pause,
+                refused: None,
             });
         }
     }
+    check_instance_profiles(app, store, &mut out, &launch_profiles).await?;
     Ok(DiffReport {
         dry_run: true,
         payers: out,
@@ -326,6 +350,9 @@ impl fmt::Display for DiffReport {
                     "    resumed: the circuit breaker's pause is lifted ({why})"
                 )?;
             }
+            if let Some(why) = &p.refused {
+                writeln!(f, "    refused: {why}")?;
+            }
             if let Some(why) = &p.breaker_pause {
                 writeln!(
                     f,
@@ -344,6 +371,46 @@ impl fmt::Display for DiffReport {
         }
         Ok(())
     }
+}
+
+/// Sets each payer's `refused` when its instance profile (`launch_profiles`, in the same
+/// order) is outside the deployment's IAM path or already another payer's: one the config
+/// table holds for a payer not in these files, or an earlier payer of these files.
+async fn check_instance_profiles(
+    app: &App,
+    store: &dyn ConfigStore,
+    payers: &mut [PayerDiff],
+    launch_profiles: &[String],
+) -> Result<(), CliError> {
+    let deployment = app.names.cluster();
+    let mut owners: BTreeMap<String, String> = store
+        .list()
+        .await
+        .map_err(|e| runtime(app, e))?
+        .into_iter()
+        .filter(|row| !payers.iter().any(|p| p.payer_id == row.profile.payer_id))
+        .map(|row| (row.profile.launch.instance_profile, row.profile.payer_id))
+        .collect();
+    let iam = app.iam();
+    for (p, name) in payers.iter_mut().zip(launch_profiles) {
+        let found = payer_roles::look_up(&iam, deployment, name)
+            .await
+            .map_err(|e| {
+                CliError::Runtime(format!(
+                    "{}: reading instance profile {name} ({e}); `payers apply` checks that a \
+                     payer's instance profile is this deployment's and no other payer's \
+                     (iam:GetInstanceProfile)",
+                    p.payer_id
+                ))
+            })?;
+        p.refused = payer_roles::refusal(deployment, &p.payer_id, name, &found, &owners);
+        if p.refused.is_none() && found != payer_roles::Found::Deployment {
+            owners
+                .entry(name.clone())
+                .or_insert_with(|| p.payer_id.clone());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]

@@ -97,15 +97,23 @@ impl FakeAccount {
         );
     }
 
-    /// Creates an instance profile holding `roles` (which exist from then on).
+    /// Creates an instance profile holding `roles` (which exist from then on), at the IAM
+    /// path `/`.
     pub fn add_instance_profile(&self, name: &str, roles: &[&str]) {
+        self.add_instance_profile_at("/", name, roles);
+    }
+
+    /// Creates an instance profile and its `roles`, both under the IAM path `path`.
+    pub fn add_instance_profile_at(&self, path: &str, name: &str, roles: &[&str]) {
         let mut s = self.lock();
         s.roles.extend(roles.iter().map(|r| (*r).to_owned()));
         s.profiles.insert(
             name.to_owned(),
             InstanceProfileInfo {
                 name: name.to_owned(),
+                path: path.to_owned(),
                 roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                role_paths: roles.iter().map(|_| path.to_owned()).collect(),
             },
         );
     }

@@ -1,7 +1,10 @@
 //! An in-memory SQS queue: messages become invisible when received and come back when their
 //! receipt is not deleted before `expire_receipts` (the visibility timeout, made explicit).
 //! Like SQS, a short poll (no wait) may miss messages that are there (`miss_short_polls`),
-//! and a redrive policy (`redrive_after`) moves a message received too often aside.
+//! and a redrive policy (`redrive_after`) moves a message received too often aside. Like SQS,
+//! it stamps each message with its sender (`SenderId`): [`Queue::send`] sends as the queue's
+//! default caller (an IAM user), [`FakeQueue::send_as`] as a given identity, such as an
+//! instance role's `<role id>:<instance id>`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -11,12 +14,17 @@ use async_trait::async_trait;
 
 use crate::ports::{Message, Queue, QueueError};
 
+/// The sender of [`Queue::send`]: an IAM user's id, as SQS stamps it (the scheduler's own
+/// moves, a producer's requests).
+pub const DEFAULT_SENDER: &str = "AIDAFAKEQUEUECALLER01";
+
 #[derive(Debug, Clone)]
 struct Stored {
     id: String,
     body: String,
     attributes: Vec<(String, String)>,
     receive_count: u32,
+    sender_id: String,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +96,25 @@ impl FakeQueue {
             .collect()
     }
 
+    /// Sends as `sender_id`, the identity SQS would stamp on the message (for an instance's
+    /// role, `<role id>:<instance id>`).
+    pub fn send_as(&self, sender_id: &str, body: &str, attributes: &[(&str, &str)]) -> String {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = format!("m-{}", s.next_id);
+        s.visible.push_back(Stored {
+            id: id.clone(),
+            body: body.to_owned(),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            receive_count: 0,
+            sender_id: sender_id.to_owned(),
+        });
+        id
+    }
+
     /// ReceiveMessage and DeleteMessageBatch calls made so far.
     pub fn calls(&self) -> (u64, u64) {
         let s = self.lock();
@@ -121,6 +148,7 @@ impl Queue for FakeQueue {
                 body: m.body.clone(),
                 receipt: receipt.clone(),
                 receive_count: m.receive_count,
+                sender_id: Some(m.sender_id.clone()),
             });
             s.in_flight.push((receipt, m));
         }
@@ -143,19 +171,7 @@ impl Queue for FakeQueue {
     }
 
     async fn send(&self, body: &str, attributes: &[(&str, &str)]) -> Result<String, QueueError> {
-        let mut s = self.lock();
-        s.next_id += 1;
-        let id = format!("m-{}", s.next_id);
-        s.visible.push_back(Stored {
-            id: id.clone(),
-            body: body.to_owned(),
-            attributes: attributes
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            receive_count: 0,
-        });
-        Ok(id)
+        Ok(self.send_as(DEFAULT_SENDER, body, attributes))
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {

@@ -44,6 +44,9 @@ pub struct SqsRecord {
 pub struct SqsAttributes {
     #[serde(default)]
     pub approximate_receive_count: Option<String>,
+    /// Who sent the message (`<role id>:<instance id>` for an instance's role).
+    #[serde(default)]
+    pub sender_id: Option<String>,
 }
 
 impl SqsRecord {
@@ -58,6 +61,7 @@ impl SqsRecord {
                 .as_deref()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(1),
+            sender_id: self.attributes.sender_id.clone(),
         }
     }
 }
@@ -192,7 +196,9 @@ pub async fn handle_within(
                     Fate::Again => false,
                     // Moved aside with the reason by mayfly itself: the events queue has no
                     // redrive, so that no valid event is ever dead-lettered by counting.
-                    Fate::Malformed(reason) => scheduler.dead_letter_event(&r.body, reason).await,
+                    Fate::Malformed(reason) | Fate::Refused(reason) => {
+                        scheduler.dead_letter_event(&r.body, reason).await
+                    }
                 };
                 if !done {
                     batch_item_failures.push(ItemFailure {

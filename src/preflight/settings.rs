@@ -163,16 +163,19 @@ async fn check_instance_profile(
         ));
         return;
     };
-    // infra/mayfly.yaml lets the scheduler pass only the deployment's instance role.
+    // infra/mayfly.yaml lets the scheduler pass the deployment's instance role and the roles
+    // under its IAM path (infra/payer.yaml's).
     let granted = format!("{}-instance", s.settings.cluster);
-    if *role != granted {
+    let path = crate::names::payer_role_path(&s.settings.cluster);
+    let under_path = profile.role_paths.first() == Some(&path);
+    if *role != granted && !under_path {
         found.warnings.push(Finding::new(
             payer,
             Scope::payer(),
             Check::PassRole,
             "PassRoleNotGranted",
             format!(
-                "instance profile {name} holds role {role}; infra/mayfly.yaml lets the scheduler pass only {granted} (add {role} to its pass-instance-role policy)"
+                "instance profile {name} holds role {role}; infra/mayfly.yaml lets the scheduler pass only {granted} and the roles under {path} (create the payer's role with infra/payer.yaml)"
             ),
         ));
     }

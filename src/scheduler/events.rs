@@ -3,6 +3,14 @@
 //! the ledger and it adds something new; all of one job's events in a pass are one write.
 //! One applier, [`apply_messages`], takes messages from either source: the events queue
 //! (read by the pass) or an SQS event handed to the Lambda function.
+//!
+//! An event proves its sender: SQS stamps every message with the sender's identity
+//! (`SenderId`), for an instance profile's role `<role id>:<instance id>`. An event whose
+//! sender is not the instance it names is refused — moved to the events DLQ with the reason
+//! and counted — and changes nothing: one payer's instance cannot report another's job. An
+//! event that would record a `launching` attempt's instance must also name an instance EC2
+//! lists for that attempt by its tags, since the sender check proves only that the instance
+//! spoke for itself.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +24,34 @@ use crate::ports::{Message, StoreError};
 use crate::profile::Payer;
 use crate::retry::FailureCause;
 use chrono::{DateTime, Utc};
+
+/// Whether events must prove their sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSenders {
+    /// An event is applied only when SQS says the instance it names sent it.
+    Verified,
+    /// Every sender is taken at its word: only for an emulator whose `SenderId` is a constant
+    /// (moto stamps every message `AIDAIT2UOQQY3AUEKVGXU`, whoever sent it).
+    Unverified,
+}
+
+/// Why a message's sender (SQS's `SenderId`) is not the instance its event names, if it is
+/// not. An EC2 instance profile's role sends as `<role id>:<instance id>` (EC2 names the
+/// role session after the instance); anything else — an IAM user, another instance, no
+/// sender at all — cannot speak for the instance.
+pub fn sender_mismatch(sender_id: Option<&str>, instance_id: &str) -> Option<String> {
+    let Some(sender) = sender_id else {
+        return Some(format!(
+            "sender: the message has no SenderId, so nothing proves instance {instance_id} sent it"
+        ));
+    };
+    match sender.split_once(':') {
+        Some((_role, session)) if session == instance_id => None,
+        _ => Some(format!(
+            "sender: the event names instance {instance_id} but was sent by {sender} (SQS              SenderId); an instance may report only on itself"
+        )),
+    }
+}
 
 /// Whether an event matched the ledger, and what it did.
 enum Outcome {
@@ -206,6 +242,9 @@ pub enum Fate {
     Done,
     /// Not an instance event; the reason names the field.
     Malformed(String),
+    /// Its sender could not speak for the instance it names: moved to the events DLQ with
+    /// the reason, like a malformed one, and nothing applied.
+    Refused(String),
     /// Not applied yet (the ledger could not be read or written): it must be delivered again.
     Again,
 }
@@ -294,7 +333,7 @@ async fn drain(
         match fate {
             Fate::Done => done.push(m.receipt.clone()),
             Fate::Again => {}
-            Fate::Malformed(reason) => match s
+            Fate::Malformed(reason) | Fate::Refused(reason) => match s
                 .deps
                 .events_dlq
                 .send(&m.body, &[(crate::names::ERROR_ATTRIBUTE, &reason)])
@@ -331,7 +370,22 @@ pub(super) async fn apply_messages(
     let mut by_job: BTreeMap<String, Vec<(InstanceEvent, usize)>> = BTreeMap::new();
     for (i, m) in messages.iter().enumerate() {
         match InstanceEvent::parse(&m.body) {
-            Ok(e) => by_job.entry(e.job_id.clone()).or_default().push((e, i)),
+            Ok(e) => {
+                let refused = match s.settings.event_senders {
+                    EventSenders::Verified => {
+                        sender_mismatch(m.sender_id.as_deref(), &e.instance_id)
+                    }
+                    EventSenders::Unverified => None,
+                };
+                match refused {
+                    Some(reason) => {
+                        tracing::warn!(message_id = %m.message_id, job_id = %e.job_id, instance_id = %e.instance_id, reason = %reason, "Refused an instance event: its sender is not the instance it names.");
+                        report.refused += 1;
+                        fates[i] = Fate::Refused(reason);
+                    }
+                    None => by_job.entry(e.job_id.clone()).or_default().push((e, i)),
+                }
+            }
             Err(err) => {
                 let reason = err.to_string();
                 tracing::warn!(message_id = %m.message_id, reason = %reason, "Malformed instance event.");
@@ -385,6 +439,9 @@ async fn apply_to_job(
                 report.errors.push(format!("reading job {job_id}: {e}"));
                 return;
             }
+        };
+        let Some(events) = verify_claims(s, &job, &events, report, fates).await else {
+            return;
         };
         let payer = payers.iter().find(|p| p.id() == job.payer_id);
         let expected = job.version;
@@ -486,5 +543,112 @@ async fn apply_to_job(
             fates[i] = Fate::Done;
         }
         return;
+    }
+}
+
+/// With verified senders, an event must name the instance its attempt ran on: an event
+/// whose attempt the ledger records on another instance is refused (its sender is a real
+/// instance, reporting on a job not its own). One that would record a `launching` attempt's
+/// instance must name an instance EC2 lists for that attempt by its tags; when EC2 lists none
+/// yet (a launch it does not show yet), it is left to be delivered again. Returns the events
+/// to apply; the others' fates are set here. `None` when EC2 could not be asked: every event
+/// is delivered again.
+async fn verify_claims(
+    s: &Scheduler,
+    job: &Job,
+    events: &[(InstanceEvent, usize)],
+    report: &mut EventsReport,
+    fates: &mut [Fate],
+) -> Option<Vec<(InstanceEvent, usize)>> {
+    if s.settings.event_senders == EventSenders::Unverified {
+        return Some(events.to_vec());
+    }
+    let adopting = job.state == JobState::Launching
+        && job
+            .current_attempt()
+            .is_some_and(|a| a.instance_id.is_none())
+        && events.iter().any(|(e, _)| e.attempt == job.attempt);
+    let listed: Vec<String> = if adopting {
+        match s
+            .deps
+            .compute
+            .find_attempt(&s.settings.cluster, &job.job_id, job.attempt)
+            .await
+        {
+            Ok(found) => found.into_iter().map(|m| m.instance_id).collect(),
+            Err(e) => {
+                report.errors.push(format!(
+                    "looking up job {} attempt {} to check the instance its event names: {e}",
+                    job.job_id, job.attempt
+                ));
+                return None;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let mut keep = Vec::new();
+    for (e, i) in events {
+        let recorded = job
+            .attempts
+            .iter()
+            .find(|a| a.number == e.attempt)
+            .map(|a| a.instance_id.as_deref());
+        let refused = match recorded {
+            Some(Some(id)) if id != e.instance_id => Some(format!(
+                "instance_id: job {} attempt {} ran on {id}, not on {}; an instance may report \
+                 only on its own job",
+                job.job_id, e.attempt, e.instance_id
+            )),
+            Some(None) if adopting && e.attempt == job.attempt => {
+                if listed.is_empty() {
+                    // EC2 shows no instance of the attempt yet: deliver it again.
+                    continue;
+                }
+                (!listed.contains(&e.instance_id)).then(|| {
+                    format!(
+                        "instance_id: job {} attempt {} is launching on {} (by its tags), not \
+                         on {}; an instance may report only on its own job",
+                        job.job_id,
+                        e.attempt,
+                        listed.join(", "),
+                        e.instance_id
+                    )
+                })
+            }
+            _ => None,
+        };
+        match refused {
+            None => keep.push((e.clone(), *i)),
+            Some(reason) => {
+                if !matches!(fates[*i], Fate::Refused(_)) {
+                    tracing::warn!(job_id = %job.job_id, instance_id = %e.instance_id, reason = %reason, "Refused an instance event: its instance is not the job's.");
+                    report.refused += 1;
+                }
+                fates[*i] = Fate::Refused(reason);
+            }
+        }
+    }
+    Some(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sender_mismatch;
+
+    #[test]
+    fn only_the_named_instance_may_send_its_event() {
+        let own = "AROA3EXAMPLEROLEID01:i-0123456789abcdef0";
+        assert_eq!(sender_mismatch(Some(own), "i-0123456789abcdef0"), None);
+        for sender in [
+            Some("AROA3EXAMPLEROLEID01:i-0fedcba9876543210"),
+            Some("AIDAIT2UOQQY3AUEKVGXU"),
+            Some("AROA3EXAMPLEROLEID01:i-0123456789abcdef0x"),
+            None,
+        ] {
+            let why = sender_mismatch(sender, "i-0123456789abcdef0")
+                .unwrap_or_else(|| panic!("{sender:?} may not speak for the instance"));
+            assert!(why.starts_with("sender: "), "{why}");
+        }
     }
 }

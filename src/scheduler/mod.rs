@@ -26,7 +26,7 @@ use crate::ports::{Compute, ConfigStore, Ledger, Queue, StoreError};
 use crate::profile::{GlobalCaps, Payer};
 
 pub use crate::names::ERROR_ATTRIBUTE;
-pub use events::Fate;
+pub use events::{sender_mismatch, EventSenders, Fate};
 pub use ingest::validate as validate_request;
 pub use launch::client_token;
 pub(crate) use launch::request_for;
@@ -89,6 +89,10 @@ pub struct Settings {
     /// The deployment's KMS key for root volumes, for payers whose profile names none
     /// (`launch.root_volume_kms_key` wins); `None`: the account's default EBS key.
     pub root_volume_kms_key: Option<String>,
+    /// Whether an instance event is applied only when the instance it names sent it (SQS's
+    /// `SenderId`). [`EventSenders::Unverified`] is for an emulator that stamps no real
+    /// sender (moto): the CLI allows it only with an endpoint override.
+    pub event_senders: EventSenders,
 }
 
 impl Settings {
@@ -103,6 +107,7 @@ impl Settings {
             lost_grace: chrono::Duration::seconds(120),
             orphan_grace: chrono::Duration::seconds(300),
             root_volume_kms_key: None,
+            event_senders: EventSenders::Verified,
         }
     }
 }

@@ -112,6 +112,7 @@ async fn run_fleet(sdk: &SdkConfig, name: &str, work: &Path, faults: &[&str]) ->
         exit_when_idle: Some(Duration::from_millis(1500)),
         max_runtime: Some(Duration::from_secs(120)),
         aws: InstanceAws::from_sdk(sdk).await.expect("emulator settings"),
+        instance_roles: false,
     };
     let report = Fleet::on_ec2(config, sdk)
         .run(std::future::pending())

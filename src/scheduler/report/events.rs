@@ -16,6 +16,10 @@ pub struct EventsReport {
     /// Unparseable events: moved to the events DLQ with the reason (by the pass that read
     /// them, or by the Lambda function they were handed to).
     pub malformed: u32,
+    /// Events whose sender could not speak for the instance they name (SQS's `SenderId`,
+    /// or an instance EC2 does not list for the launching attempt): moved to the events DLQ
+    /// with the reason, nothing applied.
+    pub refused: u32,
     pub succeeded: u32,
     pub failed: u32,
     /// `launching` attempts whose instance was recorded from its own event (the launching
@@ -43,6 +47,7 @@ impl EventsReport {
             *self.ignored.entry(why.clone()).or_default() += n;
         }
         self.malformed += other.malformed;
+        self.refused += other.refused;
         self.succeeded += other.succeeded;
         self.failed += other.failed;
         self.adopted += other.adopted;

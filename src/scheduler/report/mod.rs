@@ -338,8 +338,8 @@ impl fmt::Display for PassReport {
             let ignored: u32 = e.ignored.values().sum();
             writeln!(
                 f,
-                "Events:  {} received, {} applied, {} duplicate, {} ignored, {} malformed; {} succeeded, {} failed",
-                e.received, e.applied, e.duplicates, ignored, e.malformed, e.succeeded, e.failed
+                "Events:  {} received, {} applied, {} duplicate, {} ignored, {} malformed, {} refused; {} succeeded, {} failed",
+                e.received, e.applied, e.duplicates, ignored, e.malformed, e.refused, e.succeeded, e.failed
             )?;
             for (why, n) in &e.ignored {
                 writeln!(f, "           {n:>6}  ignored: {why}")?;

@@ -15,7 +15,9 @@ use mayfly::fakes::{FakeCompute, FakeConfigStore, FakeLedger, FakeQueue};
 use mayfly::job::{Job, JobState};
 use mayfly::ports::{ConfigStore, LaunchRequest, Ledger, ManagedInstance, Queue};
 use mayfly::profile::{self, GlobalCaps, PayerProfile, ValidateContext};
-use mayfly::scheduler::{Deps, PassReport, Scheduler, Settings, TickOptions, UserDataSource};
+use mayfly::scheduler::{
+    Deps, EventSenders, PassReport, Scheduler, Settings, TickOptions, UserDataSource,
+};
 
 mod doubles;
 mod events;
@@ -39,6 +41,10 @@ pub struct World {
     pub intake: Arc<dyn Queue>,
     pub intake_dlq: Arc<dyn Queue>,
     pub events: Arc<dyn Queue>,
+    /// `events` itself when it is the in-memory queue: instances then send with their own
+    /// `SenderId` and the scheduler applies an event only from the instance it names. `None`
+    /// on the emulator, whose `SenderId` is a constant: senders are not verified there.
+    pub events_fake: Option<Arc<FakeQueue>>,
     pub events_dlq: Arc<dyn Queue>,
     pub compute: Arc<FaultyCompute>,
     pub user_data: Arc<dyn UserDataSource>,
@@ -52,13 +58,15 @@ pub struct World {
 
 /// A deployment on the in-memory fakes, with the network names the fakes accept.
 pub fn on_fakes() -> World {
+    let events = Arc::new(FakeQueue::new());
     World {
         cluster: "fake".into(),
         config: Arc::new(FakeConfigStore::new()),
         ledger: Arc::new(FakeLedger::new()),
         intake: Arc::new(FakeQueue::new()),
         intake_dlq: Arc::new(FakeQueue::new()),
-        events: Arc::new(FakeQueue::new()),
+        events: events.clone(),
+        events_fake: Some(events),
         events_dlq: Arc::new(FakeQueue::new()),
         compute: Arc::new(FaultyCompute::new(Arc::new(FakeCompute::new()))),
         user_data: Arc::new(EchoUserData),
@@ -87,6 +95,9 @@ impl World {
         };
         let mut settings = Settings::new(self.cluster.clone());
         settings.max_launches = max_launches;
+        if self.events_fake.is_none() {
+            settings.event_senders = EventSenders::Unverified;
+        }
         let mut scheduler = Scheduler::new(deps, settings);
         // Passes are driven at chosen times: unless a test sets a clock, the moments they
         // record are those times (a clock at the epoch never wins over the pass's own).
@@ -256,6 +267,23 @@ pub async fn submit_workload(w: &World) {
 }
 
 /// Sends an instance event as the instance would.
+/// The `SenderId` SQS stamps on a message an instance sends with its profile's role.
+pub fn instance_sender(instance_id: &str) -> String {
+    format!("AROAFAKEPAYERROLE0001:{instance_id}")
+}
+
 pub async fn send_event(w: &World, e: &mayfly::events::InstanceEvent) {
-    w.events.send(&e.to_json(), &[]).await.expect("send event");
+    match &w.events_fake {
+        Some(fake) => {
+            assert!(
+                std::ptr::addr_eq(Arc::as_ptr(fake), Arc::as_ptr(&w.events)),
+                "World::events_fake must be World::events"
+            );
+            // As SQS stamps an event an instance sends with its instance profile's role.
+            fake.send_as(&instance_sender(&e.instance_id), &e.to_json(), &[]);
+        }
+        None => {
+            w.events.send(&e.to_json(), &[]).await.expect("send event");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
-use super::cloud::UserDataReader;
+use super::cloud::{InstanceRoles, UserDataReader};
 use super::imds::{Control, Imds, ImdsServer, InstanceMetadata};
 use super::session::{self, Session};
 use super::shims::{self, ShimSettings};
@@ -51,6 +51,7 @@ pub(super) enum Boot {
 pub(super) async fn boot(
     config: &FleetConfig,
     user_data: &dyn UserDataReader,
+    roles: Option<&dyn InstanceRoles>,
     instance: &ManagedInstance,
     fault: Option<Fault>,
     control: &UnboundedSender<Control>,
@@ -78,7 +79,24 @@ pub(super) async fn boot(
     if std::fs::read_to_string(&marker).is_ok_and(|seen| seen == launched) {
         return Boot::Skipped(SkipReason::AlreadyBooted);
     }
-    match start(config, instance, &dir, &script, &launched, fault, control).await {
+    // With instance roles on, the instance gets its profile's role credentials, as on EC2.
+    let credentials = match roles {
+        None => None,
+        Some(roles) => match roles.credentials(&instance.instance_id).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "Cannot get the instance's role credentials; retrying next poll.");
+                return Boot::Retry;
+            }
+        },
+    };
+    let boot = Start {
+        script: &script,
+        launched: &launched,
+        fault,
+        credentials,
+    };
+    match start(config, instance, &dir, boot, control).await {
         Ok(live) => Boot::Started {
             dir,
             live: Box::new(live),
@@ -87,16 +105,28 @@ pub(super) async fn boot(
     }
 }
 
+/// What one instance boots with.
+struct Start<'a> {
+    script: &'a [u8],
+    launched: &'a str,
+    fault: Option<Fault>,
+    credentials: Option<super::cloud::RoleCredentials>,
+}
+
 /// Lays out the instance directory, starts its endpoint and runs its script.
 async fn start(
     config: &FleetConfig,
     instance: &ManagedInstance,
     dir: &Path,
-    script: &[u8],
-    launched: &str,
-    fault: Option<Fault>,
+    boot: Start<'_>,
     control: &UnboundedSender<Control>,
 ) -> std::io::Result<Live> {
+    let Start {
+        script,
+        launched,
+        fault,
+        credentials,
+    } = boot;
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
@@ -114,7 +144,9 @@ async fn start(
             .unwrap_or_else(|| format!("{region}a")),
         region,
         user_data: String::from_utf8_lossy(script).into_owned(),
+        credentials,
     };
+    let role_credentials = meta.credentials.is_some();
     let server = ImdsServer::start(Imds::new(meta), control.clone()).await?;
     let bin = dir.join("bin");
     shims::write(
@@ -137,7 +169,7 @@ async fn start(
         server.imds.schedule_spot_notice(notice_at, action_time);
         notice_at + config.spot_warning
     });
-    let env = script_env(config, dir, &bin, &server.endpoint());
+    let env = script_env(config, dir, &bin, &server.endpoint(), role_credentials);
     let session = session::spawn(&script_path, dir, &env, &dir.join("console.log"))?;
     Ok(Live {
         session,
@@ -147,8 +179,16 @@ async fn start(
     })
 }
 
-/// A fresh instance's environment, pointed at the emulator and the local endpoint.
-fn script_env(config: &FleetConfig, dir: &Path, bin: &Path, imds: &str) -> Vec<(String, String)> {
+/// A fresh instance's environment, pointed at the emulator and the local endpoint. With
+/// `role_credentials`, the AWS CLI finds its credentials on the endpoint, as on EC2; without,
+/// it uses the fleet's own.
+fn script_env(
+    config: &FleetConfig,
+    dir: &Path,
+    bin: &Path,
+    imds: &str,
+    role_credentials: bool,
+) -> Vec<(String, String)> {
     let mut path: Vec<PathBuf> = vec![bin.to_path_buf()];
     path.extend(config.tool_dirs.iter().cloned());
     if let Some(inherited) = std::env::var_os("PATH") {
@@ -164,9 +204,18 @@ fn script_env(config: &FleetConfig, dir: &Path, bin: &Path, imds: &str) -> Vec<(
         ("TMPDIR".to_owned(), dir.join("tmp").display().to_string()),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),
         ("MAYFLY_IMDS_ENDPOINT".to_owned(), imds.to_owned()),
-        // The SDKs and the CLI must never look for the real metadata service here.
-        ("AWS_EC2_METADATA_DISABLED".to_owned(), "true".to_owned()),
     ];
-    env.extend(config.aws.env());
+    if role_credentials {
+        // The SDKs and the CLI read the role's credentials from this instance's endpoint.
+        env.push((
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_owned(),
+            format!("{imds}/"),
+        ));
+        env.extend(config.aws.env_without_credentials());
+    } else {
+        // The SDKs and the CLI must never look for the real metadata service here.
+        env.push(("AWS_EC2_METADATA_DISABLED".to_owned(), "true".to_owned()));
+        env.extend(config.aws.env());
+    }
     env
 }

@@ -54,6 +54,11 @@ pub struct FleetArgs {
     /// Exit 0 after this many seconds, killing whatever still runs.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub max_runtime: Option<Duration>,
+    /// Serve each instance its instance profile role's credentials on its metadata endpoint
+    /// (STS AssumeRole, the session named after the instance, as EC2 does) instead of the
+    /// fleet's own: its scripts then call AWS as that role.
+    #[arg(long)]
+    pub instance_roles: bool,
     /// More logging (-v debug); MAYFLY_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -95,6 +100,7 @@ impl FleetArgs {
             exit_when_idle: self.exit_when_idle,
             max_runtime: self.max_runtime,
             aws,
+            instance_roles: self.instance_roles,
         })
     }
 }

@@ -1,12 +1,14 @@
 //! What the fleet needs from EC2 beyond the [`Compute`](mayfly::ports::Compute) port: each
-//! instance's user-data (DescribeInstanceAttribute, base64-decoded), and the AWS settings
-//! its scripts get in their environment.
+//! instance's user-data (DescribeInstanceAttribute, base64-decoded), the credentials of its
+//! instance profile's role (as EC2 hands them to an instance: STS AssumeRole, the session
+//! named after the instance), and the AWS settings its scripts get in their environment.
 
 use std::fmt;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_ec2::config::ProvideCredentials;
+use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_ec2::types::InstanceAttributeName;
 use base64::Engine as _;
 
@@ -53,6 +55,110 @@ impl UserDataReader for Ec2UserData {
                 code: "response".into(),
                 message: format!("user-data of {instance_id} is not base64: {e}"),
             })
+    }
+}
+
+/// Temporary credentials of an instance's role, as its metadata endpoint serves them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RoleCredentials {
+    pub role_name: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    pub expiration: chrono::DateTime<chrono::Utc>,
+}
+
+impl fmt::Debug for RoleCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoleCredentials")
+            .field("role_name", &self.role_name)
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The role credentials EC2 would give an instance.
+#[async_trait]
+pub trait InstanceRoles: Send + Sync {
+    /// Credentials of the role of `instance_id`'s instance profile, assumed with the
+    /// instance id as the session name (so what it sends to SQS carries `SenderId`
+    /// `<role id>:<instance id>`, as on EC2); `None` for an instance without a profile.
+    async fn credentials(&self, instance_id: &str) -> Result<Option<RoleCredentials>, String>;
+}
+
+/// [`InstanceRoles`] on EC2, IAM and STS.
+#[derive(Debug, Clone)]
+pub struct StsInstanceRoles {
+    ec2: aws_sdk_ec2::Client,
+    iam: aws_sdk_iam::Client,
+    sts: aws_sdk_sts::Client,
+}
+
+impl StsInstanceRoles {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        Self {
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            iam: aws_sdk_iam::Client::new(sdk),
+            sts: aws_sdk_sts::Client::new(sdk),
+        }
+    }
+}
+
+#[async_trait]
+impl InstanceRoles for StsInstanceRoles {
+    async fn credentials(&self, instance_id: &str) -> Result<Option<RoleCredentials>, String> {
+        let described = self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "DescribeInstances {instance_id}: {}",
+                    DisplayErrorContext(e)
+                )
+            })?;
+        let Some(profile_arn) = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.iam_instance_profile().and_then(|p| p.arn()))
+        else {
+            return Ok(None);
+        };
+        let name = profile_arn.rsplit('/').next().unwrap_or(profile_arn);
+        let profile = self
+            .iam
+            .get_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .map_err(|e| format!("GetInstanceProfile {name}: {}", DisplayErrorContext(e)))?;
+        let role = profile
+            .instance_profile()
+            .and_then(|p| p.roles().first())
+            .ok_or_else(|| format!("instance profile {name} holds no role"))?;
+        let assumed = self
+            .sts
+            .assume_role()
+            .role_arn(role.arn())
+            .role_session_name(instance_id)
+            .send()
+            .await
+            .map_err(|e| format!("AssumeRole {}: {}", role.arn(), DisplayErrorContext(e)))?;
+        let c = assumed
+            .credentials()
+            .ok_or_else(|| format!("AssumeRole {} returned no credentials", role.arn()))?;
+        let expiration = chrono::DateTime::from_timestamp(c.expiration().secs(), 0)
+            .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::hours(1));
+        Ok(Some(RoleCredentials {
+            role_name: role.role_name().to_owned(),
+            access_key_id: c.access_key_id().to_owned(),
+            secret_access_key: c.secret_access_key().to_owned(),
+            session_token: c.session_token().to_owned(),
+            expiration,
+        }))
     }
 }
 
@@ -104,6 +210,16 @@ impl InstanceAws {
             secret_access_key: creds.secret_access_key().to_owned(),
             session_token: creds.session_token().map(str::to_owned),
         })
+    }
+
+    /// The endpoint and region for an instance's scripts, without credentials: an
+    /// instance that has its role's credentials on its metadata endpoint reads them there.
+    pub fn env_without_credentials(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".to_owned(), self.endpoint_url.clone()),
+            ("AWS_REGION".to_owned(), self.region.clone()),
+            ("AWS_DEFAULT_REGION".to_owned(), self.region.clone()),
+        ]
     }
 
     /// The environment variables for an instance's scripts.

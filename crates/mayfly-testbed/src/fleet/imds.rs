@@ -10,7 +10,10 @@
 //! must carry it in `X-aws-ec2-metadata-token` (401 without a valid, unexpired one). Paths:
 //! `meta-data/instance-id`, `meta-data/instance-type`, `meta-data/placement/availability-zone`,
 //! `meta-data/placement/region`, `meta-data/spot/instance-action` (404 until a spot notice is
-//! due) and `user-data`, all under `/latest/`. Tokens are unguessable enough for loopback, not
+//! due), `user-data`, and, for an instance the fleet gives its role's credentials,
+//! `meta-data/iam/security-credentials/` (the role's name) and
+//! `meta-data/iam/security-credentials/ROLE` (the credentials, as EC2 serves them), all under
+//! `/latest/`. Tokens are unguessable enough for loopback, not
 //! cryptographic.
 //!
 //! Fleet paths (not IMDS, no token): `POST /mayfly/shutdown` (the `shutdown` shim) and
@@ -43,6 +46,8 @@ pub struct InstanceMetadata {
     pub availability_zone: String,
     pub region: String,
     pub user_data: String,
+    /// The instance profile role's credentials, when the fleet serves them.
+    pub credentials: Option<super::cloud::RoleCredentials>,
 }
 
 /// What an instance's shims ask the fleet to do to it.
@@ -177,6 +182,26 @@ impl Imds {
             "/latest/meta-data/placement/availability-zone" => m.availability_zone.clone(),
             "/latest/meta-data/placement/region" => m.region.clone(),
             "/latest/user-data" => m.user_data.clone(),
+            "/latest/meta-data/iam/security-credentials"
+            | "/latest/meta-data/iam/security-credentials/" => match &m.credentials {
+                Some(c) => c.role_name.clone(),
+                None => return Response::new(404, "not found\n"),
+            },
+            p if p.starts_with("/latest/meta-data/iam/security-credentials/") => {
+                match &m.credentials {
+                    Some(c) if p.ends_with(&format!("/{}", c.role_name)) => serde_json::json!({
+                        "Code": "Success",
+                        "LastUpdated": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+                        "Type": "AWS-HMAC",
+                        "AccessKeyId": c.access_key_id,
+                        "SecretAccessKey": c.secret_access_key,
+                        "Token": c.session_token,
+                        "Expiration": c.expiration.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    })
+                    .to_string(),
+                    _ => return Response::new(404, "not found\n"),
+                }
+            }
             "/latest/meta-data/spot/instance-action" => match self.spot_notice(now) {
                 Some(notice) => notice,
                 None => return Response::new(404, "not found\n"),
@@ -276,6 +301,7 @@ mod tests {
             availability_zone: "us-east-1a".into(),
             region: "us-east-1".into(),
             user_data: "#!/bin/bash\n".into(),
+            credentials: None,
         })
     }
 
@@ -297,6 +323,36 @@ mod tests {
         );
         assert_eq!(resp.status, 200, "{}", resp.body);
         resp.body
+    }
+
+    #[test]
+    fn the_role_credentials_are_served_as_ec2_serves_them() {
+        let now = Instant::now();
+        let get = |imds: &Imds, path: &str| {
+            let t = token(imds, "300", now);
+            imds.respond(&req("GET", path, &[(TOKEN_HEADER, &t)]), now)
+                .0
+        };
+        let listing = "/latest/meta-data/iam/security-credentials/";
+        assert_eq!(get(&imds(), listing).status, 404, "no role, no credentials");
+        let with_role = Imds::new(InstanceMetadata {
+            credentials: Some(super::super::cloud::RoleCredentials {
+                role_name: "prod-payer-a-PayerRole-X".into(),
+                access_key_id: "ASIAEXAMPLE".into(),
+                secret_access_key: "secret".into(),
+                session_token: "token".into(),
+                expiration: chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap(),
+            }),
+            ..imds().meta
+        });
+        assert_eq!(get(&with_role, listing).body, "prod-payer-a-PayerRole-X");
+        let creds = get(&with_role, &format!("{listing}prod-payer-a-PayerRole-X"));
+        let json: serde_json::Value = serde_json::from_str(&creds.body).unwrap();
+        assert_eq!(json["Code"], "Success");
+        assert_eq!(json["AccessKeyId"], "ASIAEXAMPLE");
+        assert_eq!(json["Token"], "token");
+        assert_eq!(json["Expiration"], "2030-03-17T17:46:40Z");
+        assert_eq!(get(&with_role, &format!("{listing}other-role")).status, 404);
     }
 
     #[test]

@@ -17,7 +17,12 @@
 //! `<instance dir>/bin`, the tool directories (the project's `.venv/bin`, for the AWS CLI),
 //! then the fleet's own `PATH`; `MAYFLY_IMDS_ENDPOINT` names the instance's metadata endpoint;
 //! `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_DEFAULT_REGION` and the fleet's (dummy) credentials
-//! point the AWS CLI at the emulator; `HOME` is the instance directory.
+//! point the AWS CLI at the emulator; `HOME` is the instance directory. With
+//! `--instance-roles`, the scripts get no credentials in their environment: the instance's
+//! metadata endpoint serves its instance profile role's, assumed with STS and the instance id
+//! as the session name (as EC2 does), and `AWS_EC2_METADATA_SERVICE_ENDPOINT` points the AWS
+//! CLI there; against an emulator that enforces IAM, the instance can do only what its role
+//! allows.
 //!
 //! **Metadata** ([`imds`]): each instance gets its own IMDSv2-compatible endpoint on its own
 //! loopback port, as each EC2 instance has its own `169.254.169.254`: no instance id travels
@@ -52,7 +57,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use cli::FleetArgs;
-pub use cloud::{Ec2UserData, InstanceAws, UserDataReader};
+pub use cloud::{
+    Ec2UserData, InstanceAws, InstanceRoles, RoleCredentials, StsInstanceRoles, UserDataReader,
+};
 pub use faults::{Fault, Faults};
 pub use runner::Fleet;
 
@@ -115,6 +122,9 @@ pub struct FleetConfig {
     pub max_runtime: Option<Duration>,
     /// The emulator endpoint, region and credentials the scripts use.
     pub aws: InstanceAws,
+    /// Each instance gets its instance profile role's credentials on its metadata endpoint
+    /// instead of the fleet's own ([`Fleet::on_ec2`] assumes the role with STS).
+    pub instance_roles: bool,
 }
 
 /// Why [`Fleet::run`] returned.

@@ -12,7 +12,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, error, info, instrument, warn};
 
 use super::boot::{self, Boot, Live};
-use super::cloud::{Ec2UserData, UserDataReader};
+use super::cloud::{Ec2UserData, InstanceRoles, StsInstanceRoles, UserDataReader};
 use super::imds::{Control, ControlKind};
 use super::session;
 use super::{FleetConfig, FleetError, FleetReport, InstanceOutcome, InstanceReport, StopReason};
@@ -29,6 +29,8 @@ pub struct Fleet {
     config: FleetConfig,
     compute: Arc<dyn Compute>,
     user_data: Arc<dyn UserDataReader>,
+    /// Serves each instance its profile role's credentials, when set.
+    roles: Option<Arc<dyn InstanceRoles>>,
     instances: BTreeMap<String, Tracked>,
 }
 
@@ -56,19 +58,33 @@ impl Fleet {
             config,
             compute,
             user_data,
+            roles: None,
             instances: BTreeMap::new(),
         }
+    }
+
+    /// Serves each instance the credentials of its instance profile's role on its metadata
+    /// endpoint (and gives its scripts no others), as EC2 does.
+    pub fn with_instance_roles(mut self, roles: Arc<dyn InstanceRoles>) -> Self {
+        self.roles = Some(roles);
+        self
     }
 
     /// A fleet on the EC2 API that `sdk` points at, with no client-side rate limits.
     pub fn on_ec2(config: FleetConfig, sdk: &SdkConfig) -> Self {
         let client = aws_sdk_ec2::Client::new(sdk);
         let compute = Ec2Compute::new(client.clone(), Arc::new(Ec2Limits::unlimited()));
-        Self::new(
+        let instance_roles = config.instance_roles;
+        let fleet = Self::new(
             config,
             Arc::new(compute),
             Arc::new(Ec2UserData::new(client)),
-        )
+        );
+        if instance_roles {
+            fleet.with_instance_roles(Arc::new(StsInstanceRoles::new(sdk)))
+        } else {
+            fleet
+        }
     }
 
     /// Runs until idle, the runtime limit or `shutdown`; kills every script it started that
@@ -289,7 +305,15 @@ impl Fleet {
             outcome: None,
             dir: None,
         };
-        let booted = boot::boot(&self.config, &*self.user_data, instance, fault, control).await;
+        let booted = boot::boot(
+            &self.config,
+            &*self.user_data,
+            self.roles.as_deref(),
+            instance,
+            fault,
+            control,
+        )
+        .await;
         let live = match booted {
             Boot::Retry => return None,
             Boot::Skipped(why) => {
