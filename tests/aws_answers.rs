@@ -273,7 +273,11 @@ async fn a_missing_image_that_appears_launches_after_payers_resume() {
     assert_eq!(next.launch.instances.len(), 1, "{next}");
     let job = w.job(&a).await;
     assert_eq!(job.state, JobState::Running);
-    assert_eq!(job.attempts_in_budget(), 1, "the refused launch spent no retry");
+    assert_eq!(
+        job.attempts_in_budget(),
+        1,
+        "the refused launch spent no retry"
+    );
 }
 
 #[tokio::test]
