@@ -285,3 +285,35 @@ proptest! {
         prop_assert_eq!(order, plain);
     }
 }
+
+#[tokio::test]
+async fn reconcile_maps_a_grouped_instance_to_its_job_by_launch_index() {
+    let ec2 = Arc::new(FakeCompute::new());
+    let w = world_of(ec2.clone(), 6).await;
+    let ids = submit_burst(&w, 6).await;
+    w.tick(t0()).await;
+    // Later passes see six instances tagged with the group, none with a job: all owned.
+    for m in [1, 10] {
+        let report = w.tick(t0() + Duration::minutes(m)).await;
+        assert_eq!(report.reconcile.instances_seen, 6, "{report}");
+        assert_eq!(report.reconcile.orphans_marked, 0, "{report}");
+    }
+    // One job is cancelled (its instance is no longer owned): that instance alone is an orphan.
+    let mut job = w.job(&ids[2]).await;
+    let expected = job.version;
+    job.transition(JobState::Cancelled, Some("test".into()), t0())
+        .unwrap();
+    w.ledger.update(&job, expected).await.unwrap();
+    let report = w.tick(t0() + Duration::minutes(20)).await;
+    assert_eq!(report.reconcile.orphans_marked, 1, "{report}");
+    let orphan = report
+        .reconcile
+        .findings
+        .iter()
+        .find(|f| f.finding == mayfly::scheduler::Finding::Orphan)
+        .unwrap();
+    assert_eq!(
+        orphan.instance_id,
+        job.current_attempt().unwrap().instance_id
+    );
+}

@@ -66,6 +66,11 @@ pub(super) async fn boot(
             return Boot::Retry;
         }
     };
+    // cloud-init runs gzip user-data as it runs plain user-data.
+    let script = match gunzip(script) {
+        Some(script) => script,
+        None => return Boot::Skipped(SkipReason::NotAScript),
+    };
     // cloud-init runs user-data as a program only when it starts with `#!`.
     if !script.starts_with(b"#!") {
         return Boot::Skipped(SkipReason::NotAScript);
@@ -85,6 +90,20 @@ pub(super) async fn boot(
         },
         Err(error) => Boot::Failed { dir, error },
     }
+}
+
+/// The user-data as cloud-init reads it: decompressed when it is gzip (`None` when it claims
+/// to be and is not), else as it is.
+fn gunzip(data: Vec<u8>) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    if !data.starts_with(&[0x1f, 0x8b]) {
+        return Some(data);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data.as_slice())
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
 }
 
 /// Lays out the instance directory, starts its endpoint and runs its script.
@@ -114,6 +133,7 @@ async fn start(
             .unwrap_or_else(|| format!("{region}a")),
         region,
         user_data: String::from_utf8_lossy(script).into_owned(),
+        ami_launch_index: instance.launch_index.unwrap_or(0),
     };
     let server = ImdsServer::start(Imds::new(meta), control.clone()).await?;
     let bin = dir.join("bin");

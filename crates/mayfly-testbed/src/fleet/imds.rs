@@ -9,8 +9,9 @@
 //! `X-aws-ec2-metadata-token-ttl-seconds` (1–21600) returns a session token; every `GET`
 //! must carry it in `X-aws-ec2-metadata-token` (401 without a valid, unexpired one). Paths:
 //! `meta-data/instance-id`, `meta-data/instance-type`, `meta-data/placement/availability-zone`,
-//! `meta-data/placement/region`, `meta-data/spot/instance-action` (404 until a spot notice is
-//! due) and `user-data`, all under `/latest/`. Tokens are unguessable enough for loopback, not
+//! `meta-data/placement/region`, `meta-data/ami-launch-index` (its place in its launch),
+//! `meta-data/spot/instance-action` (404 until a spot notice is due) and `user-data`, all under
+//! `/latest/`. Tokens are unguessable enough for loopback, not
 //! cryptographic.
 //!
 //! Fleet paths (not IMDS, no token): `POST /mayfly/shutdown` (the `shutdown` shim) and
@@ -43,6 +44,8 @@ pub struct InstanceMetadata {
     pub availability_zone: String,
     pub region: String,
     pub user_data: String,
+    /// Its place among the instances of the RunInstances that launched it.
+    pub ami_launch_index: u32,
 }
 
 /// What an instance's shims ask the fleet to do to it.
@@ -176,6 +179,7 @@ impl Imds {
             "/latest/meta-data/instance-type" => m.instance_type.clone(),
             "/latest/meta-data/placement/availability-zone" => m.availability_zone.clone(),
             "/latest/meta-data/placement/region" => m.region.clone(),
+            "/latest/meta-data/ami-launch-index" => m.ami_launch_index.to_string(),
             "/latest/user-data" => m.user_data.clone(),
             "/latest/meta-data/spot/instance-action" => match self.spot_notice(now) {
                 Some(notice) => notice,
@@ -276,6 +280,7 @@ mod tests {
             availability_zone: "us-east-1a".into(),
             region: "us-east-1".into(),
             user_data: "#!/bin/bash\n".into(),
+            ami_launch_index: 3,
         })
     }
 
@@ -321,6 +326,12 @@ mod tests {
             &[(TOKEN_HEADER, &t)],
         );
         assert_eq!(imds.respond(&az, now).0.body, "us-east-1a");
+        let index = req(
+            "GET",
+            "/latest/meta-data/ami-launch-index",
+            &[(TOKEN_HEADER, &t)],
+        );
+        assert_eq!(imds.respond(&index, now).0.body, "3");
     }
 
     #[test]
