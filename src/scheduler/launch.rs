@@ -193,6 +193,22 @@ pub(super) async fn mark_running(
     now: DateTime<Utc>,
     report: &mut LaunchReport,
 ) {
+    if let Some(expected) = to_running(s, job, launched, now, report).await {
+        if save(s, job, expected, now, report).await {
+            ran(job, launched, report);
+        }
+    }
+}
+
+/// Records `launched` on the job's attempt and moves the job to `running`, in memory; the
+/// version the write must find.
+pub(super) async fn to_running(
+    s: &Scheduler,
+    job: &mut Job,
+    launched: &Launched,
+    now: DateTime<Utc>,
+    report: &mut LaunchReport,
+) -> Option<u64> {
     let spot_type = job
         .current_attempt()
         .and_then(|a| a.rung.as_ref())
@@ -212,21 +228,22 @@ pub(super) async fn mark_running(
         a.launched_at = Some(launched.launched_at.unwrap_or_else(|| s.moment(now)));
     }
     job.profile_refused_since = None;
-    if let Some(expected) = transition(job, JobState::Running, None, now) {
-        if save(s, job, expected, now, report).await {
-            let instance_type = job
-                .current_attempt()
-                .and_then(|a| a.rung.as_ref())
-                .map(|r| r.instance_type.clone())
-                .unwrap_or_default();
-            tracing::info!(job_id = %job.job_id, instance_id = %launched.instance_id, %instance_type, "Launched instance.");
-            report.instances.push((
-                job.job_id.clone(),
-                launched.instance_id.clone(),
-                instance_type,
-            ));
-        }
-    }
+    transition(job, JobState::Running, None, now)
+}
+
+/// Reports a job whose `running` was written.
+pub(super) fn ran(job: &Job, launched: &Launched, report: &mut LaunchReport) {
+    let instance_type = job
+        .current_attempt()
+        .and_then(|a| a.rung.as_ref())
+        .map(|r| r.instance_type.clone())
+        .unwrap_or_default();
+    tracing::info!(job_id = %job.job_id, instance_id = %launched.instance_id, %instance_type, "Launched instance.");
+    report.instances.push((
+        job.job_id.clone(),
+        launched.instance_id.clone(),
+        instance_type,
+    ));
 }
 
 /// Ends the attempt as failed and the job as dead: the same client token was used with other

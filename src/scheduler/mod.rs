@@ -42,6 +42,14 @@ pub use snapshot::{load_payers, load_snapshot, ACTIVE};
 /// Most instances one pass plans: EC2's RunInstances resource bucket's burst.
 pub const MAX_INSTANCES_PER_PASS: u32 = 1000;
 
+/// The launches a plan may make with `calls` RunInstances of up to `max_group` instances
+/// each, at most [`MAX_INSTANCES_PER_PASS`] (or `calls`, when more).
+pub fn instance_budget(calls: u32, max_group: u32) -> u32 {
+    calls
+        .saturating_mul(max_group.max(1))
+        .min(MAX_INSTANCES_PER_PASS.max(calls))
+}
+
 /// Renders the user-data script of one job attempt.
 pub trait UserDataSource: Send + Sync {
     fn render(&self, payer: &Payer, job: &Job, attempt: u32) -> Result<String, String>;
@@ -245,9 +253,7 @@ impl Scheduler {
             account_quotas: quotas
                 .as_ref()
                 .map_or_else(Default::default, QuotaRead::view),
-            launch_budget: budget
-                .saturating_mul(self.settings.max_group.max(1))
-                .min(MAX_INSTANCES_PER_PASS.max(budget)),
+            launch_budget: instance_budget(budget, self.settings.max_group),
             now,
         };
         let plan = crate::plan::plan(&snapshot);

@@ -41,7 +41,7 @@ pub fn group_user_data(group: &str, entries: &[String]) -> Result<Vec<u8>, Group
     if plain.len() <= MAX_USER_DATA_BYTES {
         return Ok(plain.into_bytes());
     }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     // Writing to a Vec cannot fail.
     let zipped = gz
         .write_all(plain.as_bytes())

@@ -178,6 +178,8 @@ pub fn child_env() -> Vec<(&'static str, String)> {
         ("AWS_REGION", REGION.into()),
         ("AWS_DEFAULT_REGION", REGION.into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        // moto launches exactly MinCount instances and ignores MaxCount.
+        ("MAYFLY_GROUP_MIN_IS_MAX", "true".into()),
     ]
 }
 

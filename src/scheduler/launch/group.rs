@@ -22,7 +22,8 @@ use std::ops::Range;
 use chrono::{DateTime, Utc};
 
 use super::{
-    bounce, client_token, fail_fast, fell_back, launch_one, mark_running, price, Flow, Ready,
+    bounce, client_token, fail_fast, fell_back, launch_one, mark_running, price, ran, save,
+    to_running, Flow, Ready,
 };
 use crate::aws::permissions;
 use crate::job::Job;
@@ -102,8 +103,8 @@ pub(super) async fn launch_new(
         .iter()
         .map(|r| s.deps.user_data.render(r.payer, &r.job, r.attempt))
         .collect();
-    let parts = entries.ok().and_then(|e| fit(&e));
-    let Some(parts) = parts else {
+    let parts = entries.ok().and_then(|e| fit(&e).map(|parts| (e, parts)));
+    let Some((entries, parts)) = parts else {
         // An entry cannot render (or be carried): each job on its own meets its own answer.
         for r in group {
             if let Flow::StopPass = launch_one(s, vec![r], now, report, learned).await {
@@ -118,7 +119,7 @@ pub(super) async fn launch_new(
         let flow = if members.len() == 1 {
             launch_one(s, members, now, report, learned).await
         } else {
-            launch_part(s, members, now, report, learned).await
+            launch_part(s, members, entries[part].to_vec(), now, report, learned).await
         };
         if let Flow::StopPass = flow {
             return Flow::StopPass;
@@ -131,6 +132,7 @@ pub(super) async fn launch_new(
 async fn launch_part(
     s: &Scheduler,
     mut members: Vec<Ready<'_>>,
+    entries: Vec<String>,
     now: DateTime<Utc>,
     report: &mut LaunchReport,
     learned: &mut Learned,
@@ -161,7 +163,10 @@ async fn launch_part(
     if !save_all(s, &mut jobs, &expected, now, report).await {
         return Flow::Continue;
     }
-    walk(s, payer, &mut jobs, &ladder, first, now, report, learned).await
+    walk(
+        s, payer, &mut jobs, &entries, &ladder, first, now, report, learned,
+    )
+    .await
 }
 
 /// Writes `jobs` (already changed in memory) in one transaction, each conditional on its
@@ -203,14 +208,11 @@ fn request(
     s: &Scheduler,
     payer: &Payer,
     jobs: &[Job],
+    entries: &[String],
     rung: &Rung,
     token: &str,
 ) -> Result<LaunchRequest, String> {
-    let entries: Vec<String> = jobs
-        .iter()
-        .map(|j| s.deps.user_data.render(payer, j, j.attempt))
-        .collect::<Result<_, _>>()?;
-    let user_data = group_user_data(token, &entries).map_err(|e| e.to_string())?;
+    let user_data = group_user_data(token, entries).map_err(|e| e.to_string())?;
     let l = &payer.profile.launch;
     let tag = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     let mut tags = vec![
@@ -248,11 +250,13 @@ fn request(
 
 /// Tries the ladder from rung `start` (the one the group's attempts record) with one
 /// RunInstances per rung until one launches, as [`super::launch_ladder`] does for one job.
+/// `entries` are the jobs' rendered scripts, in launch-index order.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn walk(
     s: &Scheduler,
     payer: &Payer,
     jobs: &mut [Job],
+    entries: &[String],
     ladder: &[Rung],
     start: usize,
     now: DateTime<Utc>,
@@ -294,7 +298,7 @@ pub(super) async fn walk(
             }
             recorded = i;
         }
-        let req = match request(s, payer, jobs, rung, &token) {
+        let req = match request(s, payer, jobs, entries, rung, &token) {
             Ok(req) => req,
             Err(e) => {
                 let reason = format!("user-data: {e}");
@@ -391,8 +395,9 @@ pub(super) async fn walk(
     Flow::Continue
 }
 
-/// Records each job's instance (the member whose launch index is the job's) as running; a
-/// job whose index EC2 did not launch goes back to waiting, no retry spent.
+/// Records each job's instance (the member whose launch index is the job's) as running, in
+/// one transaction (each job's own write if another writer moved one of them); a job whose
+/// index EC2 did not launch goes back to waiting, no retry spent.
 async fn settle(
     s: &Scheduler,
     jobs: &mut [Job],
@@ -402,10 +407,42 @@ async fn settle(
 ) {
     let launched = members.len();
     let k = jobs.len();
+    let member = |j: &Job| {
+        let index = j.current_attempt().and_then(|a| a.launch_index);
+        members.iter().find(|m| Some(m.launch_index) == index)
+    };
+    let mut running: Vec<(usize, u64)> = Vec::new();
+    for (i, j) in jobs.iter_mut().enumerate() {
+        if let Some(m) = member(j) {
+            if let Some(expected) = to_running(s, j, &m.launched, now, report).await {
+                running.push((i, expected));
+            }
+        }
+    }
+    let mut ran_jobs: Vec<Job> = running.iter().map(|(i, _)| jobs[*i].clone()).collect();
+    let expected: Vec<u64> = running.iter().map(|(_, v)| *v).collect();
+    if save_all(s, &mut ran_jobs, &expected, now, report).await {
+        for ((i, _), saved) in running.iter().zip(ran_jobs) {
+            jobs[*i] = saved;
+        }
+        for (i, _) in &running {
+            if let Some(m) = member(&jobs[*i]) {
+                ran(&jobs[*i], &m.launched, report);
+            }
+        }
+    } else {
+        for (i, expected) in &running {
+            if save(s, &mut jobs[*i], *expected, now, report).await {
+                if let Some(m) = member(&jobs[*i]) {
+                    ran(&jobs[*i], &m.launched, report);
+                }
+            }
+        }
+    }
     for j in jobs.iter_mut() {
         let index = j.current_attempt().and_then(|a| a.launch_index);
-        match members.iter().find(|m| Some(m.launch_index) == index) {
-            Some(m) => mark_running(s, j, &m.launched, now, report).await,
+        match member(j) {
+            Some(_) => {}
             None => {
                 let reason = format!(
                     "EC2 launched {launched} of the {} instances of its launch group; this \
@@ -507,7 +544,25 @@ pub(super) async fn repair(
     }
     report.replayed += owned.len() as u32;
     let ladder = vec![rung];
-    let flow = walk(s, payer, &mut owned, &ladder, 0, now, report, learned).await;
+    let entries: Result<Vec<String>, String> = owned
+        .iter()
+        .map(|j| s.deps.user_data.render(payer, j, j.attempt))
+        .collect();
+    let flow = match entries {
+        Ok(entries) => {
+            walk(
+                s, payer, &mut owned, &entries, &ladder, 0, now, report, learned,
+            )
+            .await
+        }
+        Err(e) => {
+            let reason = format!("user-data: {e}");
+            for j in owned.iter_mut() {
+                bounce::refuse_payer(s, j, reason.clone(), now, report, learned).await;
+            }
+            Flow::Continue
+        }
+    };
     for j in jobs.iter_mut() {
         if let Some(done) = owned.iter().find(|o| o.job_id == j.job_id) {
             **j = done.clone();
