@@ -20,6 +20,7 @@
 //! (`--group-min-is-max`).
 
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 use std::time::Instant;
 
 use aws_config::{BehaviorVersion, Region};
@@ -28,7 +29,9 @@ use aws_sdk_ec2::types::Filter;
 use chrono::Utc;
 use clap::Parser;
 use mayfly::cli::{App, GlobalArgs, Output, PassArgs};
+use mayfly::fakes::{FakeConfigStore, FakeLedger, FakeQueue};
 use mayfly::job::{Job, JobRequest, JobState};
+use mayfly::ports::ConfigStore as _;
 use mayfly::profile::{CapacityPolicy, PayerProfile};
 use mayfly::ratelimit::Rate;
 use mayfly::scheduler::TickOptions;
@@ -52,6 +55,17 @@ struct Args {
     /// Most RunInstances calls per pass.
     #[arg(long, default_value_t = 60)]
     max_launches: u32,
+    /// Where the config table, the ledger and the queues are: `emulator` (moto's DynamoDB
+    /// and SQS, through the proxy too) or `memory` (mayfly's in-memory fakes, so the figure is
+    /// EC2's buckets and mayfly's own work, not moto's DynamoDB).
+    #[arg(long, value_enum, default_value_t = Store::Emulator)]
+    ledger: Store,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Store {
+    Emulator,
+    Memory,
 }
 
 fn venv() -> std::path::PathBuf {
@@ -215,7 +229,30 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("apply the profile: {e}"))?;
 
-    let ledger = app.ledger();
+    let pass = PassArgs {
+        max_launches: args.max_launches,
+        max_group: args.max_group,
+        group_min_is_max: true,
+        vcpu_quota: Some(2 * args.jobs),
+        caps: mayfly::cli::CapsArgs {
+            max_instances: args.jobs,
+            max_vcpus: 2 * args.jobs,
+        },
+        ..PassArgs::defaults()
+    };
+    let mut scheduler = app.scheduler(&pass).await.map_err(|e| e.to_string())?;
+    if args.ledger == Store::Memory {
+        let config = Arc::new(FakeConfigStore::new());
+        config
+            .put(&profile, None, Utc::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        scheduler.deps.config = config;
+        scheduler.deps.ledger = Arc::new(FakeLedger::new());
+        scheduler.deps.intake = Arc::new(FakeQueue::new());
+        scheduler.deps.events = Arc::new(FakeQueue::new());
+    }
+    let ledger = scheduler.deps.ledger.clone();
     let created = Instant::now();
     for i in 0..args.jobs {
         let batch = format!("b{i:05}");
@@ -236,18 +273,6 @@ async fn run(args: Args) -> Result<(), String> {
         created.elapsed().as_secs_f64()
     );
 
-    let pass = PassArgs {
-        max_launches: args.max_launches,
-        max_group: args.max_group,
-        group_min_is_max: true,
-        vcpu_quota: Some(2 * args.jobs),
-        caps: mayfly::cli::CapsArgs {
-            max_instances: args.jobs,
-            max_vcpus: 2 * args.jobs,
-        },
-        ..PassArgs::defaults()
-    };
-    let scheduler = app.scheduler(&pass).await.map_err(|e| e.to_string())?;
     let opts = TickOptions {
         dry_run: false,
         skip_reconcile: true,
@@ -292,8 +317,9 @@ async fn run(args: Args) -> Result<(), String> {
         (n - Rate::RUN_INSTANCES_RESOURCE.burst).max(0.0) / Rate::RUN_INSTANCES_RESOURCE.per_sec;
     println!(
         "burst: {} jobs of one payer and shape, max group {}, through the fault proxy with EC2's \
-         RunInstances request bucket (5, 2/s) and resource bucket (1000, 2/s) in front of moto",
-        args.jobs, args.max_group
+         RunInstances request bucket (5, 2/s) and resource bucket (1000, 2/s) in front of moto; \
+         ledger {:?}",
+        args.jobs, args.max_group, args.ledger
     );
     println!("  all running after   {elapsed:8.1} s   ({passes} passes)");
     println!("  per-job ceiling     {per_job:8.1} s   (one RunInstances per job: (N - 5) / 2)");
@@ -314,6 +340,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .init();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,

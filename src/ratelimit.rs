@@ -150,11 +150,18 @@ impl TokenBucket {
 
     /// Takes `n` tokens (at most the burst) if they are available at `now`.
     pub fn try_take_n(&self, now: Instant, n: u32) -> bool {
-        let need = self.needed(n);
+        self.try_take_leaving(now, n, 0.0)
+    }
+
+    /// Takes `n` tokens (at most the burst) if `n + leave` are available at `now` (at most
+    /// the burst), so that `leave` stay behind.
+    pub fn try_take_leaving(&self, now: Instant, n: u32, leave: f64) -> bool {
+        let take = self.needed(n);
+        let need = (take + leave.max(0.0)).min(self.burst);
         let mut s = self.lock();
         self.refill(&mut s, now);
         if s.tokens >= need {
-            s.tokens -= need;
+            s.tokens -= take;
             true
         } else {
             false
@@ -168,7 +175,12 @@ impl TokenBucket {
 
     /// How long from `now` until `n` tokens (at most the burst) are available.
     pub fn wait_time_n(&self, now: Instant, n: u32) -> Duration {
-        let need = self.needed(n);
+        self.wait_time_leaving(now, n, 0.0)
+    }
+
+    /// How long from `now` until `n + leave` tokens (at most the burst) are available.
+    pub fn wait_time_leaving(&self, now: Instant, n: u32, leave: f64) -> Duration {
+        let need = (self.needed(n) + leave.max(0.0)).min(self.burst);
         let mut s = self.lock();
         self.refill(&mut s, now);
         let missing = need - s.tokens;
@@ -203,10 +215,15 @@ impl TokenBucket {
     /// Waits (on tokio's clock) until `n` tokens (at most the burst) are available, and
     /// takes them.
     pub async fn acquire_n(&self, n: u32) -> Duration {
+        self.acquire_leaving(n, 0.0).await
+    }
+
+    /// Waits (on tokio's clock) until `n + leave` tokens are available, and takes `n`.
+    pub async fn acquire_leaving(&self, n: u32, leave: f64) -> Duration {
         let start = Instant::now();
         let mut t = start;
-        while !self.try_take_n(t, n) {
-            tokio::time::sleep(self.wait_time_n(t, n)).await;
+        while !self.try_take_leaving(t, n, leave) {
+            tokio::time::sleep(self.wait_time_leaving(t, n, leave)).await;
             t = Instant::now();
         }
         t.saturating_duration_since(start)
@@ -273,14 +290,24 @@ impl Ec2Limits {
     }
 
     /// Waits for one RunInstances call of `instances` instances: a token of the request
-    /// bucket and `instances` of the resource bucket.
+    /// bucket and `instances` of the resource bucket. Once the resource bucket is drained,
+    /// mirroring it exactly leaves no slack (a call that takes its tokens the moment they
+    /// are there reaches EC2, whose bucket was drained a little later, a moment too soon), so
+    /// a call waits until [`HEADROOM`] more than it needs are there: half a second at 2/s,
+    /// once; the sustained rate stays EC2's.
     pub async fn acquire_run_instances(&self, instances: u32) -> Duration {
-        self.run_instances_resource.acquire_n(instances).await + self.run_instances.acquire().await
+        self.run_instances_resource
+            .acquire_leaving(instances, HEADROOM)
+            .await
+            + self.run_instances.acquire().await
     }
 
-    /// Waits for one TerminateInstances call of `instances` instance ids.
+    /// Waits for one TerminateInstances call of `instances` instance ids (with the slack of
+    /// [`Self::acquire_run_instances`]).
     pub async fn acquire_terminate(&self, instances: u32) -> Duration {
-        self.terminate_resource.acquire_n(instances).await
+        self.terminate_resource
+            .acquire_leaving(instances, HEADROOM)
+            .await
             + self.terminate_instances.acquire().await
     }
 }
@@ -409,6 +436,13 @@ mod tests {
         // More than the burst waits for a full bucket, never forever.
         assert_eq!(b.wait_time_n(t0, 5000), Duration::from_secs(500));
         assert_eq!(b.available(t0 + Duration::from_secs(1)), 2);
+        // Leaving a token behind: 50 go once 51 are there, and one stays.
+        let t1 = t0 + Duration::from_secs(25);
+        assert!(!b.try_take_leaving(t1, 50, 1.0));
+        assert_eq!(b.wait_time_leaving(t1, 50, 1.0), Duration::from_millis(500));
+        let t2 = t1 + Duration::from_millis(500);
+        assert!(b.try_take_leaving(t2, 50, 1.0));
+        assert_eq!(b.available(t2), 1);
     }
 
     #[test]

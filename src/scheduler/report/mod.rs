@@ -274,6 +274,11 @@ impl PassReport {
             if l.throttled { ", throttled" } else { "" }
         )?;
         let refused = [
+            (l.groups, "launch group(s), one RunInstances each"),
+            (
+                l.group_shortfalls,
+                "group member(s) EC2 did not launch, back to waiting",
+            ),
             (l.quota_stops, "quota full"),
             (l.spot_refusals, "spot refused"),
             (l.rungs_skipped, "rung(s) skipped as already refused"),

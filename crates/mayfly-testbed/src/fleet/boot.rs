@@ -92,6 +92,27 @@ pub(super) async fn boot(
     }
 }
 
+/// The job and attempt a launch group's instance of `index` runs: from its entry of the
+/// group's table (the entry's `job_id='…'` and `attempt=N` lines, as mayfly's templates write
+/// them), so that faults keyed by job apply to grouped instances too.
+pub(super) fn group_member(user_data: Vec<u8>, index: u32) -> Option<(String, u32)> {
+    let script = gunzip(user_data)?;
+    let text = String::from_utf8_lossy(&script);
+    let start = text.find(&format!("\n{index})\ncat >"))?;
+    let entry = &text[start..];
+    let entry = &entry[..entry.find("\nMAYFLY_GROUP_ENTRY_END\n")?];
+    let job = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("job_id='"))?
+        .strip_suffix('\'')?;
+    let attempt = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("attempt="))?
+        .parse()
+        .ok()?;
+    Some((job.to_owned(), attempt))
+}
+
 /// The user-data as cloud-init reads it: decompressed when it is gzip (`None` when it claims
 /// to be and is not), else as it is.
 fn gunzip(data: Vec<u8>) -> Option<Vec<u8>> {
@@ -189,4 +210,25 @@ fn script_env(config: &FleetConfig, dir: &Path, bin: &Path, imds: &str) -> Vec<(
     ];
     env.extend(config.aws.env());
     env
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_group_member_is_read_from_its_entry() {
+        let entries: Vec<String> = (0..3)
+            .map(|i| {
+                format!(
+                    "#!/bin/bash\njob_id='p:b{i}:k'\nattempt={}\necho hi\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let ud = mayfly::userdata::group_user_data("mayfly-g", &entries).unwrap();
+        assert_eq!(
+            super::group_member(ud.clone(), 2),
+            Some(("p:b2:k".to_owned(), 3))
+        );
+        assert_eq!(super::group_member(ud, 3), None);
+    }
 }
