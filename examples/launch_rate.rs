@@ -266,7 +266,7 @@ fn request(env: &LaunchEnv, instance_type: &str, cluster: &str, i: u32) -> Launc
         instance_profile: env.instance_profile.clone(),
         root_volume_gib: 8,
         root_volume_kms_key: None,
-        user_data: format!("#!/bin/bash\necho {job_id}\n"),
+        user_data: format!("#!/bin/bash\necho {job_id}\n").into_bytes(),
         tags: vec![
             (tags::CLUSTER.into(), cluster.into()),
             (tags::JOB_ID.into(), job_id),

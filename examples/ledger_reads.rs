@@ -201,6 +201,9 @@ impl Ledger for YearLedger {
     async fn update(&self, _: &Job, _: u64) -> Result<(), StoreError> {
         Err(read_only())
     }
+    async fn update_all(&self, _: &[(Job, u64)]) -> Result<(), StoreError> {
+        Err(read_only())
+    }
     async fn by_state(&self, state: JobState) -> Result<Vec<Job>, StoreError> {
         self.page(&PageQuery::all(state)).await
     }

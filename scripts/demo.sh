@@ -45,6 +45,9 @@ else
   bin="${CARGO_TARGET_DIR:-$repo/target}/debug"
 fi
 mayfly=("$bin/mayfly" --name "$name")
+# moto launches exactly MinCount instances and ignores MaxCount: a launch group asks for all of
+# its instances (on AWS, mayfly asks for at least one and takes what EC2 has).
+export MAYFLY_GROUP_MIN_IS_MAX=true
 
 if [[ -n ${MAYFLY_DEMO_ENDPOINT:-} ]]; then
   step "Deploying the infra template as \`$name\` into the emulator at $MAYFLY_DEMO_ENDPOINT"
@@ -85,14 +88,21 @@ for f in payer-profiles/*.toml; do
       -e "s|^security_groups = .*|security_groups = [\"$sg\"]|" \
       -e "s|^instance_profile = .*|instance_profile = \"$name-instance\"|" "$f" >"$profiles/$(basename "$f")"
 done
+# cedar-plan may run 36 instances at once here, for the burst below.
+sed -i -e '/^\[caps\]/,/^\[/ s|^max_instances = .*|max_instances = 36|' "$profiles/cedar-plan.toml"
 quiet "${mayfly[@]}" payers apply "$profiles"
 # The secret harbor-health's claims job references, fetched on the instance at boot.
 quiet "${aws[@]}" ssm put-parameter --name /mayfly/harbor-health/warehouse-dsn --type SecureString \
   --value "demo-warehouse" --overwrite
 
 workload=payer-profiles/examples/demo-workload.jsonl
-step "Submitting the workload: $(grep -c . "$workload") jobs of three payers across three tiers"
+step "Submitting the workload: $(grep -c . "$workload") jobs of three payers across three tiers, and a burst: cedar-plan's drop of 30 eligibility files"
 quiet "${mayfly[@]}" submit --file "$workload"
+burst=".mayfly/demo-burst.jsonl"
+for i in $(seq -w 1 30); do
+  printf '{"job_id":"cedar-plan:drop-%s:eligibility","payer_id":"cedar-plan","kind":"eligibility","batch":"drop-%s","input":{"uri":"s3://example-payer-drops/cedar-plan/drop/%s.834","bytes":268435456}}\n' "$i" "$i" "$i"
+done >"$burst"
+quiet "${mayfly[@]}" submit --file "$burst"
 
 step "Running the local fleet and scheduling passes until every job is done (pass reports in .mayfly/pass-*.json)"
 "$bin/mayfly-fleet" --name "$name" --job-seconds 3 --poll-ms 500 \
@@ -114,6 +124,13 @@ if [[ -t 2 ]]; then
   printf '\n' >&2
 fi
 printf '%s pass(es); %s job(s) still active\n' "$pass" "$active" >&2
+
+step "The burst: how the first pass launched (launch groups: one RunInstances for many jobs of one payer and rung)"
+groups=$(grep -o '"groups": [0-9]*' .mayfly/pass-1.json | grep -o '[0-9]*$' || echo 0)
+launched=$(grep -c '"cedar-plan:drop-' .mayfly/pass-1.json || true)
+printf 'pass 1 launched %s of the 30 burst jobs, in %s launch group call(s) beside the workload'"'"'s single launches;\n' "$launched" "$groups"
+printf 'each job on its own instance, which ran the entry of its ami-launch-index:\n'
+"${mayfly[@]}" jobs show cedar-plan:drop-01:eligibility | grep -E '^(job|attempt)|^  (instance|launch group|launch index) ' || true
 
 step "Jobs"
 "${mayfly[@]}" jobs list --state succeeded --state dead

@@ -43,8 +43,8 @@
 
 pub use mayfly_core::simulate;
 pub use mayfly_core::{
-    catalog, cost, duration, job, jobs_file, plan, plan_view, profile, quota, retry, secrets,
-    sizing, state_reason, summary,
+    catalog, cost, duration, group, job, jobs_file, plan, plan_view, profile, quota, retry,
+    secrets, sizing, state_reason, summary,
 };
 
 pub mod aws;

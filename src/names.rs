@@ -11,6 +11,11 @@ pub mod tags {
     pub const KIND: &str = "mayfly:kind";
     pub const BATCH: &str = "mayfly:batch";
     pub const RUNG: &str = "mayfly:rung";
+    /// The launch group (its client token) of an instance launched with other jobs'
+    /// instances in one RunInstances: such an instance has no job-id or attempt tag (tags on
+    /// create are per call); its job is the group member whose launch index is the
+    /// instance's `AmiLaunchIndex`.
+    pub const GROUP: &str = "mayfly:group";
     /// An instance carrying this tag is never terminated by mayfly.
     pub const PROTECT: &str = "mayfly:protect";
 }

@@ -106,6 +106,11 @@ pub trait Ledger: Send + Sync {
     /// Writes `job` (whose `version` is already bumped) only if the stored version is
     /// `expected`. A lost condition is `StoreError::Conflict`, and nothing is written.
     async fn update(&self, job: &Job, expected: u64) -> Result<(), StoreError>;
+    /// Writes every job of `writes` (each `version` already bumped) only if each stored
+    /// version is its `expected`, all or none (DynamoDB's TransactWriteItems, at most
+    /// [`MAX_TRANSACTION`] jobs, each at most once). One lost condition is
+    /// `StoreError::Conflict` naming the jobs that lost, and nothing is written.
+    async fn update_all(&self, writes: &[(Job, u64)]) -> Result<(), StoreError>;
     /// Every job in `state` (all pages), oldest submitted first.
     async fn by_state(&self, state: JobState) -> Result<Vec<Job>, StoreError>;
     /// Every job of one payer's batch (all pages), by job id.
@@ -127,6 +132,9 @@ pub trait Ledger: Send + Sync {
     /// the key condition) until it has `limit` jobs.
     async fn page(&self, query: &PageQuery) -> Result<Vec<Job>, StoreError>;
 }
+
+/// Most jobs one [`Ledger::update_all`] writes: DynamoDB's limit on a transaction's items.
+pub const MAX_TRANSACTION: usize = 100;
 
 /// One page of jobs of one state, for [`Ledger::page`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,8 +231,10 @@ pub struct LaunchRequest {
     /// The KMS key (key ARN, alias or alias ARN) that encrypts the root volume; `None` uses
     /// the account's default EBS key. The root volume is always encrypted.
     pub root_volume_kms_key: Option<String>,
-    /// The rendered user-data script (plain text; the adapter encodes it).
-    pub user_data: String,
+    /// The user-data as EC2 takes it, before base64: a rendered script, or for a launch
+    /// group the group's script, gzip-compressed when it would not fit otherwise (cloud-init
+    /// runs gzip user-data). The adapter base64-encodes it.
+    pub user_data: Vec<u8>,
     /// Tags applied on create to the instance and its volumes.
     pub tags: Vec<(String, String)>,
 }
@@ -235,6 +245,21 @@ pub struct Launched {
     pub instance_id: String,
     pub availability_zone: Option<String>,
     pub launched_at: Option<DateTime<Utc>>,
+}
+
+/// One instance of a launch group: the `AmiLaunchIndex` EC2 gave it, and what it returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupMember {
+    pub launch_index: u32,
+    pub launched: Launched,
+}
+
+/// How many instances one RunInstances of a launch group asks for: EC2 launches at least
+/// `min` (or none, with an error) and at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCount {
+    pub min: u32,
+    pub max: u32,
 }
 
 /// Why a launch (or another EC2 call) failed, classified by the AWS error code.
@@ -316,6 +341,9 @@ pub struct ManagedInstance {
     pub tags: BTreeMap<String, String>,
     /// Why EC2 last changed the instance's state (with a terminated instance: why it ended).
     pub state_reason: Option<StateReason>,
+    /// Its `AmiLaunchIndex`: its place among the instances of the RunInstances that launched
+    /// it (0 for a launch of one).
+    pub launch_index: Option<u32>,
 }
 
 impl ManagedInstance {
@@ -329,6 +357,20 @@ impl ManagedInstance {
 pub trait Compute: Send + Sync {
     /// One RunInstances with the request's client token.
     async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError>;
+    /// One RunInstances for between `count.min` and `count.max` instances of `req` (a launch
+    /// group), with the request's client token: each instance answered with its
+    /// `AmiLaunchIndex`. EC2 may launch fewer than `count.max`.
+    async fn launch_group(
+        &self,
+        req: &LaunchRequest,
+        count: GroupCount,
+    ) -> Result<Vec<GroupMember>, ComputeError>;
+    /// The instances of one launch group in this cluster (filtered by the group tag).
+    async fn find_group(
+        &self,
+        cluster: &str,
+        group: &str,
+    ) -> Result<Vec<ManagedInstance>, ComputeError>;
     /// Every instance tagged with this cluster (one filtered, paginated describe).
     async fn list_managed(&self, cluster: &str) -> Result<Vec<ManagedInstance>, ComputeError>;
     /// The instances of one job attempt in this cluster (filtered by tags).

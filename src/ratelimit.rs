@@ -26,6 +26,18 @@ impl Rate {
         burst: 5.0,
         per_sec: 2.0,
     };
+    /// EC2's RunInstances *resource* bucket: instances, not calls: 1,000 burst, 2 per
+    /// second. One call may launch many instances (a launch group) and spends one token of
+    /// the request bucket and one of this per instance.
+    pub const RUN_INSTANCES_RESOURCE: Rate = Rate {
+        burst: 1000.0,
+        per_sec: 2.0,
+    };
+    /// EC2's TerminateInstances resource bucket: 1,000 instances burst, 20 per second.
+    pub const TERMINATE_INSTANCES_RESOURCE: Rate = Rate {
+        burst: 1000.0,
+        per_sec: 20.0,
+    };
     /// EC2's TerminateInstances bucket: 100 burst, 5 per second.
     pub const TERMINATE_INSTANCES: Rate = Rate {
         burst: 100.0,
@@ -128,10 +140,28 @@ impl TokenBucket {
 
     /// Takes one token if one is available at `now`.
     pub fn try_take(&self, now: Instant) -> bool {
+        self.try_take_n(now, 1)
+    }
+
+    /// Tokens a take of `n` needs: never more than the burst, which a take could never find.
+    fn needed(&self, n: u32) -> f64 {
+        f64::from(n.max(1)).min(self.burst)
+    }
+
+    /// Takes `n` tokens (at most the burst) if they are available at `now`.
+    pub fn try_take_n(&self, now: Instant, n: u32) -> bool {
+        self.try_take_leaving(now, n, 0.0)
+    }
+
+    /// Takes `n` tokens (at most the burst) if `n + leave` are available at `now` (at most
+    /// the burst), so that `leave` stay behind.
+    pub fn try_take_leaving(&self, now: Instant, n: u32, leave: f64) -> bool {
+        let take = self.needed(n);
+        let need = (take + leave.max(0.0)).min(self.burst);
         let mut s = self.lock();
         self.refill(&mut s, now);
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
+        if s.tokens >= need {
+            s.tokens -= take;
             true
         } else {
             false
@@ -140,9 +170,20 @@ impl TokenBucket {
 
     /// How long from `now` until a token is available (zero if one is).
     pub fn wait_time(&self, now: Instant) -> Duration {
+        self.wait_time_n(now, 1)
+    }
+
+    /// How long from `now` until `n` tokens (at most the burst) are available.
+    pub fn wait_time_n(&self, now: Instant, n: u32) -> Duration {
+        self.wait_time_leaving(now, n, 0.0)
+    }
+
+    /// How long from `now` until `n + leave` tokens (at most the burst) are available.
+    pub fn wait_time_leaving(&self, now: Instant, n: u32, leave: f64) -> Duration {
+        let need = (self.needed(n) + leave.max(0.0)).min(self.burst);
         let mut s = self.lock();
         self.refill(&mut s, now);
-        let missing = 1.0 - s.tokens;
+        let missing = need - s.tokens;
         if missing <= 0.0 {
             return Duration::ZERO;
         }
@@ -171,6 +212,23 @@ impl TokenBucket {
         self.acquire_with(Instant::now, tokio::time::sleep).await
     }
 
+    /// Waits (on tokio's clock) until `n` tokens (at most the burst) are available, and
+    /// takes them.
+    pub async fn acquire_n(&self, n: u32) -> Duration {
+        self.acquire_leaving(n, 0.0).await
+    }
+
+    /// Waits (on tokio's clock) until `n + leave` tokens are available, and takes `n`.
+    pub async fn acquire_leaving(&self, n: u32, leave: f64) -> Duration {
+        let start = Instant::now();
+        let mut t = start;
+        while !self.try_take_leaving(t, n, leave) {
+            tokio::time::sleep(self.wait_time_leaving(t, n, leave)).await;
+            t = Instant::now();
+        }
+        t.saturating_duration_since(start)
+    }
+
     /// [`acquire`](Self::acquire) on a given clock: `now` reads it, `sleep` waits on it.
     pub async fn acquire_with<S>(
         &self,
@@ -190,27 +248,67 @@ impl TokenBucket {
     }
 }
 
-/// The client-side buckets for the EC2 calls mayfly makes.
+/// The client-side buckets for the EC2 calls mayfly makes. RunInstances and
+/// TerminateInstances each have two, as EC2 does: a request bucket (calls) and a resource
+/// bucket (instances).
 #[derive(Debug)]
 pub struct Ec2Limits {
     pub run_instances: TokenBucket,
+    /// Instances RunInstances may launch: one token per instance of a call.
+    pub run_instances_resource: TokenBucket,
     pub terminate_instances: TokenBucket,
+    /// Instances TerminateInstances may end: one token per instance id of a call.
+    pub terminate_resource: TokenBucket,
     /// Filtered, paginated DescribeInstances (list_managed, find_attempt).
     pub describe: TokenBucket,
 }
 
 impl Ec2Limits {
+    /// These request buckets, with EC2's resource buckets ([`Rate::RUN_INSTANCES_RESOURCE`],
+    /// [`Rate::TERMINATE_INSTANCES_RESOURCE`]).
     pub fn new(run_instances: Rate, terminate_instances: Rate, describe: Rate) -> Self {
         Self {
             run_instances: TokenBucket::with_rate(run_instances),
+            run_instances_resource: TokenBucket::with_rate(Rate::RUN_INSTANCES_RESOURCE),
             terminate_instances: TokenBucket::with_rate(terminate_instances),
+            terminate_resource: TokenBucket::with_rate(Rate::TERMINATE_INSTANCES_RESOURCE),
             describe: TokenBucket::with_rate(describe),
         }
+    }
+
+    /// These limits with other resource buckets (RunInstances', TerminateInstances').
+    pub fn with_resources(mut self, run_instances: Rate, terminate_instances: Rate) -> Self {
+        self.run_instances_resource = TokenBucket::with_rate(run_instances);
+        self.terminate_resource = TokenBucket::with_rate(terminate_instances);
+        self
     }
 
     /// No client-side limits, for emulator tests that launch many instances quickly.
     pub fn unlimited() -> Self {
         Self::new(Rate::UNLIMITED, Rate::UNLIMITED, Rate::UNLIMITED)
+            .with_resources(Rate::UNLIMITED, Rate::UNLIMITED)
+    }
+
+    /// Waits for one RunInstances call of `instances` instances: a token of the request
+    /// bucket and `instances` of the resource bucket. Once the resource bucket is drained,
+    /// mirroring it exactly leaves no slack (a call that takes its tokens the moment they
+    /// are there reaches EC2, whose bucket was drained a little later, a moment too soon), so
+    /// a call waits until [`HEADROOM`] more than it needs are there: half a second at 2/s,
+    /// once; the sustained rate stays EC2's.
+    pub async fn acquire_run_instances(&self, instances: u32) -> Duration {
+        self.run_instances_resource
+            .acquire_leaving(instances, HEADROOM)
+            .await
+            + self.run_instances.acquire().await
+    }
+
+    /// Waits for one TerminateInstances call of `instances` instance ids (with the slack of
+    /// [`Self::acquire_run_instances`]).
+    pub async fn acquire_terminate(&self, instances: u32) -> Duration {
+        self.terminate_resource
+            .acquire_leaving(instances, HEADROOM)
+            .await
+            + self.terminate_instances.acquire().await
     }
 }
 
@@ -325,6 +423,26 @@ mod tests {
         assert_eq!(zero.wait_time(now), Duration::from_secs(1000));
         let nan = TokenBucket::new(f64::NAN, f64::NAN);
         assert!(nan.try_take(now));
+    }
+
+    #[test]
+    fn a_take_of_many_spends_many_and_waits_for_them() {
+        let b = TokenBucket::with_rate(Rate::RUN_INSTANCES_RESOURCE);
+        let t0 = Instant::now();
+        assert!(b.try_take_n(t0, 600));
+        assert!(!b.try_take_n(t0, 600), "400 left");
+        assert_eq!(b.wait_time_n(t0, 600), Duration::from_secs(100));
+        assert!(b.try_take_n(t0, 400));
+        // More than the burst waits for a full bucket, never forever.
+        assert_eq!(b.wait_time_n(t0, 5000), Duration::from_secs(500));
+        assert_eq!(b.available(t0 + Duration::from_secs(1)), 2);
+        // Leaving a token behind: 50 go once 51 are there, and one stays.
+        let t1 = t0 + Duration::from_secs(25);
+        assert!(!b.try_take_leaving(t1, 50, 1.0));
+        assert_eq!(b.wait_time_leaving(t1, 50, 1.0), Duration::from_millis(500));
+        let t2 = t1 + Duration::from_millis(500);
+        assert!(b.try_take_leaving(t2, 50, 1.0));
+        assert_eq!(b.available(t2), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! [`UserDataSource`]).
 
 mod context;
+mod group;
 mod lint;
 
 use std::collections::BTreeSet;
@@ -27,6 +28,7 @@ use crate::scheduler::UserDataSource;
 pub use context::{
     EnvVar, EventsContext, InstanceEnv, JobContext, Limits, SecretRef, UserDataContext,
 };
+pub use group::{group_user_data, GroupUserDataError, LAUNCH_INDEX_PATH};
 
 /// EC2's limit on user-data, before base64 encoding.
 pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;

@@ -182,9 +182,9 @@ async fn a_payer_that_launches_everywhere_passes_with_the_launch_dry_run_on_ever
         assert_eq!(req.security_groups, ["sg-01111111"]);
         assert_eq!(req.instance_profile, "acct-instance");
         assert!(
-            req.user_data.starts_with("#!/bin/bash"),
+            req.user_data.starts_with(b"#!/bin/bash"),
             "{}",
-            req.user_data
+            String::from_utf8_lossy(&req.user_data)
         );
         assert!(req
             .tags

@@ -23,6 +23,9 @@ fn world() -> (World, Arc<FakeCompute>) {
     let ec2 = Arc::new(FakeCompute::new());
     let w = World {
         compute: Arc::new(FaultyCompute::new(ec2.clone())),
+        // These tests count one RunInstances per job and answer: each job launches on its
+        // own here. Launch groups meet the same answers in tests/launch_groups.rs.
+        max_group: Some(1),
         ..on_fakes()
     };
     (w, ec2)

@@ -245,6 +245,11 @@ struct Outcome {
     elapsed: Duration,
     faults: BTreeMap<String, u64>,
     aws_calls: u64,
+    /// Mutating calls: RunInstances, TerminateInstances and ledger writes (PutItem,
+    /// UpdateItem, DeleteItem, TransactWriteItems), as the proxy received them.
+    mutating_calls: u64,
+    /// (job, attempt) pairs in the ledger at the end.
+    attempts: u64,
     passes: u64,
     duplicates: Vec<String>,
     /// Jobs the fleet ran to exit 0 on more than one instance (its own record).
@@ -463,6 +468,17 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
     }
     let stats = proxy.counters();
     outcome.aws_calls = stats.total.requests;
+    outcome.mutating_calls = [
+        "RunInstances",
+        "TerminateInstances",
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "TransactWriteItems",
+    ]
+    .iter()
+    .map(|op| stats.operation(op).requests)
+    .sum();
     outcome.passes = passes.load(Ordering::Relaxed);
     if !clean {
         outcome
@@ -493,12 +509,33 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
     let instances: Vec<ManagedInstance> = compute.list_managed(&name).await.expect("describe");
     let ledger_jobs = all_jobs(&ledger).await;
     let by_id: BTreeMap<&str, &Job> = ledger_jobs.iter().map(|j| (j.job_id.as_str(), j)).collect();
+    outcome.attempts = ledger_jobs.iter().map(|j| j.attempts.len() as u64).sum();
+    // An instance of a launch group carries the group, not a job: its job is the attempt of
+    // that group whose launch index is the instance's.
+    let grouped: BTreeMap<(String, u32), (String, String)> = ledger_jobs
+        .iter()
+        .flat_map(|j| {
+            j.attempts.iter().filter_map(|a| {
+                Some((
+                    (a.launch_group.clone()?, a.launch_index?),
+                    (j.job_id.clone(), a.number.to_string()),
+                ))
+            })
+        })
+        .collect();
+    let owner = |i: &ManagedInstance| -> Option<(String, String)> {
+        if let Some(job) = i.tag("mayfly:job-id") {
+            return Some((
+                job.to_owned(),
+                i.tag("mayfly:attempt").unwrap_or("-").to_owned(),
+            ));
+        }
+        let key = (i.tag("mayfly:group")?.to_owned(), i.launch_index?);
+        grouped.get(&key).cloned()
+    };
     let mut per_attempt: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for i in &instances {
-        let key = (
-            i.tag("mayfly:job-id").unwrap_or("-").to_owned(),
-            i.tag("mayfly:attempt").unwrap_or("-").to_owned(),
-        );
+        let key = owner(i).unwrap_or_else(|| ("-".to_owned(), "-".to_owned()));
         per_attempt.entry(key).or_default().push(&i.instance_id);
         if i.state.is_live() {
             outcome.orphans_left.push(i.instance_id.clone());
@@ -573,9 +610,7 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
                     j.job_id, a.number
                 )),
                 Some(i) => {
-                    if i.tag("mayfly:job-id") != Some(j.job_id.as_str())
-                        || i.tag("mayfly:attempt") != Some(a.number.to_string().as_str())
-                    {
+                    if owner(i) != Some((j.job_id.clone(), a.number.to_string())) {
                         outcome.inconsistent.push(format!(
                             "{} attempt {}: instance {iid} is tagged for another attempt",
                             j.job_id, a.number
@@ -586,10 +621,16 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
         }
     }
     for i in &instances {
-        let Some(job) = i.tag("mayfly:job-id") else {
+        let Some((job, _)) = owner(i) else {
+            if let Some(group) = i.tag("mayfly:group") {
+                outcome.inconsistent.push(format!(
+                    "{}: of launch group {group}, index {:?}: no attempt of the ledger",
+                    i.instance_id, i.launch_index
+                ));
+            }
             continue;
         };
-        if !by_id.contains_key(job) {
+        if !by_id.contains_key(job.as_str()) {
             outcome.inconsistent.push(format!(
                 "{}: tagged for job {job}, not in the ledger",
                 i.instance_id
@@ -633,6 +674,7 @@ fn main() {
 
     let per_job = |o: &Outcome| o.aws_calls as f64 / o.jobs.max(1) as f64;
     let per_pass = |o: &Outcome| o.aws_calls as f64 / o.passes.max(1) as f64;
+    let mutating = |o: &Outcome| o.mutating_calls as f64 / o.attempts.max(1) as f64;
     println!("chaos run: {} jobs, seed {}", chaos.jobs, cfg.seed);
     println!(
         "  jobs by end state:    {:?} ({} passes, {} killed)",
@@ -666,6 +708,15 @@ fn main() {
         per_job(&chaos),
         per_job(&clean),
         per_job(&chaos) / per_job(&clean).max(f64::MIN_POSITIVE)
+    );
+    println!(
+        "  mutating calls per (job, attempt): {:.2} (clean run {:.2}); {:.2}x — RunInstances, \
+         TerminateInstances and ledger writes, over {} attempts ({} clean)",
+        mutating(&chaos),
+        mutating(&clean),
+        mutating(&chaos) / mutating(&clean).max(f64::MIN_POSITIVE),
+        chaos.attempts,
+        clean.attempts
     );
     println!(
         "  AWS calls per pass:   {:.1} (clean run {:.1}); {:.2}x — the rest is the longer run \

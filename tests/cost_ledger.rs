@@ -35,6 +35,7 @@ fn world() -> (World, Arc<FakeCompute>, Arc<FakeLedger>) {
         security_groups: vec!["sg-0a1b2c3d4e5f60021".into()],
         instance_profile: "mayfly-instance".into(),
         clock: None,
+        max_group: None,
     };
     (w, ec2, ledger)
 }

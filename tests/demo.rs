@@ -42,19 +42,27 @@ fn the_demo_prints_one_line_per_step_one_jobs_table_and_explains_spot_costs() {
         );
     }
     let steps = progress.iter().filter(|l| l.starts_with("==> ")).count();
-    assert!((10..=12).contains(&steps), "{steps} steps:\n{stderr}");
+    assert!((11..=13).contains(&steps), "{steps} steps:\n{stderr}");
     assert!(
         stderr.contains("; 0 job(s) still active"),
         "the demo ended with jobs active:\n{stderr}"
     );
 
-    // Jobs: one table, all seven succeeded.
+    // The burst: cedar-plan's 30 jobs launched by the first pass in launch groups, each on
+    // its own instance with its launch index.
+    assert!(
+        stdout.contains("pass 1 launched 30 of the 30 burst jobs, in 1 launch group call(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  launch index  "), "{stdout}");
+
+    // Jobs: one table, all thirty-seven succeeded.
     let headers = stdout
         .lines()
         .filter(|l| l.starts_with("JOB ") && l.contains("ATTEMPT"))
         .count();
     assert_eq!(headers, 1, "{stdout}");
-    assert!(stdout.contains("7 job(s): 7 succeeded"), "{stdout}");
+    assert!(stdout.contains("37 job(s): 37 succeeded"), "{stdout}");
 
     // The spot note follows the cost report and the status, where the figures are.
     let note = "the emulator's spot price history is a placeholder";

@@ -152,7 +152,8 @@ fn request(
         instance_profile: env.instance_profile.clone(),
         root_volume_gib: 16,
         root_volume_kms_key: None,
-        user_data: format!("#!/bin/bash\nset -eu\necho 'job {job_id}' \"$HOME\" # ünïcode\n"),
+        user_data: format!("#!/bin/bash\nset -eu\necho 'job {job_id}' \"$HOME\" # ünïcode\n")
+            .into_bytes(),
         tags: vec![
             (tags::CLUSTER.into(), cluster.into()),
             (tags::JOB_ID.into(), job_id.into()),
@@ -267,7 +268,7 @@ async fn launch_sets_tags_shutdown_imds_and_user_data_on_create() {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .expect("base64");
-    assert_eq!(String::from_utf8(decoded).expect("utf-8"), req.user_data);
+    assert_eq!(decoded, req.user_data);
 
     let volumes = c
         .ec2

@@ -49,6 +49,7 @@ async fn world() -> (World, Clients) {
         security_groups,
         instance_profile: format!("{name}-instance"),
         clock: None,
+        max_group: None,
     };
     (w, clients)
 }

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use chrono::Duration;
 use mayfly::fakes::FakeCompute;
 use mayfly::job::JobState;
-use mayfly::ports::{Compute, ComputeError, LaunchRequest, Launched, ManagedInstance};
+use mayfly::ports::{
+    Compute, ComputeError, GroupCount, GroupMember, LaunchRequest, Launched, ManagedInstance,
+};
 use mayfly::scheduler::{client_token, TickOptions};
 use mayfly::sizing::Rung;
 use support::world::{self, on_fakes, t0, Fault, FaultyCompute, World};
@@ -107,6 +109,20 @@ struct NotListedYet(Arc<FakeCompute>);
 impl Compute for NotListedYet {
     async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
         self.0.launch(req).await
+    }
+    async fn launch_group(
+        &self,
+        req: &LaunchRequest,
+        count: GroupCount,
+    ) -> Result<Vec<GroupMember>, ComputeError> {
+        self.0.launch_group(req, count).await
+    }
+    async fn find_group(
+        &self,
+        _cluster: &str,
+        _group: &str,
+    ) -> Result<Vec<ManagedInstance>, ComputeError> {
+        Ok(Vec::new())
     }
     async fn list_managed(&self, _cluster: &str) -> Result<Vec<ManagedInstance>, ComputeError> {
         Ok(Vec::new())

@@ -229,6 +229,7 @@ fn build_payer(i: usize, g: &PayerGen, catalog: &Catalog) -> Payer {
                 template: "default".into(),
                 root_volume_gib: 30,
                 root_volume_kms_key: None,
+                max_group: None,
             },
             circuit_breaker: Default::default(),
             timeouts: Timeouts {

@@ -210,6 +210,8 @@ impl App {
         if pass.unverified_event_senders {
             settings.event_senders = EventSenders::Unverified;
         }
+        settings.max_group = pass.max_group;
+        settings.group_min_is_max = pass.group_min_is_max;
         settings.lost_grace = chrono::Duration::seconds(pass.reap.lost_grace.as_secs() as i64);
         settings.orphan_grace = chrono::Duration::seconds(pass.reap.orphan_grace.as_secs() as i64);
         Ok(Scheduler::new(deps, settings).with_quotas(Arc::new(self.quotas())))

@@ -24,7 +24,10 @@ pub(super) async fn run(app: &App, output: Output, args: &ExplainArgs) -> Result
         caps: args.pass.caps.caps(),
         vcpu_quota: args.pass.vcpu_quota,
         quotas: Some(&quotas),
-        launch_budget: args.pass.max_launches,
+        launch_budget: crate::scheduler::instance_budget(
+            args.pass.max_launches,
+            args.pass.max_group,
+        ),
         now: args.now.unwrap_or_else(Utc::now),
     };
     let answer = explain(

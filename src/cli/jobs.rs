@@ -264,6 +264,8 @@ impl fmt::Display for JobView {
             };
             field(f, "rung", a.rung.as_ref().map(ToString::to_string))?;
             field(f, "instance", a.instance_id.clone())?;
+            field(f, "launch group", a.launch_group.clone())?;
+            field(f, "launch index", a.launch_index.map(|i| i.to_string()))?;
             field(f, "zone", a.availability_zone.clone())?;
             field(f, "price $/h", a.usd_per_hour.map(|p| format!("{p:.4}")))?;
             field(f, "launched", a.launched_at.map(|t| t.to_rfc3339()))?;

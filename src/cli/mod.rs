@@ -385,6 +385,17 @@ pub struct PassArgs {
     /// Most RunInstances calls in one pass.
     #[arg(long, default_value_t = 60, env = "MAYFLY_MAX_LAUNCHES")]
     pub max_launches: u32,
+    /// Most jobs one RunInstances launches: consecutive launches of one payer and rung go
+    /// out as one launch group, each job still on its own instance. `1` launches each job on
+    /// its own; a payer's `launch.max_group` may lower it for its jobs.
+    #[arg(long, default_value_t = crate::group::DEFAULT_MAX_GROUP, env = "MAYFLY_MAX_GROUP",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::group::MAX_GROUP)))]
+    pub max_group: u32,
+    /// Launch groups ask for all of their instances or none (`MinCount = MaxCount`) instead of
+    /// as many as EC2 has (`MinCount = 1`): for an emulator that launches exactly `MinCount`
+    /// and ignores `MaxCount`, as moto does.
+    #[arg(long, env = "MAYFLY_GROUP_MIN_IS_MAX")]
+    pub group_min_is_max: bool,
     /// One vCPU quota over every instance family, instead of the account's quotas per
     /// family group (read from Service Quotas when this is not given).
     #[arg(long, env = "MAYFLY_VCPU_QUOTA")]

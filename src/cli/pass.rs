@@ -63,7 +63,7 @@ pub(super) async fn live_plan(app: &App, output: Output, args: &PlanArgs) -> Res
         account_quotas: quotas
             .as_ref()
             .map_or_else(Default::default, QuotaRead::view),
-        launch_budget: pass.max_launches,
+        launch_budget: crate::scheduler::instance_budget(pass.max_launches, pass.max_group),
         now: args.now.unwrap_or_else(Utc::now),
     };
     emit(output, &plan::plan(&snapshot))

@@ -266,7 +266,7 @@ pub(super) async fn status(app: &App, output: Output) -> Result<(), CliError> {
         account_quotas: quotas
             .as_ref()
             .map_or_else(Default::default, QuotaRead::view),
-        launch_budget: pass.max_launches,
+        launch_budget: crate::scheduler::instance_budget(pass.max_launches, pass.max_group),
         now,
     };
     let plan = plan::plan(&snapshot);

@@ -244,6 +244,21 @@ impl Ledger for CachedLedger {
         written
     }
 
+    async fn update_all(&self, writes: &[(Job, u64)]) -> Result<(), StoreError> {
+        let written = self.inner.update_all(writes).await;
+        let mut c = self.held();
+        match &written {
+            Ok(()) => {
+                for (job, _) in writes {
+                    c.learn(job.clone());
+                }
+            }
+            Err(StoreError::Throttled(_)) => {}
+            Err(_) => *c = Held::default(),
+        }
+        written
+    }
+
     async fn by_state(&self, state: JobState) -> Result<Vec<Job>, StoreError> {
         {
             let c = self.held();

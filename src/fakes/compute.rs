@@ -1,6 +1,7 @@
 //! An in-memory EC2: keeps instances with their tags, honours client tokens as EC2 does (the
-//! same token and parameters return the same instance; different parameters are an
-//! `IdempotentParameterMismatch`), and can be scripted to fail.
+//! same token and parameters return the same instance, or the same instances of a launch
+//! group; different parameters are an `IdempotentParameterMismatch`), launches fewer than a
+//! group's `MaxCount` when told its capacity is short, and can be scripted to fail.
 //!
 //! It answers as EC2 does, with EC2's error codes and messages, classified by the same
 //! function as the EC2 adapter's ([`crate::aws::ec2::classify`]): images that do not exist,
@@ -19,7 +20,8 @@ use crate::aws::permissions;
 use crate::catalog::Catalog;
 use crate::names::tags;
 use crate::ports::{
-    Compute, ComputeError, InstanceState, LaunchRequest, Launched, ManagedInstance,
+    Compute, ComputeError, GroupCount, GroupMember, InstanceState, LaunchRequest, Launched,
+    ManagedInstance,
 };
 use crate::profile::CapacityType;
 use crate::quota::QuotaPool;
@@ -40,6 +42,10 @@ pub enum LaunchFault {
 struct State {
     instances: BTreeMap<String, ManagedInstance>,
     tokens: HashMap<String, (String, String)>,
+    /// Launch groups by client token: the request's fingerprint and the instances by index.
+    group_tokens: HashMap<String, (String, Vec<String>)>,
+    /// Most instances the next group launches get (partial fulfilment); `None`: all.
+    group_capacity: VecDeque<u32>,
     next_faults: VecDeque<LaunchFault>,
     type_faults: HashMap<String, ComputeError>,
     /// Images that do not exist (deregistered, or never there).
@@ -71,7 +77,7 @@ pub struct FakeCompute {
 
 fn fingerprint(req: &LaunchRequest) -> String {
     format!(
-        "{:?}|{}|{:?}|{}|{}|{:?}|{}|{:?}",
+        "{:?}|{}|{:?}|{}|{}|{:?}|{:?}|{:?}",
         req.rung,
         req.image_id,
         req.security_groups,
@@ -97,6 +103,13 @@ impl FakeCompute {
     /// The next launch calls meet these faults, in order.
     pub fn script(&self, faults: impl IntoIterator<Item = LaunchFault>) {
         self.lock().next_faults.extend(faults);
+    }
+
+    /// The next launch groups get at most these many instances each, in order (EC2 launching
+    /// fewer than `MaxCount` for lack of capacity); fewer than `MinCount` fails the call with
+    /// `InsufficientInstanceCapacity`.
+    pub fn short_groups(&self, capacities: impl IntoIterator<Item = u32>) {
+        self.lock().group_capacity.extend(capacities);
     }
 
     /// Every launch of `instance_type` fails with `error` until cleared.
@@ -184,6 +197,7 @@ impl FakeCompute {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             state_reason: None,
+            launch_index: Some(0),
         };
         s.instances.insert(id.clone(), inst);
         id
@@ -257,6 +271,12 @@ impl State {
 
     /// What EC2 checks of a launch's account and settings, with EC2's codes and messages.
     fn check_launch(&self, req: &LaunchRequest) -> Result<(), ComputeError> {
+        self.check_launch_of(req, 0)
+    }
+
+    /// [`State::check_launch`] for one more instance, `already` instances of this same call
+    /// counted as running.
+    fn check_launch_of(&self, req: &LaunchRequest, already: u32) -> Result<(), ComputeError> {
         if self.missing_images.contains(&req.image_id) {
             return Err(classify(
                 "InvalidAMIID.NotFound",
@@ -296,7 +316,7 @@ impl State {
             .filter(|i| QuotaPool::of(&i.instance_type, capacity_of(i)) == Some(key))
             .map(|i| vcpus(&i.instance_type))
             .sum();
-        if in_use + vcpus(&req.rung.instance_type) <= limit {
+        if in_use + (already + 1) * vcpus(&req.rung.instance_type) <= limit {
             return Ok(());
         }
         Err(if spot {
@@ -370,6 +390,7 @@ impl Compute for FakeCompute {
                     launched_at: Some(Utc::now()),
                     tags: req.tags.iter().cloned().collect(),
                     state_reason: None,
+                    launch_index: Some(0),
                 };
                 s.instances.insert(id.clone(), inst);
                 s.tokens
@@ -392,6 +413,125 @@ impl Compute for FakeCompute {
             availability_zone: az,
             launched_at: Some(Utc::now()),
         })
+    }
+
+    async fn launch_group(
+        &self,
+        req: &LaunchRequest,
+        count: GroupCount,
+    ) -> Result<Vec<GroupMember>, ComputeError> {
+        let mut s = self.lock();
+        s.run_instances += 1;
+        s.refuse("RunInstances", || {
+            format!(
+                "image {}, subnet {}, instance profile {}",
+                req.image_id, req.rung.subnet, req.instance_profile
+            )
+        })?;
+        let fault = s.next_faults.pop_front();
+        match &fault {
+            Some(LaunchFault::Fail(e)) => return Err(e.clone()),
+            Some(LaunchFault::Code(code, message)) => return Err(classify(code, message)),
+            _ => {}
+        }
+        if let Some(e) = s.type_faults.get(&req.rung.instance_type) {
+            return Err(e.clone());
+        }
+        let print = format!("{}|{}..={}", fingerprint(req), count.min, count.max);
+        let ids = match s.group_tokens.get(&req.client_token) {
+            Some((p, _)) if *p != print => {
+                return Err(ComputeError::IdempotentMismatch {
+                    message: format!(
+                        "client token {} was used with other parameters",
+                        req.client_token
+                    ),
+                })
+            }
+            Some((_, ids)) => ids.clone(),
+            None => {
+                let cap = s.group_capacity.pop_front().unwrap_or(u32::MAX);
+                let mut n = 0;
+                let mut refused = None;
+                while n < count.max.min(cap) {
+                    if let Err(e) = s.check_launch_of(req, n) {
+                        refused = Some(e);
+                        break;
+                    }
+                    n += 1;
+                }
+                if n < count.min.max(1) {
+                    return Err(refused.unwrap_or_else(|| {
+                        classify(
+                            "InsufficientInstanceCapacity",
+                            &format!(
+                                "We currently do not have sufficient {} capacity in the \
+                                 Availability Zone you requested.",
+                                req.rung.instance_type
+                            ),
+                        )
+                    }));
+                }
+                let mut ids = Vec::new();
+                for index in 0..n {
+                    s.next_id += 1;
+                    let id = format!("i-{:017x}", s.next_id);
+                    let inst = ManagedInstance {
+                        instance_id: id.clone(),
+                        state: InstanceState::Pending,
+                        instance_type: req.rung.instance_type.clone(),
+                        availability_zone: Some("us-east-1a".into()),
+                        spot: req.rung.capacity == CapacityType::Spot,
+                        launched_at: Some(Utc::now()),
+                        tags: req.tags.iter().cloned().collect(),
+                        state_reason: None,
+                        launch_index: Some(index),
+                    };
+                    s.instances.insert(id.clone(), inst);
+                    ids.push(id);
+                }
+                s.group_tokens
+                    .insert(req.client_token.clone(), (print, ids.clone()));
+                ids
+            }
+        };
+        if let Some(LaunchFault::LoseResponse) = fault {
+            return Err(ComputeError::Transient {
+                code: "ResponseLost".into(),
+                message: "connection reset after the request was sent".into(),
+            });
+        }
+        Ok(ids
+            .iter()
+            .zip(0u32..)
+            .map(|(id, launch_index)| GroupMember {
+                launch_index,
+                launched: Launched {
+                    instance_id: id.clone(),
+                    availability_zone: s
+                        .instances
+                        .get(id)
+                        .and_then(|i| i.availability_zone.clone()),
+                    launched_at: Some(Utc::now()),
+                },
+            })
+            .collect())
+    }
+
+    async fn find_group(
+        &self,
+        cluster: &str,
+        group: &str,
+    ) -> Result<Vec<ManagedInstance>, ComputeError> {
+        let mut s = self.lock();
+        s.describes += 1;
+        s.refuse("DescribeInstances", || {
+            format!("instances of group {group}")
+        })?;
+        Ok(s.instances
+            .values()
+            .filter(|i| i.tag(tags::CLUSTER) == Some(cluster) && i.tag(tags::GROUP) == Some(group))
+            .cloned()
+            .collect())
     }
 
     async fn list_managed(&self, cluster: &str) -> Result<Vec<ManagedInstance>, ComputeError> {

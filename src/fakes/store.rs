@@ -272,6 +272,37 @@ impl Ledger for FakeLedger {
         Ok(())
     }
 
+    async fn update_all(&self, writes: &[(Job, u64)]) -> Result<(), StoreError> {
+        self.throttled()?;
+        if writes.len() > crate::ports::MAX_TRANSACTION {
+            return Err(StoreError::Other(format!(
+                "a transaction of {} jobs is over DynamoDB's limit of {}",
+                writes.len(),
+                crate::ports::MAX_TRANSACTION
+            )));
+        }
+        let mut jobs = lock(&self.jobs);
+        let lost: Vec<&str> = writes
+            .iter()
+            .filter(|(job, expected)| jobs.get(&job.job_id).map(|j| j.version) != Some(*expected))
+            .map(|(job, _)| job.job_id.as_str())
+            .collect();
+        if !lost.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "jobs {} moved; nothing written",
+                lost.join(", ")
+            )));
+        }
+        for (job, _) in writes {
+            jobs.insert(job.job_id.clone(), job.clone());
+        }
+        drop(jobs);
+        for (job, _) in writes {
+            self.count_write(&job.job_id);
+        }
+        Ok(())
+    }
+
     async fn by_state(&self, state: JobState) -> Result<Vec<Job>, StoreError> {
         let mut matching = self.matching(|j| j.state == state);
         matching.sort_by_key(|j| j.submitted_at);

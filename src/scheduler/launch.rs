@@ -9,6 +9,7 @@
 //! spends no retry ([`bounce`]).
 
 mod bounce;
+mod group;
 
 use std::collections::HashMap;
 
@@ -21,7 +22,9 @@ use crate::aws::permissions;
 use crate::job::{Attempt, Fallback, Job, JobState, PriceSource};
 use crate::names::tags;
 use crate::plan::Plan;
-use crate::ports::{ComputeError, InstanceState, LaunchRequest, Launched, StoreError};
+use crate::ports::{
+    ComputeError, InstanceState, LaunchRequest, Launched, ManagedInstance, StoreError,
+};
 use crate::profile::{CapacityType, Payer};
 use crate::retry::FailureCause;
 use crate::sizing::{self, Rung};
@@ -52,18 +55,18 @@ pub fn client_token(cluster: &str, job_id: &str, attempt: u32, rung: &Rung) -> S
 }
 
 /// Whether to go on launching in this pass.
-enum Flow {
+pub(super) enum Flow {
     Continue,
     StopPass,
 }
 
-fn launch_request(
+pub(super) fn launch_request(
     s: &Scheduler,
     payer: &Payer,
     job: &Job,
     attempt: u32,
     rung: &Rung,
-    user_data: String,
+    user_data: Vec<u8>,
     token: String,
 ) -> LaunchRequest {
     let l = &payer.profile.launch;
@@ -131,7 +134,7 @@ pub(super) fn transition(
 
 /// The price known before launch: on demand, from the catalog. A spot rung's price is read
 /// after launch, for its type and AZ ([`spot_price`]).
-fn price(s: &Scheduler, rung: &Rung) -> (Option<f64>, Option<PriceSource>) {
+pub(super) fn price(s: &Scheduler, rung: &Rung) -> (Option<f64>, Option<PriceSource>) {
     match rung.capacity {
         CapacityType::OnDemand => (
             s.catalog
@@ -183,13 +186,29 @@ async fn spot_price(
     }
 }
 
-async fn mark_running(
+pub(super) async fn mark_running(
     s: &Scheduler,
     job: &mut Job,
     launched: &Launched,
     now: DateTime<Utc>,
     report: &mut LaunchReport,
 ) {
+    if let Some(expected) = to_running(s, job, launched, now, report).await {
+        if save(s, job, expected, now, report).await {
+            ran(job, launched, report);
+        }
+    }
+}
+
+/// Records `launched` on the job's attempt and moves the job to `running`, in memory; the
+/// version the write must find.
+pub(super) async fn to_running(
+    s: &Scheduler,
+    job: &mut Job,
+    launched: &Launched,
+    now: DateTime<Utc>,
+    report: &mut LaunchReport,
+) -> Option<u64> {
     let spot_type = job
         .current_attempt()
         .and_then(|a| a.rung.as_ref())
@@ -209,27 +228,28 @@ async fn mark_running(
         a.launched_at = Some(launched.launched_at.unwrap_or_else(|| s.moment(now)));
     }
     job.profile_refused_since = None;
-    if let Some(expected) = transition(job, JobState::Running, None, now) {
-        if save(s, job, expected, now, report).await {
-            let instance_type = job
-                .current_attempt()
-                .and_then(|a| a.rung.as_ref())
-                .map(|r| r.instance_type.clone())
-                .unwrap_or_default();
-            tracing::info!(job_id = %job.job_id, instance_id = %launched.instance_id, %instance_type, "Launched instance.");
-            report.instances.push((
-                job.job_id.clone(),
-                launched.instance_id.clone(),
-                instance_type,
-            ));
-        }
-    }
+    transition(job, JobState::Running, None, now)
+}
+
+/// Reports a job whose `running` was written.
+pub(super) fn ran(job: &Job, launched: &Launched, report: &mut LaunchReport) {
+    let instance_type = job
+        .current_attempt()
+        .and_then(|a| a.rung.as_ref())
+        .map(|r| r.instance_type.clone())
+        .unwrap_or_default();
+    tracing::info!(job_id = %job.job_id, instance_id = %launched.instance_id, %instance_type, "Launched instance.");
+    report.instances.push((
+        job.job_id.clone(),
+        launched.instance_id.clone(),
+        instance_type,
+    ));
 }
 
 /// Ends the attempt as failed and the job as dead: the same client token was used with other
 /// parameters, so the attempt's instance may exist unseen, and another attempt could run the
 /// job twice.
-async fn fail_fast(
+pub(super) async fn fail_fast(
     s: &Scheduler,
     job: &mut Job,
     reason: String,
@@ -252,7 +272,7 @@ async fn fail_fast(
 }
 
 /// Notes on the attempt that `rung` did not launch, and why.
-fn fell_back(job: &mut Job, rung: &Rung, code: &str, skipped: bool) {
+pub(super) fn fell_back(job: &mut Job, rung: &Rung, code: &str, skipped: bool) {
     if let Some(a) = job.current_attempt_mut() {
         a.fallbacks.push(Fallback {
             rung: rung.clone(),
@@ -315,7 +335,7 @@ async fn launch_ladder(
                 return Flow::Continue;
             }
         };
-        let req = launch_request(s, payer, job, attempt, rung, user_data, token);
+        let req = launch_request(s, payer, job, attempt, rung, user_data.into(), token);
         match s.deps.compute.launch(&req).await {
             Ok(launched) => {
                 mark_running(s, job, &launched, now, report).await;
@@ -396,13 +416,62 @@ fn ladder_for(job: &Job, planned: &[Rung]) -> Vec<Rung> {
     ladder
 }
 
-/// Applies the plan's marks, then launches its jobs in rank order.
+/// A planned launch ready to go: its job (a copy to change), payer and ladder, and the first
+/// rung this pass does not already know refused.
+pub(super) struct Ready<'a> {
+    pub job: Job,
+    pub payer: &'a Payer,
+    pub attempt: u32,
+    pub ladder: Vec<Rung>,
+    pub first: usize,
+}
+
+impl Ready<'_> {
+    /// Starts the planned attempt on rung `first` with `token`: in memory only.
+    fn start(
+        &mut self,
+        s: &Scheduler,
+        token: String,
+        learned: &Learned,
+        now: DateTime<Utc>,
+    ) -> Option<u64> {
+        let job = &mut self.job;
+        let rung = &self.ladder[self.first];
+        job.attempt = self.attempt;
+        job.not_before = None;
+        let (usd_per_hour, price_source) = price(s, rung);
+        let fallbacks = self.ladder[..self.first]
+            .iter()
+            .map(|r| Fallback {
+                rung: r.clone(),
+                code: learned.skip(r).unwrap_or_default().to_owned(),
+                skipped: true,
+            })
+            .collect();
+        job.push_attempt(Attempt {
+            number: self.attempt,
+            rung: Some(rung.clone()),
+            client_token: Some(token),
+            usd_per_hour,
+            price_source,
+            root_volume_gib: Some(self.payer.profile.launch.root_volume_gib),
+            fallbacks,
+            ..Attempt::default()
+        });
+        transition(job, JobState::Launching, None, now)
+    }
+}
+
+/// Applies the plan's marks, then launches its jobs in rank order: consecutive launches of
+/// one payer and ladder as launch groups (one RunInstances each, [`group`]), the others one
+/// by one; at most `calls` RunInstances.
 pub(super) async fn execute(
     s: &Scheduler,
     payers: &[Payer],
     jobs: &[Job],
     plan: &Plan<'_>,
     now: DateTime<Utc>,
+    calls: u32,
     learned: &mut Learned,
 ) -> LaunchReport {
     let mut report = LaunchReport::default();
@@ -420,20 +489,61 @@ pub(super) async fn execute(
             }
         }
     }
-    for launch in &plan.launches {
-        let (Some(job), Some(payer)) = (
-            by_id.get(launch.job_id),
-            payers.iter().find(|p| p.id() == launch.payer_id),
-        ) else {
+    let mut used = 0u32;
+    let mut pending: Vec<Ready<'_>> = Vec::new();
+    let mut launches = plan.launches.iter().peekable();
+    loop {
+        // The next group: ready launches of one payer and ladder, up to the group's size.
+        let next = launches.next();
+        let ready = next.and_then(|launch| {
+            let (Some(job), Some(payer)) = (
+                by_id.get(launch.job_id),
+                payers.iter().find(|p| p.id() == launch.payer_id),
+            ) else {
+                return None;
+            };
+            let ladder = ladder_for(job, &launch.ladder);
+            let first = ladder.iter().position(|r| learned.skip(r).is_none());
+            Some((job, payer, ladder, first, launch.attempt))
+        });
+        let joins = match (&ready, pending.first()) {
+            (Some((job, payer, ladder, Some(first), _)), Some(head)) => {
+                head.payer.id() == payer.id()
+                    && head.ladder == *ladder
+                    && head.first == *first
+                    && (pending.len() as u32) < group::max_size(s, payer)
+                    && !learned.is_paused(&job.payer_id)
+            }
+            _ => false,
+        };
+        if !joins && !pending.is_empty() {
+            if learned.credentials_refused || used >= calls {
+                report.launches_deferred += pending.len() as u32;
+                pending.clear();
+            } else {
+                used += 1;
+                let group = std::mem::take(&mut pending);
+                let flow = if group.len() == 1 {
+                    launch_one(s, group, now, &mut report, learned).await
+                } else {
+                    group::launch_new(s, group, now, &mut report, learned).await
+                };
+                if let Flow::StopPass = flow {
+                    break;
+                }
+            }
+        }
+        let Some((job, payer, ladder, first, attempt)) = ready else {
+            if next.is_none() {
+                break;
+            }
             continue;
         };
         if learned.credentials_refused {
             break;
         }
-        let mut job = (*job).clone();
-        let ladder = ladder_for(&job, &launch.ladder);
         // Rungs this pass already knows refused are left out before anything is written.
-        let Some(first) = ladder.iter().position(|r| learned.skip(r).is_none()) else {
+        let Some(first) = first else {
             report.launches_deferred += 1;
             continue;
         };
@@ -441,52 +551,75 @@ pub(super) async fn execute(
             report.launches_deferred += 1;
             continue;
         }
-        let rung = &ladder[first];
-        let token = client_token(&s.settings.cluster, &job.job_id, launch.attempt, rung);
-        job.attempt = launch.attempt;
-        job.not_before = None;
-        let (usd_per_hour, price_source) = price(s, rung);
-        let fallbacks = ladder[..first]
-            .iter()
-            .map(|r| Fallback {
-                rung: r.clone(),
-                code: learned.skip(r).unwrap_or_default().to_owned(),
-                skipped: true,
-            })
-            .collect();
-        report.rungs_skipped += first as u32;
-        job.push_attempt(Attempt {
-            number: launch.attempt,
-            rung: Some(rung.clone()),
-            client_token: Some(token),
-            usd_per_hour,
-            price_source,
-            root_volume_gib: Some(payer.profile.launch.root_volume_gib),
-            fallbacks,
-            ..Attempt::default()
-        });
-        let Some(expected) = transition(&mut job, JobState::Launching, None, now) else {
-            continue;
-        };
-        if !save(s, &mut job, expected, now, &mut report).await {
-            continue;
-        }
-        let flow = launch_ladder(
-            s,
+        pending.push(Ready {
+            job: (*job).clone(),
             payer,
-            &mut job,
-            &ladder,
+            attempt,
+            ladder,
             first,
-            now,
-            &mut report,
-            learned,
-        )
-        .await;
-        if let Flow::StopPass = flow {
-            break;
+        });
+    }
+    report.launches_deferred += pending.len() as u32;
+    report
+}
+
+/// Launches one job on its own: its attempt recorded, then one RunInstances per rung.
+async fn launch_one(
+    s: &Scheduler,
+    mut group: Vec<Ready<'_>>,
+    now: DateTime<Utc>,
+    report: &mut LaunchReport,
+    learned: &mut Learned,
+) -> Flow {
+    let Some(mut r) = group.pop() else {
+        return Flow::Continue;
+    };
+    r.report_skipped(report);
+    let rung = &r.ladder[r.first];
+    let token = client_token(&s.settings.cluster, &r.job.job_id, r.attempt, rung);
+    let Some(expected) = r.start(s, token, learned, now) else {
+        return Flow::Continue;
+    };
+    if !save(s, &mut r.job, expected, now, report).await {
+        return Flow::Continue;
+    }
+    launch_ladder(
+        s, r.payer, &mut r.job, &r.ladder, r.first, now, report, learned,
+    )
+    .await
+}
+
+impl Ready<'_> {
+    fn report_skipped(&self, report: &mut LaunchReport) {
+        report.rungs_skipped += self.first as u32;
+    }
+}
+
+/// A launch's instance ended before its launch was recorded, and the ledger never heard from
+/// it. Its events may still be on the queue (or held by a reader that stopped): record the
+/// instance as this attempt's and as gone, and let the reconciler end the attempt only once
+/// none of its events can still arrive. A `finished` that comes first settles the job.
+async fn record_gone(
+    s: &Scheduler,
+    job: &mut Job,
+    ended: &ManagedInstance,
+    now: DateTime<Utc>,
+    report: &mut LaunchReport,
+) {
+    let seen = s.moment(now);
+    if let Some(a) = job.current_attempt_mut() {
+        a.instance_id = Some(ended.instance_id.clone());
+        a.availability_zone.clone_from(&ended.availability_zone);
+        a.launched_at = ended.launched_at.or(a.launched_at).or(Some(seen));
+        a.gone_at = Some(a.launched_at.map_or(seen, |l| l.max(seen)));
+        a.state_reason.clone_from(&ended.state_reason);
+    }
+    if let Some(expected) = transition(job, JobState::Running, None, now) {
+        if save(s, job, expected, now, report).await {
+            tracing::warn!(job_id = %job.job_id, instance_id = %ended.instance_id, attempt = job.attempt, "A launch's instance ended before its launch was recorded; its events decide the attempt.");
+            report.found_gone += 1;
         }
     }
-    report
 }
 
 /// Finishes launches left in `launching` by a pass that stopped part-way. Updates `jobs` in
@@ -500,7 +633,56 @@ pub(super) async fn repair(
     learned: &mut Learned,
 ) -> LaunchReport {
     let mut report = LaunchReport::default();
+    let stale = |j: &Job| {
+        j.state == JobState::Launching
+            && j.updated_at
+                .is_none_or(|t| s.moment(now) - t >= s.settings.repair_after)
+    };
+    let mut groups: Vec<(String, String)> = jobs
+        .iter()
+        .filter(|j| stale(j))
+        .filter_map(|j| {
+            let g = j.current_attempt()?.launch_group.clone()?;
+            Some((g, j.payer_id.clone()))
+        })
+        .collect();
+    groups.sort();
+    groups.dedup();
+    for (group, payer_id) in groups {
+        let Some(payer) = payers.iter().find(|p| p.id() == payer_id) else {
+            continue;
+        };
+        if *budget == 0 || learned.credentials_refused || learned.is_paused(&payer_id) {
+            continue;
+        }
+        let mut members: Vec<&mut Job> = jobs
+            .iter_mut()
+            .filter(|j| {
+                j.state == JobState::Launching
+                    && j.current_attempt().and_then(|a| a.launch_group.as_deref())
+                        == Some(group.as_str())
+            })
+            .collect();
+        let replayed = report.replayed;
+        match group::repair(s, payer, &group, &mut members, now, &mut report, learned).await {
+            Ok(stop) => {
+                if report.replayed > replayed {
+                    *budget -= 1;
+                }
+                if stop {
+                    *budget = 0;
+                }
+            }
+            Err(e) => report.errors.push(e),
+        }
+    }
     for job in jobs.iter_mut().filter(|j| j.state == JobState::Launching) {
+        if job
+            .current_attempt()
+            .is_some_and(|a| a.launch_group.is_some())
+        {
+            continue;
+        }
         // Stale counted from the last write's moment to this one, not from a pass's start.
         let stale = job
             .updated_at
@@ -548,25 +730,7 @@ pub(super) async fn repair(
                 InstanceState::Terminated | InstanceState::ShuttingDown
             )
         }) {
-            // It launched and is already gone, and the ledger never heard from it. Its events
-            // may still be on the queue (or held by a reader that stopped): record the
-            // instance as this attempt's and as gone, and let the reconciler end the attempt
-            // only once none of its events can still arrive. A `finished` that comes first
-            // settles the job.
-            let seen = s.moment(now);
-            if let Some(a) = job.current_attempt_mut() {
-                a.instance_id = Some(ended.instance_id.clone());
-                a.availability_zone.clone_from(&ended.availability_zone);
-                a.launched_at = ended.launched_at.or(a.launched_at).or(Some(seen));
-                a.gone_at = Some(a.launched_at.map_or(seen, |l| l.max(seen)));
-                a.state_reason.clone_from(&ended.state_reason);
-            }
-            if let Some(expected) = transition(job, JobState::Running, None, now) {
-                if save(s, job, expected, now, &mut report).await {
-                    tracing::warn!(job_id = %job.job_id, instance_id = %ended.instance_id, attempt = job.attempt, "A launch's instance ended before its launch was recorded; its events decide the attempt.");
-                    report.found_gone += 1;
-                }
-            }
+            record_gone(s, job, ended, now, &mut report).await;
             continue;
         }
         if *budget == 0 || learned.credentials_refused || learned.is_paused(&job.payer_id) {
@@ -620,6 +784,12 @@ pub(crate) fn request_for(
     let user_data = s.deps.user_data.render(payer, job, attempt)?;
     let token = client_token(&s.settings.cluster, &job.job_id, attempt, rung);
     Ok(launch_request(
-        s, payer, job, attempt, rung, user_data, token,
+        s,
+        payer,
+        job,
+        attempt,
+        rung,
+        user_data.into(),
+        token,
     ))
 }

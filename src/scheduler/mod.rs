@@ -39,6 +39,17 @@ pub use report::{
 };
 pub use snapshot::{load_payers, load_snapshot, ACTIVE};
 
+/// Most instances one pass plans: EC2's RunInstances resource bucket's burst.
+pub const MAX_INSTANCES_PER_PASS: u32 = 1000;
+
+/// The launches a plan may make with `calls` RunInstances of up to `max_group` instances
+/// each, at most [`MAX_INSTANCES_PER_PASS`] (or `calls`, when more).
+pub fn instance_budget(calls: u32, max_group: u32) -> u32 {
+    calls
+        .saturating_mul(max_group.max(1))
+        .min(MAX_INSTANCES_PER_PASS.max(calls))
+}
+
 /// Renders the user-data script of one job attempt.
 pub trait UserDataSource: Send + Sync {
     fn render(&self, payer: &Payer, job: &Job, attempt: u32) -> Result<String, String>;
@@ -74,7 +85,9 @@ pub struct Settings {
     /// One vCPU quota over every family (`--vcpu-quota`): when set, the account's quotas
     /// are not read.
     pub vcpu_quota: Option<u32>,
-    /// Most RunInstances calls one pass makes (new launches and repairs).
+    /// Most RunInstances calls one pass makes (new launches and repairs). With launch groups
+    /// a call may launch up to `max_group` jobs' instances, so the plan may launch that many
+    /// times more jobs (at most [`MAX_INSTANCES_PER_PASS`]).
     pub max_launches: u32,
     /// Most intake messages one pass ingests.
     pub max_ingest: u32,
@@ -86,6 +99,12 @@ pub struct Settings {
     pub lost_grace: chrono::Duration,
     /// An orphan is terminated this long after it was first marked.
     pub orphan_grace: chrono::Duration,
+    /// Most jobs one RunInstances launches (a launch group of one payer and rung); a payer's
+    /// `launch.max_group` may lower it for its jobs; `1` launches each job on its own.
+    pub max_group: u32,
+    /// Launch groups ask for `MinCount = MaxCount` (all or none) instead of `MinCount = 1`:
+    /// for an emulator that launches exactly `MinCount` and ignores `MaxCount` (moto).
+    pub group_min_is_max: bool,
     /// The deployment's KMS key for root volumes, for payers whose profile names none
     /// (`launch.root_volume_kms_key` wins); `None`: the account's default EBS key.
     pub root_volume_kms_key: Option<String>,
@@ -108,6 +127,8 @@ impl Settings {
             orphan_grace: chrono::Duration::seconds(300),
             root_volume_kms_key: None,
             event_senders: EventSenders::Verified,
+            max_group: crate::group::DEFAULT_MAX_GROUP,
+            group_min_is_max: false,
         }
     }
 }
@@ -237,14 +258,14 @@ impl Scheduler {
             account_quotas: quotas
                 .as_ref()
                 .map_or_else(Default::default, QuotaRead::view),
-            launch_budget: budget,
+            launch_budget: instance_budget(budget, self.settings.max_group),
             now,
         };
         let plan = crate::plan::plan(&snapshot);
         report.record_plan(&plan);
         if !opts.dry_run {
             let launched =
-                launch::execute(self, &payers.valid, &jobs, &plan, now, &mut learned).await;
+                launch::execute(self, &payers.valid, &jobs, &plan, now, budget, &mut learned).await;
             report.launch.merge(launched);
         }
         report.count_states(&jobs);

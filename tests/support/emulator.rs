@@ -181,6 +181,8 @@ pub fn child_env() -> Vec<(&'static str, String)> {
         // moto stamps every message with one constant SenderId, whoever sent it: events
         // cannot prove their sender there (the check is proven on the fakes).
         ("MAYFLY_UNVERIFIED_EVENT_SENDERS", "true".into()),
+        // moto launches exactly MinCount instances and ignores MaxCount.
+        ("MAYFLY_GROUP_MIN_IS_MAX", "true".into()),
     ]
 }
 

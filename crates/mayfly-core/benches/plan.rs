@@ -118,6 +118,7 @@ fn payer(i: usize, rng: &mut Lcg) -> PayerProfile {
             template: "default".into(),
             root_volume_gib: 30,
             root_volume_kms_key: None,
+            max_group: None,
         },
         circuit_breaker: Default::default(),
         timeouts: Timeouts {

@@ -359,6 +359,15 @@ pub struct Attempt {
     /// Why EC2 ended the attempt's instance, as DescribeInstances said when it was seen gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<StateReason>,
+    /// The launch group this attempt went out in: the client token of the one RunInstances
+    /// that launched several jobs' instances, and the `mayfly:group` tag on each of them.
+    /// `None` for a launch of its own (tagged with its job id and attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_group: Option<String>,
+    /// This attempt's entry in its launch group: the group's instance whose `AmiLaunchIndex`
+    /// is this number is the attempt's, and runs this attempt's entry of the user-data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_index: Option<u32>,
 }
 
 /// A rung of an attempt's ladder that did not launch, and why.

@@ -10,6 +10,7 @@
 //! - [`sizing`]: right-sizing a job to instance types and its fallback ladder.
 //! - [`quota`]: EC2's vCPU quotas per family group and purchase option, and the account's.
 //! - [`plan`]: the pure planner, from a snapshot to ordered launches and reasons.
+//! - [`group`]: launch groups, consecutive launches of one payer and rung as one RunInstances.
 //! - [`plan_view`]: the text rendering of plans and reasons.
 //! - [`retry`]: the retry decision after a failed attempt (backoff with jitter, or dead).
 //! - [`quota`]: EC2's vCPU quotas, and which one an instance type counts against.
@@ -24,6 +25,7 @@
 pub mod catalog;
 pub mod cost;
 pub mod duration;
+pub mod group;
 pub mod job;
 pub mod jobs_file;
 pub mod plan;

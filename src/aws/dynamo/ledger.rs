@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, NaiveDate, Utc};
 use tracing::{instrument, warn};
@@ -227,6 +230,54 @@ impl Ledger for DynamoLedger {
                     StoreError::Conflict(conflict("job", &job.job_id, e.item(), Some(expected)))
                 }
                 _ => store_error("PutItem", &self.table, err),
+            }),
+        }
+    }
+
+    #[instrument(skip_all, fields(table = %self.table, jobs = writes.len()))]
+    async fn update_all(&self, writes: &[(Job, u64)]) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(writes.len());
+        for (job, expected) in writes {
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(ledger_item(job, self.retention)?))
+                .condition_expression("#version = :expected")
+                .expression_attribute_names("#version", attr::VERSION)
+                .expression_attribute_values(":expected", n(*expected))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .build()
+                .map_err(|e| StoreError::Other(format!("job {}: {e}", job.job_id)))?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => Err(match err.as_service_error() {
+                // The reasons come in the order of the items; a lost condition says which.
+                Some(TransactWriteItemsError::TransactionCanceledException(e)) => {
+                    let lost: Vec<String> = e
+                        .cancellation_reasons()
+                        .iter()
+                        .zip(writes)
+                        .filter(|(r, _)| r.code() == Some("ConditionalCheckFailed"))
+                        .map(|(r, (job, expected))| {
+                            conflict("job", &job.job_id, r.item(), Some(*expected))
+                        })
+                        .collect();
+                    if lost.is_empty() {
+                        store_error("TransactWriteItems", &self.table, err)
+                    } else {
+                        StoreError::Conflict(lost.join("; "))
+                    }
+                }
+                _ => store_error("TransactWriteItems", &self.table, err),
             }),
         }
     }

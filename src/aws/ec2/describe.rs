@@ -114,6 +114,7 @@ fn managed_instance(i: &Instance) -> Option<ManagedInstance> {
         state_reason: i
             .state_reason()
             .and_then(|r| Some(StateReason::new(r.code()?, r.message().unwrap_or_default()))),
+        launch_index: i.ami_launch_index().and_then(|n| u32::try_from(n).ok()),
     })
 }
 

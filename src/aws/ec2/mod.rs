@@ -43,7 +43,9 @@ use describe::{tag_filter, to_chrono};
 use images::RootDevices;
 
 use crate::names::tags;
-use crate::ports::{Compute, ComputeError, LaunchRequest, Launched, ManagedInstance};
+use crate::ports::{
+    Compute, ComputeError, GroupCount, GroupMember, LaunchRequest, Launched, ManagedInstance,
+};
 use crate::profile::CapacityType;
 use crate::ratelimit::Ec2Limits;
 
@@ -185,12 +187,17 @@ impl Ec2Compute {
     }
 }
 
-#[async_trait]
-impl Compute for Ec2Compute {
-    #[instrument(skip_all, fields(client_token = %req.client_token, rung = %req.rung))]
-    async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
-        let call = self.run_instances_call(&self.launch_client, req).await?;
-        self.limits.run_instances.acquire().await;
+impl Ec2Compute {
+    /// Sends `call` (a RunInstances of `instances` instances, at most) after taking one call
+    /// from the request bucket and `instances` from the resource bucket; returns the
+    /// instances EC2 launched.
+    async fn send_run_instances(
+        &self,
+        req: &LaunchRequest,
+        call: RunInstancesFluentBuilder,
+        instances: u32,
+    ) -> Result<Vec<aws_sdk_ec2::types::Instance>, ComputeError> {
+        self.limits.acquire_run_instances(instances).await;
         let resource = || {
             format!(
                 "image {}, subnet {}, security groups {}, instance profile {}",
@@ -209,7 +216,35 @@ impl Compute for Ec2Compute {
                     self.limits.run_instances.drain(tokio::time::Instant::now());
                 }
             })?;
-        let Some(instance) = out.instances().first() else {
+        Ok(out.instances().to_vec())
+    }
+}
+
+/// What EC2 returned of one launched instance.
+fn launched(instance: &aws_sdk_ec2::types::Instance) -> Result<Launched, ComputeError> {
+    let Some(instance_id) = instance.instance_id() else {
+        return Err(ComputeError::Transient {
+            code: "response".into(),
+            message: "RunInstances returned an instance without an id".into(),
+        });
+    };
+    Ok(Launched {
+        instance_id: instance_id.to_owned(),
+        availability_zone: instance
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
+        launched_at: instance.launch_time().and_then(to_chrono),
+    })
+}
+
+#[async_trait]
+impl Compute for Ec2Compute {
+    #[instrument(skip_all, fields(client_token = %req.client_token, rung = %req.rung))]
+    async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
+        let call = self.run_instances_call(&self.launch_client, req).await?;
+        let instances = self.send_run_instances(req, call, 1).await?;
+        let Some(instance) = instances.first() else {
             // EC2 accepted the call but named no instance: what it left behind is unknown, so
             // the caller's repair path (lookup by tags) has to find out.
             return Err(ComputeError::Transient {
@@ -217,22 +252,56 @@ impl Compute for Ec2Compute {
                 message: "RunInstances returned no instance".into(),
             });
         };
-        let Some(instance_id) = instance.instance_id() else {
-            return Err(ComputeError::Transient {
-                code: "response".into(),
-                message: "RunInstances returned an instance without an id".into(),
-            });
-        };
-        let launched = Launched {
-            instance_id: instance_id.to_owned(),
-            availability_zone: instance
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .map(str::to_owned),
-            launched_at: instance.launch_time().and_then(to_chrono),
-        };
+        let launched = launched(instance)?;
         info!(instance_id = %launched.instance_id, "Launched instance.");
         Ok(launched)
+    }
+
+    #[instrument(skip_all, fields(client_token = %req.client_token, rung = %req.rung, min = count.min, max = count.max))]
+    async fn launch_group(
+        &self,
+        req: &LaunchRequest,
+        count: GroupCount,
+    ) -> Result<Vec<GroupMember>, ComputeError> {
+        let call = self
+            .run_instances_call(&self.launch_client, req)
+            .await?
+            .min_count(i32::try_from(count.min).unwrap_or(1))
+            .max_count(i32::try_from(count.max).unwrap_or(1));
+        let instances = self.send_run_instances(req, call, count.max).await?;
+        if instances.is_empty() {
+            return Err(ComputeError::Transient {
+                code: "response".into(),
+                message: "RunInstances returned no instance".into(),
+            });
+        }
+        let mut members = Vec::with_capacity(instances.len());
+        for (i, instance) in instances.iter().enumerate() {
+            // EC2 numbers a call's instances from 0; the position stands in if it does not say.
+            let launch_index = instance
+                .ami_launch_index()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(i as u32);
+            members.push(GroupMember {
+                launch_index,
+                launched: launched(instance)?,
+            });
+        }
+        info!(launched = members.len(), "Launched a group of instances.");
+        Ok(members)
+    }
+
+    #[instrument(skip(self))]
+    async fn find_group(
+        &self,
+        cluster: &str,
+        group: &str,
+    ) -> Result<Vec<ManagedInstance>, ComputeError> {
+        self.describe(vec![
+            tag_filter(tags::CLUSTER, cluster),
+            tag_filter(tags::GROUP, group),
+        ])
+        .await
     }
 
     #[instrument(skip(self))]
@@ -263,7 +332,7 @@ impl Compute for Ec2Compute {
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), ComputeError> {
         // Terminating is idempotent, so after an error the caller may resend every id.
         for chunk in instance_ids.chunks(TERMINATE_CHUNK) {
-            self.limits.terminate_instances.acquire().await;
+            self.limits.acquire_terminate(chunk.len() as u32).await;
             self.client
                 .terminate_instances()
                 .set_instance_ids(Some(chunk.to_vec()))

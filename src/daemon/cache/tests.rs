@@ -31,6 +31,9 @@ impl Ledger for Counted {
     async fn update(&self, job: &Job, expected: u64) -> Result<(), StoreError> {
         self.inner.update(job, expected).await
     }
+    async fn update_all(&self, writes: &[(Job, u64)]) -> Result<(), StoreError> {
+        self.inner.update_all(writes).await
+    }
     async fn by_state(&self, state: JobState) -> Result<Vec<Job>, StoreError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         if let (JobState::Failed, Some((reached, release))) = (state, &self.hold_failed) {

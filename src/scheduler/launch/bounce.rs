@@ -35,7 +35,7 @@ const NO_RUNG_BACKOFF: Duration = Duration::seconds(60);
 
 /// Ends the current attempt without an instance and puts the job back to waiting with
 /// `reason`, not before `not_before`. Says whether it was written.
-async fn requeue(
+pub(super) async fn requeue(
     s: &Scheduler,
     job: &mut Job,
     reason: String,

@@ -76,8 +76,18 @@ pub(super) async fn run(
     opts: ReconcileOptions,
 ) -> ReconcileReport {
     let listed = s.deps.compute.list_managed(&s.settings.cluster).await;
+    let grouped = jobs
+        .iter()
+        .flat_map(|j| {
+            j.attempts.iter().filter_map(|a| {
+                let key = (a.launch_group.clone()?, a.launch_index?);
+                Some((key, (j.job_id.clone(), a.number)))
+            })
+        })
+        .collect();
     let mut r = Reconciler {
         s,
+        grouped,
         payers: &payers.valid,
         loaded: payers,
         // What EC2 just said is true now: the moment the listing returned, not the pass's
@@ -117,11 +127,8 @@ pub(super) async fn run(
             JobState::Failed => r.failed(job, &by_id, &mut owned).await,
             JobState::Launching => {
                 // The repair step adopts (or replays) the launch; its instance is not an orphan.
-                let n = job.attempt.to_string();
                 for i in &instances {
-                    if i.tag(tags::JOB_ID) == Some(job.job_id.as_str())
-                        && i.tag(tags::ATTEMPT) == Some(n.as_str())
-                    {
+                    if r.job_of(i) == Some((job.job_id.as_str(), Some(job.attempt))) {
                         owned.insert(i.instance_id.clone());
                     }
                 }
@@ -148,6 +155,8 @@ struct Reconciler<'a> {
     s: &'a Scheduler,
     payers: &'a [Payer],
     loaded: &'a LoadedPayers,
+    /// The snapshot's grouped attempts: (launch group, launch index) → (job id, attempt).
+    grouped: HashMap<(String, u32), (String, u32)>,
     now: DateTime<Utc>,
     opts: ReconcileOptions,
     /// Whether no instance event can still arrive, once asked this pass (see [`Self::quiet`]).
@@ -158,6 +167,20 @@ struct Reconciler<'a> {
 impl Reconciler<'_> {
     fn payer(&self, payer_id: &str) -> Option<&Payer> {
         self.payers.iter().find(|p| p.id() == payer_id)
+    }
+
+    /// The job (and attempt, when known) an instance belongs to: by its job-id and attempt
+    /// tags, or for an instance of a launch group (tagged with the group, not a job), the
+    /// snapshot's attempt of that group whose launch index is the instance's.
+    fn job_of<'i>(&'i self, inst: &'i ManagedInstance) -> Option<(&'i str, Option<u32>)> {
+        if let Some(job) = inst.tag(tags::JOB_ID) {
+            let attempt = inst.tag(tags::ATTEMPT).and_then(|a| a.parse::<u32>().ok());
+            return Some((job, attempt));
+        }
+        let key = (inst.tag(tags::GROUP)?.to_owned(), inst.launch_index?);
+        self.grouped
+            .get(&key)
+            .map(|(job, attempt)| (job.as_str(), Some(*attempt)))
     }
 
     /// Whether no instance event can still arrive, so that an attempt may be ended without

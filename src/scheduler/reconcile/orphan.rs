@@ -15,9 +15,10 @@ use crate::scheduler::report::Finding;
 impl Reconciler<'_> {
     /// Judges a live instance no in-flight job of the snapshot owns.
     pub(super) async fn orphan(&mut self, inst: &ManagedInstance) {
-        let job_tag = inst.tag(tags::JOB_ID);
-        let attempt_tag = inst.tag(tags::ATTEMPT).and_then(|a| a.parse::<u32>().ok());
-        let job_ref = job_tag.map(|j| (j, attempt_tag.unwrap_or(0)));
+        let owner = self
+            .job_of(inst)
+            .map(|(j, a)| (j.to_owned(), a.unwrap_or(0)));
+        let job_ref = owner.as_ref().map(|(j, a)| (j.as_str(), *a));
         if inst.tag(tags::PROTECT).is_some() {
             self.report.findings.push(finding(
                 Some(inst),
@@ -105,10 +106,11 @@ impl Reconciler<'_> {
     /// time counts as that attempt's overhead. One conditional write, on the orphan path only;
     /// an instance no recorded attempt names is not attributed.
     async fn record_orphan_end(&mut self, inst: &ManagedInstance) {
-        let Some(job_id) = inst.tag(tags::JOB_ID) else {
+        let Some((job_id, _)) = self.job_of(inst) else {
             return;
         };
-        let Ok(Some(job)) = self.s.deps.ledger.get(job_id).await else {
+        let job_id = job_id.to_owned();
+        let Ok(Some(job)) = self.s.deps.ledger.get(&job_id).await else {
             return;
         };
         let mut updated = job.clone();
@@ -125,10 +127,16 @@ impl Reconciler<'_> {
     /// Why no job owns this instance (after a consistent read of its job), or `None` if one
     /// does.
     async fn orphan_reason(&self, inst: &ManagedInstance) -> Result<Option<String>, String> {
-        let Some(job_id) = inst.tag(tags::JOB_ID) else {
-            return Ok(Some(format!("no {} tag", tags::JOB_ID)));
+        let Some((job_id, attempt)) = self.job_of(inst) else {
+            return Ok(Some(match inst.tag(tags::GROUP) {
+                Some(group) => format!(
+                    "no in-flight job has launch index {} of launch group {group}",
+                    inst.launch_index
+                        .map_or_else(|| "?".to_owned(), |i| i.to_string())
+                ),
+                None => format!("no {} tag", tags::JOB_ID),
+            }));
         };
-        let attempt = inst.tag(tags::ATTEMPT).and_then(|a| a.parse::<u32>().ok());
         let job = match self.s.deps.ledger.get(job_id).await {
             Ok(Some(job)) => job,
             Ok(None) => return Ok(Some(format!("job {job_id} is not in the ledger"))),

@@ -39,6 +39,11 @@ pub struct LaunchReport {
     /// reconciler once none of their events can still arrive.
     pub found_gone: u32,
     pub replayed: u32,
+    /// RunInstances calls that launched a group of jobs' instances (more than one).
+    pub groups: u32,
+    /// Jobs of a group whose launch index EC2 did not launch (it launched fewer than
+    /// `MaxCount`): back to waiting, no retry spent.
+    pub group_shortfalls: u32,
     pub capacity_fallbacks: u32,
     pub throttled: bool,
     /// RunInstances answers that a vCPU quota is full (the rungs of that quota are left out
@@ -77,6 +82,8 @@ impl LaunchReport {
         self.adopted += other.adopted;
         self.found_gone += other.found_gone;
         self.replayed += other.replayed;
+        self.groups += other.groups;
+        self.group_shortfalls += other.group_shortfalls;
         self.capacity_fallbacks += other.capacity_fallbacks;
         self.throttled |= other.throttled;
         self.quota_stops += other.quota_stops;
@@ -267,6 +274,11 @@ impl PassReport {
             if l.throttled { ", throttled" } else { "" }
         )?;
         let refused = [
+            (l.groups, "launch group(s), one RunInstances each"),
+            (
+                l.group_shortfalls,
+                "group member(s) EC2 did not launch, back to waiting",
+            ),
             (l.quota_stops, "quota full"),
             (l.spot_refusals, "spot refused"),
             (l.rungs_skipped, "rung(s) skipped as already refused"),

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use mayfly::job::Job;
-use mayfly::ports::{Compute, ComputeError, LaunchRequest, Launched, ManagedInstance};
+use mayfly::ports::{
+    Compute, ComputeError, GroupCount, GroupMember, LaunchRequest, Launched, ManagedInstance,
+};
 use mayfly::scheduler::UserDataSource;
 
 /// A scripted fault for the next launch call.
@@ -81,6 +83,45 @@ impl Compute for FaultyCompute {
             }),
             (_, out) => out,
         }
+    }
+
+    async fn launch_group(
+        &self,
+        req: &LaunchRequest,
+        count: GroupCount,
+    ) -> Result<Vec<GroupMember>, ComputeError> {
+        let fault = self.faults.lock().unwrap().pop_front();
+        if let Some(Fault::Before(e)) = fault {
+            return Err(e);
+        }
+        if self
+            .no_capacity
+            .lock()
+            .unwrap()
+            .contains(&req.rung.instance_type)
+        {
+            return Err(ComputeError::Capacity {
+                code: "InsufficientInstanceCapacity".into(),
+                message: format!("no {} capacity", req.rung.instance_type),
+            });
+        }
+        self.launches.lock().unwrap().push(req.clone());
+        let out = self.inner.launch_group(req, count).await;
+        match (fault, out) {
+            (Some(Fault::LoseResponse), Ok(_)) => Err(ComputeError::Transient {
+                code: "ResponseLost".into(),
+                message: "connection reset".into(),
+            }),
+            (_, out) => out,
+        }
+    }
+
+    async fn find_group(
+        &self,
+        cluster: &str,
+        group: &str,
+    ) -> Result<Vec<ManagedInstance>, ComputeError> {
+        self.inner.find_group(cluster, group).await
     }
 
     async fn list_managed(&self, cluster: &str) -> Result<Vec<ManagedInstance>, ComputeError> {

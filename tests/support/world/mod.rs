@@ -54,6 +54,8 @@ pub struct World {
     pub instance_profile: String,
     /// The scheduler's clock, when a test drives it; otherwise a pass records its own time.
     pub clock: Option<Arc<dyn Clock>>,
+    /// The deployment's most jobs per launch group (`None`: the default).
+    pub max_group: Option<u32>,
 }
 
 /// A deployment on the in-memory fakes, with the network names the fakes accept.
@@ -74,6 +76,7 @@ pub fn on_fakes() -> World {
         security_groups: vec!["sg-0a1b2c3d4e5f60021".into()],
         instance_profile: "mayfly-instance".into(),
         clock: None,
+        max_group: None,
     }
 }
 
@@ -97,6 +100,9 @@ impl World {
         settings.max_launches = max_launches;
         if self.events_fake.is_none() {
             settings.event_senders = EventSenders::Unverified;
+        }
+        if let Some(n) = self.max_group {
+            settings.max_group = n;
         }
         let mut scheduler = Scheduler::new(deps, settings);
         // Passes are driven at chosen times: unless a test sets a clock, the moments they

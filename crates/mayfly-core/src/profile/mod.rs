@@ -99,6 +99,10 @@ pub struct LaunchSettings {
     /// account's default EBS key. The scheduler role needs the key's grants (infra/README.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_volume_kms_key: Option<String>,
+    /// Most of this payer's jobs one RunInstances launches (a launch group), below the
+    /// deployment's own maximum; `1` launches each job on its own. Absent: the deployment's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_group: Option<u32>,
 }
 
 fn default_template() -> String {

@@ -305,6 +305,9 @@ impl PayerProfile {
             "a template name",
         );
         c.range("launch.root_volume_gib", l.root_volume_gib, 8, 16_384);
+        if let Some(n) = l.max_group {
+            c.range("launch.max_group", n, 1, crate::group::MAX_GROUP);
+        }
         if let Some(key) = &l.root_volume_kms_key {
             c.pattern(
                 "launch.root_volume_kms_key",

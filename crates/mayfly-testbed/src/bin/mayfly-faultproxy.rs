@@ -39,8 +39,15 @@ struct Args {
     /// RunInstances=5:2. Calls finding it empty get the service's throttling error.
     #[arg(long = "bucket", value_name = "OP=BURST:PER_SEC", value_parser = parse_bucket)]
     buckets: Vec<(String, Rate)>,
+    /// A resource bucket for one operation, OPERATION=BURST:PER_SEC (repeatable): a call
+    /// takes one token per instance it names (RunInstances' MaxCount, TerminateInstances'
+    /// instance ids), e.g. RunInstances=1000:2.
+    #[arg(long = "resource-bucket", value_name = "OP=BURST:PER_SEC", value_parser = parse_bucket)]
+    resource_buckets: Vec<(String, Rate)>,
     /// Adds EC2's own buckets: RunInstances 5:2, TerminateInstances 100:5,
-    /// DescribeInstances 100:20 (a --bucket for the same operation wins).
+    /// DescribeInstances 100:20, and the resource buckets RunInstances 1000:2 and
+    /// TerminateInstances 1000:20 (a --bucket or --resource-bucket for the same operation
+    /// wins).
     #[arg(long)]
     ec2_buckets: bool,
     /// Share of eligible calls answered 500 InternalError, unforwarded.
@@ -86,6 +93,9 @@ impl Args {
         }
         for (op, rate) in &self.buckets {
             config = config.bucket(op.clone(), *rate);
+        }
+        for (op, rate) in &self.resource_buckets {
+            config = config.resource_bucket(op.clone(), *rate);
         }
         let ops: Vec<&str> = self
             .ops

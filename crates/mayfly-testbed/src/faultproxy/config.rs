@@ -63,6 +63,10 @@ pub struct ProxyConfig {
     pub seed: u64,
     /// Token buckets by operation name (`RunInstances`); each starts full.
     pub buckets: BTreeMap<String, Rate>,
+    /// Resource buckets by operation name: a call takes one token per instance it names
+    /// (RunInstances' `MaxCount`, TerminateInstances' instance ids), as EC2's do; a call
+    /// finding too few is throttled. Each starts full.
+    pub resource_buckets: BTreeMap<String, Rate>,
     pub rates: FaultRates,
     /// Operations the rate-based faults may hit; `None` for every recognised operation.
     /// Buckets apply whatever this says.
@@ -87,6 +91,7 @@ impl ProxyConfig {
             upstream: upstream.into(),
             seed: 0,
             buckets: BTreeMap::new(),
+            resource_buckets: BTreeMap::new(),
             rates: FaultRates::default(),
             ops: None,
             op_rates: BTreeMap::new(),
@@ -112,12 +117,21 @@ impl ProxyConfig {
         self
     }
 
+    /// Throttles `operation` with a resource bucket of this shape: one token per instance.
+    pub fn resource_bucket(mut self, operation: impl Into<String>, rate: Rate) -> Self {
+        self.resource_buckets.insert(operation.into(), rate);
+        self
+    }
+
     /// EC2's own buckets for the calls mayfly makes: RunInstances 5 burst, 2/s;
-    /// TerminateInstances 100, 5/s; DescribeInstances 100, 20/s.
+    /// TerminateInstances 100, 5/s; DescribeInstances 100, 20/s; and the resource buckets of
+    /// RunInstances (1,000 instances, 2/s) and TerminateInstances (1,000, 20/s).
     pub fn ec2_buckets(self) -> Self {
         self.bucket("RunInstances", Rate::RUN_INSTANCES)
             .bucket("TerminateInstances", Rate::TERMINATE_INSTANCES)
             .bucket("DescribeInstances", Rate::DESCRIBE)
+            .resource_bucket("RunInstances", Rate::RUN_INSTANCES_RESOURCE)
+            .resource_bucket("TerminateInstances", Rate::TERMINATE_INSTANCES_RESOURCE)
     }
 
     pub fn rates(mut self, rates: FaultRates) -> Self {
@@ -159,7 +173,7 @@ impl ProxyConfig {
     /// Checks the rates, the buckets and the upstream URL.
     pub fn validate(&self) -> Result<(), ProxyError> {
         self.rates.validate()?;
-        for (op, rate) in &self.buckets {
+        for (op, rate) in self.buckets.iter().chain(&self.resource_buckets) {
             if !(rate.burst >= 1.0 && rate.per_sec > 0.0) {
                 return Err(ProxyError::Config(format!(
                     "bucket {op}: burst must be at least 1 and the rate positive"

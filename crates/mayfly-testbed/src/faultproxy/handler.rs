@@ -39,6 +39,7 @@ pub(super) struct Shared {
     pub(super) client: HttpClient,
     seed: u64,
     buckets: BTreeMap<String, TokenBucket>,
+    resource_buckets: BTreeMap<String, TokenBucket>,
     op_rates: BTreeMap<String, FaultRates>,
     pub(super) live: Mutex<Live>,
     timeout_hold: Duration,
@@ -57,6 +58,22 @@ impl std::fmt::Debug for Shared {
             .field("seed", &self.seed)
             .finish_non_exhaustive()
     }
+}
+
+/// The instances an EC2 call names, as its resource bucket counts them: RunInstances'
+/// `MaxCount`, TerminateInstances' `InstanceId.N`; 1 for anything else.
+pub(super) fn instances_named(operation: &str, body: &[u8]) -> u32 {
+    let body = String::from_utf8_lossy(body);
+    let params = body.split('&').filter_map(|p| p.split_once('='));
+    let n = match operation {
+        "RunInstances" => params
+            .filter(|(k, _)| *k == "MaxCount")
+            .find_map(|(_, v)| v.parse::<u32>().ok())
+            .unwrap_or(1),
+        "TerminateInstances" => params.filter(|(k, _)| k.starts_with("InstanceId.")).count() as u32,
+        _ => 1,
+    };
+    n.max(1)
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,6 +95,11 @@ impl Shared {
             seed: config.seed,
             buckets: config
                 .buckets
+                .iter()
+                .map(|(op, rate)| (op.clone(), TokenBucket::with_rate(*rate)))
+                .collect(),
+            resource_buckets: config
+                .resource_buckets
                 .iter()
                 .map(|(op, rate)| (op.clone(), TokenBucket::with_rate(*rate)))
                 .collect(),
@@ -109,7 +131,19 @@ impl Shared {
     }
 
     /// Decides the fault for a call of `op` arriving at `now`, and counts the request.
+    #[cfg(test)]
     fn decide(&self, op: &Operation, now: tokio::time::Instant) -> Option<Fault> {
+        self.decide_for(op, 1, now)
+    }
+
+    /// Decides the fault for a call of `op` naming `instances` instances (what its resource
+    /// bucket, if it has one, spends) arriving at `now`, and counts the request.
+    fn decide_for(
+        &self,
+        op: &Operation,
+        instances: u32,
+        now: tokio::time::Instant,
+    ) -> Option<Fault> {
         let name = op.name.as_str();
         lock(&self.stats).bump(name, |s| s.requests += 1);
         if op.protocol == Protocol::Unknown {
@@ -123,6 +157,13 @@ impl Shared {
         };
         if let Some(bucket) = self.buckets.get(name) {
             if !bucket.try_take(now) {
+                return Some(Fault::Throttle);
+            }
+        }
+        if let Some(bucket) = self.resource_buckets.get(name) {
+            // EC2 refuses a call whose instances its resource bucket cannot cover; the call
+            // still spent its request token.
+            if !bucket.try_take_n(now, instances) {
                 return Some(Fault::Throttle);
             }
         }
@@ -158,7 +199,8 @@ impl Shared {
         let op = identify(&req.target, &req.headers, &req.body);
         let name = op.name.clone();
         let count = |f: fn(&mut OpStats)| lock(&self.stats).bump(&name, f);
-        match self.decide(&op, tokio::time::Instant::now()) {
+        let instances = instances_named(&op.name, &req.body);
+        match self.decide_for(&op, instances, tokio::time::Instant::now()) {
             Some(Fault::Throttle) => {
                 count(|s| s.throttled += 1);
                 debug!(operation = %name, "Injected throttling.");
@@ -239,6 +281,30 @@ mod tests {
             name: name.into(),
             protocol: Protocol::Ec2Query,
         }
+    }
+
+    #[test]
+    fn a_resource_bucket_spends_one_token_per_instance_named() {
+        let s = shared(
+            &ProxyConfig::new("http://127.0.0.1:1")
+                .bucket("RunInstances", Rate::RUN_INSTANCES)
+                .resource_bucket("RunInstances", Rate::RUN_INSTANCES_RESOURCE),
+        );
+        let run = ec2("RunInstances");
+        let body = b"Action=RunInstances&MinCount=1&MaxCount=600&ImageId=ami-1";
+        let n = instances_named("RunInstances", body);
+        assert_eq!(n, 600);
+        let t0 = Instant::now();
+        assert_eq!(s.decide_for(&run, n, t0), None);
+        assert_eq!(s.decide_for(&run, n, t0), Some(Fault::Throttle), "400 left");
+        assert_eq!(s.decide_for(&run, 400, t0), None);
+        // 50 s later the resource bucket holds 100 instances.
+        let t1 = t0 + Duration::from_secs(50);
+        assert_eq!(s.decide_for(&run, 100, t1), None);
+        assert_eq!(s.decide_for(&run, 1, t1), Some(Fault::Throttle));
+        let term = b"Action=TerminateInstances&InstanceId.1=i-1&InstanceId.2=i-2";
+        assert_eq!(instances_named("TerminateInstances", term), 2);
+        assert_eq!(instances_named("DescribeInstances", b""), 1);
     }
 
     #[test]

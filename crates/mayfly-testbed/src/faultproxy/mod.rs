@@ -6,6 +6,8 @@
 //! - **throttling**: EC2-style token buckets per operation ([`ProxyConfig::bucket`]); a call
 //!   finding its bucket empty is answered, unforwarded, with the service's own throttling
 //!   error (`RequestLimitExceeded` for EC2, `ThrottlingException` for DynamoDB and SQS);
+//!   and EC2's resource buckets ([`ProxyConfig::resource_bucket`]), spent one token per
+//!   instance a call names (RunInstances' `MaxCount`, TerminateInstances' ids);
 //! - **5xx** at a rate: a 500 `InternalError`, unforwarded;
 //! - **timeouts** at a rate: the request is held for [`ProxyConfig::timeout_hold`], then the
 //!   connection is dropped, unforwarded;

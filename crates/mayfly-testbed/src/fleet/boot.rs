@@ -67,6 +67,11 @@ pub(super) async fn boot(
             return Boot::Retry;
         }
     };
+    // cloud-init runs gzip user-data as it runs plain user-data.
+    let script = match gunzip(script) {
+        Some(script) => script,
+        None => return Boot::Skipped(SkipReason::NotAScript),
+    };
     // cloud-init runs user-data as a program only when it starts with `#!`.
     if !script.starts_with(b"#!") {
         return Boot::Skipped(SkipReason::NotAScript);
@@ -113,6 +118,41 @@ struct Start<'a> {
     credentials: Option<super::cloud::RoleCredentials>,
 }
 
+/// The job and attempt a launch group's instance of `index` runs: from its entry of the
+/// group's table (the entry's `job_id='…'` and `attempt=N` lines, as mayfly's templates write
+/// them), so that faults keyed by job apply to grouped instances too.
+pub(super) fn group_member(user_data: Vec<u8>, index: u32) -> Option<(String, u32)> {
+    let script = gunzip(user_data)?;
+    let text = String::from_utf8_lossy(&script);
+    let start = text.find(&format!("\n{index})\ncat >"))?;
+    let entry = &text[start..];
+    let entry = &entry[..entry.find("\nMAYFLY_GROUP_ENTRY_END\n")?];
+    let job = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("job_id='"))?
+        .strip_suffix('\'')?;
+    let attempt = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("attempt="))?
+        .parse()
+        .ok()?;
+    Some((job.to_owned(), attempt))
+}
+
+/// The user-data as cloud-init reads it: decompressed when it is gzip (`None` when it claims
+/// to be and is not), else as it is.
+fn gunzip(data: Vec<u8>) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    if !data.starts_with(&[0x1f, 0x8b]) {
+        return Some(data);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data.as_slice())
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
+}
+
 /// Lays out the instance directory, starts its endpoint and runs its script.
 async fn start(
     config: &FleetConfig,
@@ -145,6 +185,7 @@ async fn start(
         region,
         user_data: String::from_utf8_lossy(script).into_owned(),
         credentials,
+        ami_launch_index: instance.launch_index.unwrap_or(0),
     };
     let role_credentials = meta.credentials.is_some();
     let server = ImdsServer::start(Imds::new(meta), control.clone()).await?;
@@ -218,4 +259,25 @@ fn script_env(
         env.extend(config.aws.env());
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_group_member_is_read_from_its_entry() {
+        let entries: Vec<String> = (0..3)
+            .map(|i| {
+                format!(
+                    "#!/bin/bash\njob_id='p:b{i}:k'\nattempt={}\necho hi\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let ud = mayfly::userdata::group_user_data("mayfly-g", &entries).unwrap();
+        assert_eq!(
+            super::group_member(ud.clone(), 2),
+            Some(("p:b2:k".to_owned(), 3))
+        );
+        assert_eq!(super::group_member(ud, 3), None);
+    }
 }

@@ -9,10 +9,11 @@
 //! `X-aws-ec2-metadata-token-ttl-seconds` (1–21600) returns a session token; every `GET`
 //! must carry it in `X-aws-ec2-metadata-token` (401 without a valid, unexpired one). Paths:
 //! `meta-data/instance-id`, `meta-data/instance-type`, `meta-data/placement/availability-zone`,
-//! `meta-data/placement/region`, `meta-data/spot/instance-action` (404 until a spot notice is
-//! due), `user-data`, and, for an instance the fleet gives its role's credentials,
-//! `meta-data/iam/security-credentials/` (the role's name) and
-//! `meta-data/iam/security-credentials/ROLE` (the credentials, as EC2 serves them), all under
+//! `meta-data/placement/region`, `meta-data/ami-launch-index` (its place in its launch),
+//! `meta-data/spot/instance-action` (404 until a spot notice is due), `user-data`, and, for an
+//! instance the fleet gives its role's credentials, `meta-data/iam/security-credentials/` (the
+//! role's name) and `meta-data/iam/security-credentials/ROLE` (the credentials, as EC2 serves
+//! them), all under
 //! `/latest/`. Tokens are unguessable enough for loopback, not
 //! cryptographic.
 //!
@@ -48,6 +49,8 @@ pub struct InstanceMetadata {
     pub user_data: String,
     /// The instance profile role's credentials, when the fleet serves them.
     pub credentials: Option<super::cloud::RoleCredentials>,
+    /// Its place among the instances of the RunInstances that launched it.
+    pub ami_launch_index: u32,
 }
 
 /// What an instance's shims ask the fleet to do to it.
@@ -181,6 +184,7 @@ impl Imds {
             "/latest/meta-data/instance-type" => m.instance_type.clone(),
             "/latest/meta-data/placement/availability-zone" => m.availability_zone.clone(),
             "/latest/meta-data/placement/region" => m.region.clone(),
+            "/latest/meta-data/ami-launch-index" => m.ami_launch_index.to_string(),
             "/latest/user-data" => m.user_data.clone(),
             "/latest/meta-data/iam/security-credentials"
             | "/latest/meta-data/iam/security-credentials/" => match &m.credentials {
@@ -302,6 +306,7 @@ mod tests {
             region: "us-east-1".into(),
             user_data: "#!/bin/bash\n".into(),
             credentials: None,
+            ami_launch_index: 3,
         })
     }
 
@@ -377,6 +382,12 @@ mod tests {
             &[(TOKEN_HEADER, &t)],
         );
         assert_eq!(imds.respond(&az, now).0.body, "us-east-1a");
+        let index = req(
+            "GET",
+            "/latest/meta-data/ami-launch-index",
+            &[(TOKEN_HEADER, &t)],
+        );
+        assert_eq!(imds.respond(&index, now).0.body, "3");
     }
 
     #[test]

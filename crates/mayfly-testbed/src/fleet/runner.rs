@@ -294,8 +294,19 @@ impl Fleet {
         instance: &ManagedInstance,
         control: &UnboundedSender<Control>,
     ) -> Option<Tracked> {
-        let job_id = instance.tag(tags::JOB_ID).map(str::to_owned);
-        let attempt = instance.tag(tags::ATTEMPT).and_then(|a| a.parse().ok());
+        let mut job_id = instance.tag(tags::JOB_ID).map(str::to_owned);
+        let mut attempt = instance.tag(tags::ATTEMPT).and_then(|a| a.parse().ok());
+        // A launch group's instance carries no job tag: its job is its entry of the table.
+        if let (None, Some(_), Some(index)) =
+            (&job_id, instance.tag(tags::GROUP), instance.launch_index)
+        {
+            if let Ok(Some(data)) = self.user_data.user_data(&instance.instance_id).await {
+                if let Some((job, n)) = boot::group_member(data, index) {
+                    job_id = Some(job);
+                    attempt = Some(n);
+                }
+            }
+        }
         let fault = job_id
             .as_deref()
             .and_then(|job| self.config.faults.lookup(job, attempt));
