@@ -250,6 +250,9 @@ struct Outcome {
     mutating_calls: u64,
     /// (job, attempt) pairs in the ledger at the end.
     attempts: u64,
+    /// Instances launched in launch groups, and all instances.
+    grouped_instances: usize,
+    instances: usize,
     passes: u64,
     duplicates: Vec<String>,
     /// Jobs the fleet ran to exit 0 on more than one instance (its own record).
@@ -533,6 +536,11 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
         let key = (i.tag("mayfly:group")?.to_owned(), i.launch_index?);
         grouped.get(&key).cloned()
     };
+    outcome.instances = instances.len();
+    outcome.grouped_instances = instances
+        .iter()
+        .filter(|i| i.tag("mayfly:group").is_some())
+        .count();
     let mut per_attempt: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for i in &instances {
         let key = owner(i).unwrap_or_else(|| ("-".to_owned(), "-".to_owned()));
@@ -686,6 +694,10 @@ fn main() {
     for (kind, n) in &chaos.faults {
         println!("    {kind:<22} {n}");
     }
+    println!(
+        "  launch groups:        {} of {} instances launched in groups (clean run {} of {})",
+        chaos.grouped_instances, chaos.instances, clean.grouped_instances, clean.instances
+    );
     println!("  duplicates:           {}", chaos.duplicates.len());
     println!(
         "  succeeded more than once: {} (clean run {})",

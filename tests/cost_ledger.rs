@@ -36,6 +36,7 @@ fn world() -> (World, Arc<FakeCompute>, Arc<FakeLedger>) {
         instance_profile: "mayfly-instance".into(),
         clock: None,
         max_group: None,
+        group_min_is_max: false,
     };
     (w, ec2, ledger)
 }

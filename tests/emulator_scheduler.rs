@@ -50,6 +50,8 @@ async fn world() -> (World, Clients) {
         instance_profile: format!("{name}-instance"),
         clock: None,
         max_group: None,
+        // moto launches exactly MinCount instances.
+        group_min_is_max: true,
     };
     (w, clients)
 }

@@ -211,9 +211,18 @@ async fn demo_workload_runs_end_to_end() {
     let instances = compute.list_managed(&name).await.unwrap();
     assert_eq!(instances.len(), jobs.len());
     for j in &jobs {
+        // Its own launch is tagged with the job; an instance of a launch group carries the
+        // group, and its launch index is one of the job's attempts'.
+        let grouped = |i: &&mayfly::ports::ManagedInstance| {
+            j.attempts.iter().any(|a| {
+                a.launch_group.is_some()
+                    && i.tag("mayfly:group") == a.launch_group.as_deref()
+                    && i.launch_index == a.launch_index
+            })
+        };
         let mine: Vec<_> = instances
             .iter()
-            .filter(|i| i.tag("mayfly:job-id") == Some(j.job_id.as_str()))
+            .filter(|i| i.tag("mayfly:job-id") == Some(j.job_id.as_str()) || grouped(i))
             .collect();
         assert_eq!(mine.len(), 1, "{}", j.job_id);
         assert!(

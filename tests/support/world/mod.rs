@@ -56,6 +56,9 @@ pub struct World {
     pub clock: Option<Arc<dyn Clock>>,
     /// The deployment's most jobs per launch group (`None`: the default).
     pub max_group: Option<u32>,
+    /// Launch groups ask for all their instances (`MinCount = MaxCount`): on moto, which
+    /// launches exactly `MinCount`.
+    pub group_min_is_max: bool,
 }
 
 /// A deployment on the in-memory fakes, with the network names the fakes accept.
@@ -77,6 +80,7 @@ pub fn on_fakes() -> World {
         instance_profile: "mayfly-instance".into(),
         clock: None,
         max_group: None,
+        group_min_is_max: false,
     }
 }
 
@@ -104,6 +108,7 @@ impl World {
         if let Some(n) = self.max_group {
             settings.max_group = n;
         }
+        settings.group_min_is_max = self.group_min_is_max;
         let mut scheduler = Scheduler::new(deps, settings);
         // Passes are driven at chosen times: unless a test sets a clock, the moments they
         // record are those times (a clock at the epoch never wins over the pass's own).
