@@ -336,6 +336,29 @@ impl State {
             )
         })
     }
+
+    /// What every RunInstances meets before EC2 looks at its instances: the call is counted,
+    /// a refused operation or a queued fault answers it, a faulted type refuses it. `Ok` is
+    /// the fault still to apply after the launch (a lost response).
+    fn admit(&mut self, req: &LaunchRequest) -> Result<Option<LaunchFault>, ComputeError> {
+        self.run_instances += 1;
+        self.refuse("RunInstances", || {
+            format!(
+                "image {}, subnet {}, instance profile {}",
+                req.image_id, req.rung.subnet, req.instance_profile
+            )
+        })?;
+        let fault = self.next_faults.pop_front();
+        match &fault {
+            Some(LaunchFault::Fail(e)) => return Err(e.clone()),
+            Some(LaunchFault::Code(code, message)) => return Err(classify(code, message)),
+            _ => {}
+        }
+        if let Some(e) = self.type_faults.get(&req.rung.instance_type) {
+            return Err(e.clone());
+        }
+        Ok(fault)
+    }
 }
 
 fn capacity_of(i: &ManagedInstance) -> CapacityType {
@@ -350,22 +373,7 @@ fn capacity_of(i: &ManagedInstance) -> CapacityType {
 impl Compute for FakeCompute {
     async fn launch(&self, req: &LaunchRequest) -> Result<Launched, ComputeError> {
         let mut s = self.lock();
-        s.run_instances += 1;
-        s.refuse("RunInstances", || {
-            format!(
-                "image {}, subnet {}, instance profile {}",
-                req.image_id, req.rung.subnet, req.instance_profile
-            )
-        })?;
-        let fault = s.next_faults.pop_front();
-        match &fault {
-            Some(LaunchFault::Fail(e)) => return Err(e.clone()),
-            Some(LaunchFault::Code(code, message)) => return Err(classify(code, message)),
-            _ => {}
-        }
-        if let Some(e) = s.type_faults.get(&req.rung.instance_type) {
-            return Err(e.clone());
-        }
+        let fault = s.admit(req)?;
         s.check_launch(req)?;
         let print = fingerprint(req);
         let id = match s.tokens.get(&req.client_token) {
@@ -421,22 +429,7 @@ impl Compute for FakeCompute {
         count: GroupCount,
     ) -> Result<Vec<GroupMember>, ComputeError> {
         let mut s = self.lock();
-        s.run_instances += 1;
-        s.refuse("RunInstances", || {
-            format!(
-                "image {}, subnet {}, instance profile {}",
-                req.image_id, req.rung.subnet, req.instance_profile
-            )
-        })?;
-        let fault = s.next_faults.pop_front();
-        match &fault {
-            Some(LaunchFault::Fail(e)) => return Err(e.clone()),
-            Some(LaunchFault::Code(code, message)) => return Err(classify(code, message)),
-            _ => {}
-        }
-        if let Some(e) = s.type_faults.get(&req.rung.instance_type) {
-            return Err(e.clone());
-        }
+        let fault = s.admit(req)?;
         let print = format!("{}|{}..={}", fingerprint(req), count.min, count.max);
         let ids = match s.group_tokens.get(&req.client_token) {
             Some((p, _)) if *p != print => {
