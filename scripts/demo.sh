@@ -127,7 +127,7 @@ printf '%s pass(es); %s job(s) still active\n' "$pass" "$active" >&2
 
 step "The burst: how the first pass launched (launch groups: one RunInstances for many jobs of one payer and rung)"
 groups=$(grep -o '"groups": [0-9]*' .mayfly/pass-1.json | grep -o '[0-9]*$' || echo 0)
-launched=$(grep -c '"cedar-plan:drop-' .mayfly/pass-1.json || true)
+launched=$(grep -c '"cedar-plan/cedar-plan:drop-' .mayfly/pass-1.json || true)
 printf 'pass 1 launched %s of the 30 burst jobs, in %s launch group call(s) beside the workload'"'"'s single launches;\n' "$launched" "$groups"
 printf 'each job on its own instance, which ran the entry of its ami-launch-index:\n'
 "${mayfly[@]}" jobs show cedar-plan:drop-01:eligibility | grep -E '^(job|attempt)|^  (instance|launch group|launch index) ' || true

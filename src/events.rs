@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::job::is_token;
+use crate::job::{is_job_id, JOB_ID_FORM};
 
 /// The schema version this build writes and reads.
 pub const VERSION: u32 = 1;
@@ -214,11 +214,8 @@ impl InstanceEvent {
                 format!("unsupported version {}", self.v),
             ));
         }
-        if !is_token(&self.job_id, 128) {
-            return Err(EventError::new(
-                "job_id",
-                "must be 1–128 characters of A-Z a-z 0-9 . _ : -",
-            ));
+        if !is_job_id(&self.job_id) {
+            return Err(EventError::new("job_id", JOB_ID_FORM));
         }
         if self.attempt == 0 {
             return Err(EventError::new("attempt", "must be at least 1"));

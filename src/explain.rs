@@ -17,7 +17,7 @@ use crate::cost_report::{job_lines, AttemptLine};
 use crate::job::{Attempt, Job, JobState};
 use crate::plan::{self, Reason, Snapshot};
 use crate::ports::ComputeError;
-use crate::ports::{ConfigStore, Ledger, QuotaReader, StoreError};
+use crate::ports::{ConfigStore, Ledger, QuotaReader};
 use crate::profile::GlobalCaps;
 use crate::quota::{AccountQuota, QuotaSource};
 use crate::scheduler::{load_payers, load_snapshot, read_quotas, QuotaRead};
@@ -48,14 +48,8 @@ impl fmt::Debug for ExplainContext<'_> {
     }
 }
 
-/// Why a job could not be explained.
-#[derive(Debug, thiserror::Error)]
-pub enum ExplainError {
-    #[error("no job `{0}` in the ledger")]
-    NotFound(String),
-    #[error("reading the ledger or config table: {0}")]
-    Store(#[from] StoreError),
-}
+/// Why `explain` has no answer: the id names no job, or more than one.
+pub type ExplainError = crate::job_lookup::LookupError;
 
 /// The situation a job is in, as a stable code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,10 +122,7 @@ pub async fn explain(
     ctx: &ExplainContext<'_>,
     job_id: &str,
 ) -> Result<Explanation, ExplainError> {
-    let job = ledger
-        .get(job_id)
-        .await?
-        .ok_or_else(|| ExplainError::NotFound(job_id.to_owned()))?;
+    let job = crate::job_lookup::find_job(config, ledger, job_id).await?;
     let lines = job_lines(&job, ctx.catalog, ctx.now);
     let mut out = base(&job, lines);
     if job.state.is_terminal() || job.state.is_in_flight() {

@@ -56,6 +56,7 @@ pub mod emf;
 pub mod events;
 pub mod explain;
 pub mod fakes;
+pub mod job_lookup;
 pub mod lambda;
 pub mod lease;
 pub mod ledger_index;

@@ -556,7 +556,11 @@ fn the_planner_keeps_each_family_groups_vcpus_under_the_accounts_quota() {
         .iter()
         .all(|r| r.capacity == CapacityType::OnDemand));
     assert_eq!(p.launches[0].ladder.len(), 4);
-    let q2 = p.waiting.iter().find(|w| &*w.job.job_id == "q2").unwrap();
+    let q2 = p
+        .waiting
+        .iter()
+        .find(|w| &*w.job.job_id == "acme/q2")
+        .unwrap();
     assert_eq!(
         q2.reason,
         Reason::VcpuQuota {

@@ -339,7 +339,7 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
     };
     let mut fleet_faults = Vec::new();
     if !clean {
-        for (i, (id, _, _, _)) in jobs.iter().enumerate() {
+        for (i, (id, payer, _, _)) in jobs.iter().enumerate() {
             let fault = if i < FLEET_FAULTS.len() {
                 Some(FLEET_FAULTS[i])
             } else if rng.unit() < cfg.fleet_fault_rate {
@@ -348,7 +348,7 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
                 None
             };
             if let Some(f) = fault {
-                fleet_faults.push(format!("{id}@1={f}"));
+                fleet_faults.push(format!("{}@1={f}", mayfly::job::job_key(payer, id)));
                 *outcome.faults.entry(format!("fleet {f}")).or_default() += 1;
             }
         }
@@ -588,9 +588,13 @@ async fn run(cfg: &Config, clean: bool) -> Outcome {
             }
         }
     }
-    let submitted: BTreeSet<&str> = jobs.iter().map(|(id, ..)| id.as_str()).collect();
+    // mayfly names each job by its payer and the producer's id.
+    let submitted: BTreeSet<String> = jobs
+        .iter()
+        .map(|(id, payer, ..)| mayfly::job::job_key(payer, id))
+        .collect();
     for id in &submitted {
-        match by_id.get(id) {
+        match by_id.get(id.as_str()) {
             None => outcome.lost.push(format!("{id}: not in the ledger")),
             Some(j) if !settled(j) => outcome
                 .lost

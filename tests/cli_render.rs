@@ -33,7 +33,7 @@ fn render_prints_a_script_for_the_job_that_bash_accepts() {
     );
     let script = String::from_utf8(out.stdout).unwrap();
     assert!(script.starts_with("#!/bin/bash"));
-    assert!(script.contains("'cedar-plan:2026-11:claims'"));
+    assert!(script.contains("'cedar-plan/cedar-plan:2026-11:claims'"));
     assert!(script.contains("'x12'"));
     let dir = std::env::temp_dir().join(format!("mayfly-render-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

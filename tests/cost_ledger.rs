@@ -57,7 +57,7 @@ async fn spot_launches_record_the_spot_price_read_once_per_type_and_az() {
         w.submit(&request(&id, "cedar-plan", "eligibility", b, 1))
             .await;
     }
-    let prairie = "prairie-mutual:2027-01:remittance";
+    let prairie = "prairie-mutual/prairie-mutual:2027-01:remittance";
     w.submit(&request(
         prairie,
         "prairie-mutual",

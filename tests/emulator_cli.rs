@@ -170,7 +170,7 @@ async fn operator_workflow_against_the_emulator() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|w| w["job_id"] == "cedar-plan:2026-11:eligibility"),
+            .any(|w| w["job_id"] == "cedar-plan/cedar-plan:2026-11:eligibility"),
         "{plan}"
     );
     let dry: serde_json::Value = serde_json::from_str(&ok(&mayfly(

@@ -169,6 +169,7 @@ async fn an_arrival_wakes_the_daemon_which_launches_serves_metrics_and_stops_cle
 
     // Claims launch on demand, so the instance has a price and today has a cost.
     let job = "cedar-plan:2029-03:claims";
+    let job_id = mayfly::job::job_key("cedar-plan", job);
     let submitted = Instant::now();
     let args = [
         "submit",
@@ -190,7 +191,7 @@ async fn an_arrival_wakes_the_daemon_which_launches_serves_metrics_and_stops_cle
         "an arrival's pass skips reconcile"
     );
     let ledger = DynamoLedger::new(clients.dynamodb.clone(), names.jobs_table());
-    let running = ledger.get(job).await.unwrap().expect("the job");
+    let running = ledger.get(&job_id).await.unwrap().expect("the job");
     assert_eq!(running.state, JobState::Running);
     let instance = running.attempts[0]
         .instance_id

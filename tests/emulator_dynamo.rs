@@ -28,6 +28,8 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap()
 }
 
+/// A job under the id given (the adapter stores whatever id a job has; mayfly's are
+/// `payer/job_id`, a ledger from before ids were per payer holds bare ones).
 fn job(job_id: &str, payer: &str, batch: &str, submitted_at: DateTime<Utc>) -> Job {
     let req = JobRequest {
         job_id: job_id.into(),
@@ -38,7 +40,10 @@ fn job(job_id: &str, payer: &str, batch: &str, submitted_at: DateTime<Utc>) -> J
         params: Default::default(),
         priority: None,
     };
-    Job::from_request(req, submitted_at)
+    Job {
+        job_id: job_id.into(),
+        ..Job::from_request(req, submitted_at)
+    }
 }
 
 fn profile(payer_id: &str, priority: u8) -> PayerProfile {

@@ -4,7 +4,8 @@
 //! credentials on its metadata endpoint (STS AssumeRole, the session named after the
 //! instance, as EC2 does), and the instance's script and job call AWS with them only: each
 //! job reads its own payer's input object, reports through the events queue and runs to
-//! `succeeded`. With payer A's instance credentials, payer B's input and secret are denied,
+//! `succeeded` — both payers name their job alike, and each gets its own job, found by
+//! `explain` under its payer. With payer A's instance credentials, payer B's input and secret are denied,
 //! and so are SendMessage to the intake queue, PutItem and UpdateItem on the ledger,
 //! RunInstances and TerminateInstances.
 //!
@@ -352,12 +353,22 @@ async fn a_payer_instance_runs_as_its_own_role_and_reaches_nothing_else() {
         String::from_utf8_lossy(&applied.stderr)
     );
 
+    // Both payers name their job alike: each gets its own job, `payer/job_id`.
+    let producer_id = "2026-12:load";
+    let job_of = |p: &Payer| format!("{}/{producer_id}", p.id);
     for p in &payers {
-        let job = format!("{}:2026-12:load", p.id);
         let submitted = operator.mayfly(
             &name,
             &[
-                "submit", "--job-id", &job, "--payer", p.id, "--kind", "load", "--batch", "2026-12",
+                "submit",
+                "--job-id",
+                producer_id,
+                "--payer",
+                p.id,
+                "--kind",
+                "load",
+                "--batch",
+                "2026-12",
             ],
         );
         assert!(
@@ -378,12 +389,29 @@ async fn a_payer_instance_runs_as_its_own_role_and_reaches_nothing_else() {
     // the instances' all, and the passes that apply their events — runs under enforcement.
     let launched = operator.mayfly(&name, &["tick"]);
     for p in &payers {
-        let job = format!("{}:2026-12:load", p.id);
+        let job = job_of(p);
         assert_eq!(
             job_state(&job),
             "running",
             "{job} launched: {}",
             String::from_utf8_lossy(&launched.stdout)
+        );
+        // On an instance of its own payer's profile.
+        let shown = operator.mayfly(&name, &["--output", "json", "jobs", "show", &job_of(p)]);
+        let shown: Value = serde_json::from_slice(&shown.stdout).expect("jobs show json");
+        let instance_id = shown["attempts"][0]["instance_id"]
+            .as_str()
+            .expect("instance");
+        let described =
+            operator.json(&["ec2", "describe-instances", "--instance-ids", instance_id]);
+        let profile_arn = described["Reservations"][0]["Instances"][0]["IamInstanceProfile"]["Arn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            profile_arn.ends_with(&format!("/{}", p.instance_profile)),
+            "{}'s job ran on {instance_id} with profile {profile_arn}",
+            p.id
         );
     }
     enforce(&emulator.endpoint, true);
@@ -425,7 +453,7 @@ async fn a_payer_instance_runs_as_its_own_role_and_reaches_nothing_else() {
         let states: BTreeMap<String, String> = payers
             .iter()
             .map(|p| {
-                let job = format!("{}:2026-12:load", p.id);
+                let job = job_of(p);
                 let state = job_state(&job);
                 (job, state)
             })
@@ -452,6 +480,22 @@ async fn a_payer_instance_runs_as_its_own_role_and_reaches_nothing_else() {
          instance consoles under {}",
         work.display()
     );
+
+    // `explain` finds each job by its id; the producer's id alone names both, so `explain`
+    // asks which.
+    for p in &payers {
+        let explained = operator.mayfly(&name, &["--output", "json", "explain", &job_of(p)]);
+        let explained: Value = serde_json::from_slice(&explained.stdout).expect("explain json");
+        assert_eq!(explained["job_id"], job_of(p).as_str(), "{explained:#}");
+        assert_eq!(explained["payer_id"], p.id, "{explained:#}");
+        assert_eq!(explained["state"], "succeeded", "{explained:#}");
+    }
+    let both = operator.mayfly(&name, &["explain", producer_id]);
+    let said = String::from_utf8_lossy(&both.stderr);
+    assert!(!both.status.success());
+    for p in &payers {
+        assert!(said.contains(&job_of(p)), "explain names both jobs: {said}");
+    }
 
     // Payer A's instance credentials, as the fleet served them: its role, its instance's
     // session.

@@ -175,7 +175,7 @@ async fn a_conflicting_resend_goes_to_the_dlq_and_the_accepted_job_stands() {
                 .unwrap();
         }
     };
-    let id = "cedar-plan:2026-11:eligibility";
+    let id = "cedar-plan/cedar-plan:2026-11:eligibility";
     let first = r#"{"job_id":"cedar-plan:2026-11:eligibility","payer_id":"cedar-plan","kind":"eligibility","batch":"2026-11","params":{"NOTE":"first"}}"#;
     // The same request again, fields in another order: a re-send, a quiet no-op.
     let same = r#"{"payer_id":"cedar-plan","job_id":"cedar-plan:2026-11:eligibility","batch":"2026-11","kind":"eligibility","params":{"NOTE":"first"},"priority":0}"#;

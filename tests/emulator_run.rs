@@ -48,6 +48,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_sigterm_exits_cleanly() {
     first.kill();
     let killed = Instant::now();
     let job = "cedar-plan:2029-02:eligibility";
+    let job_id = mayfly::job::job_key("cedar-plan", job);
     assert!(mayfly(
         &name,
         &[
@@ -71,7 +72,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_sigterm_exits_cleanly() {
     let ledger = DynamoLedger::new(clients.dynamodb.clone(), names.jobs_table());
     let deadline = Instant::now() + Duration::from_secs(60);
     let acted = loop {
-        if let Some(j) = ledger.get(job).await.unwrap() {
+        if let Some(j) = ledger.get(&job_id).await.unwrap() {
             if j.state == JobState::Running {
                 break Instant::now();
             }

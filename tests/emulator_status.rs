@@ -86,7 +86,7 @@ async fn status_shows_queues_jobs_instances_pauses_and_the_oldest_waiting_job() 
     assert_eq!(live, 2);
     assert_eq!(s["paused_payers"]["harbor-health"], "month-end freeze");
     let oldest = &s["oldest_waiting"];
-    assert_eq!(oldest["job_id"], "harbor:2029-04:members");
+    assert_eq!(oldest["job_id"], "harbor-health/harbor:2029-04:members");
     assert_eq!(oldest["code"], "payer_paused");
     assert!(oldest["why"].as_str().unwrap().contains("month-end freeze"));
     let queued: Vec<(String, u64)> = s["queued"]
@@ -118,7 +118,9 @@ async fn status_shows_queues_jobs_instances_pauses_and_the_oldest_waiting_job() 
         "{text}"
     );
     assert!(
-        text.contains("Oldest:    harbor:2029-04:members (harbor-health, queued) waiting"),
+        text.contains(
+            "Oldest:    harbor-health/harbor:2029-04:members (harbor-health, queued) waiting"
+        ),
         "{text}"
     );
     assert!(text.lines().count() <= 24, "one screen: {text}");

@@ -19,8 +19,8 @@ use mayfly::ports::Queue;
 use support::world::{instance_sender, on_fakes, request, send_event, t0, Fault, World};
 
 /// Payer A's job and payer B's.
-const A: &str = "cedar-plan:2029-02:eligibility";
-const B: &str = "harbor-health:2029-02:members";
+const A: &str = "cedar-plan/cedar-plan:2029-02:eligibility";
+const B: &str = "harbor-health/harbor-health:2029-02:members";
 
 /// The reasons on the events DLQ's messages, in order.
 fn dead_letter_reasons(dlq: &FakeQueue) -> Vec<String> {

@@ -110,7 +110,7 @@ async fn waiting_on_lower_tier_jobs_names_them_and_their_state() {
     assert!(
         e.details
             .iter()
-            .any(|d| d == "cedar:11:eligibility is running"),
+            .any(|d| d == "cedar-plan/cedar:11:eligibility is running"),
         "{:?}",
         e.details
     );
@@ -141,7 +141,7 @@ async fn blocked_by_a_dead_lower_tier_says_how_to_release_it() {
     assert!(e
         .details
         .iter()
-        .any(|d| d.contains("mayfly jobs retry cedar:11:eligibility")));
+        .any(|d| d.contains("mayfly jobs retry cedar-plan/cedar:11:eligibility")));
 }
 
 #[tokio::test]

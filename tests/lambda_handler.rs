@@ -60,7 +60,7 @@ fn failures(ids: &[&str]) -> Vec<ItemFailure> {
 async fn a_scheduled_event_runs_a_pass() {
     let w = world();
     w.apply_examples().await;
-    let job_id = "cedar-plan:2027-03:eligibility";
+    let job_id = "cedar-plan/cedar-plan:2027-03:eligibility";
     w.submit(&request(job_id, "cedar-plan", "eligibility", "2027-03", 1))
         .await;
     let handled = handle(&w.scheduler(60), Trigger::Scheduled, t0())
@@ -81,8 +81,8 @@ async fn an_sqs_event_applies_its_events_and_returns_only_the_failed_records() {
         ..world()
     };
     w.apply_examples().await;
-    let running = "cedar-plan:2027-04:eligibility";
-    let launching = "harbor-health:2027-04:members";
+    let running = "cedar-plan/cedar-plan:2027-04:eligibility";
+    let launching = "harbor-health/harbor-health:2027-04:members";
     w.submit(&request(running, "cedar-plan", "eligibility", "2027-04", 1))
         .await;
     w.tick(t0()).await;
@@ -168,7 +168,7 @@ async fn an_event_the_ledger_cannot_take_yet_comes_back() {
         ..world()
     };
     w.apply_examples().await;
-    let running = "cedar-plan:2027-05:eligibility";
+    let running = "cedar-plan/cedar-plan:2027-05:eligibility";
     w.submit(&request(running, "cedar-plan", "eligibility", "2027-05", 1))
         .await;
     w.tick(t0()).await;

@@ -235,6 +235,9 @@ async fn scheduled_and_sqs_invocations_run_passes_against_the_emulator() {
             "2027-01",
         ],
     ));
+    // The job's id in mayfly is per payer.
+    let job_key = mayfly::job::job_key("cedar-plan", job_id);
+    let job_id = job_key.as_str();
 
     let mut api = RuntimeApi::start().await;
     let mut function = start_function(&name, &api);

@@ -67,7 +67,7 @@ async fn happy_path_costs_at_most_four_ledger_writes_and_batched_queue_calls() {
     w.apply_examples().await;
     for n in 0..20 {
         w.submit(&world::request(
-            &format!("prairie-mutual:r{n}:remittance"),
+            &format!("prairie-mutual/prairie-mutual:r{n}:remittance"),
             "prairie-mutual",
             "remittance",
             &format!("r{n}"),
@@ -135,7 +135,7 @@ async fn a_replay_with_the_same_token_never_launches_twice_on_ec2_semantics() {
     };
     w.apply_examples().await;
     w.submit(&world::request(
-        "cedar-plan:2027-06:eligibility",
+        "cedar-plan/cedar-plan:2027-06:eligibility",
         "cedar-plan",
         "eligibility",
         "2027-06",
@@ -144,7 +144,7 @@ async fn a_replay_with_the_same_token_never_launches_twice_on_ec2_semantics() {
     .await;
     w.compute.script(world::Fault::LoseResponse);
     w.tick(world::t0()).await;
-    let job = w.job("cedar-plan:2027-06:eligibility").await;
+    let job = w.job("cedar-plan/cedar-plan:2027-06:eligibility").await;
     let attempt = job.current_attempt().unwrap();
     let token = client_token(&w.cluster, &job.job_id, 1, attempt.rung.as_ref().unwrap());
     assert_eq!(attempt.client_token.as_deref(), Some(token.as_str()));
@@ -297,8 +297,10 @@ fn quick() -> TickOptions {
     }
 }
 
-/// A job in backoff, written straight to the ledger behind the copy.
+/// A job in backoff, written straight to the ledger behind the copy. `id` is mayfly's
+/// (`cedar-plan/job_id`).
 async fn waiting_job(behind: &FakeLedger, id: &str, until: chrono::DateTime<chrono::Utc>) {
+    let id = id.strip_prefix("cedar-plan/").expect("a cedar-plan job");
     let req = JobRequest::parse(&format!(
         r#"{{"job_id":"{id}","payer_id":"cedar-plan","kind":"eligibility","batch":"2030-01"}}"#
     ))
@@ -312,7 +314,7 @@ async fn waiting_job(behind: &FakeLedger, id: &str, until: chrono::DateTime<chro
 async fn a_job_cancelled_elsewhere_is_never_launched_from_a_stale_copy() {
     let (w, _, behind) = world_with_copy();
     w.apply_examples().await;
-    let id = "cedar-plan:2030-01:eligibility";
+    let id = "cedar-plan/cedar-plan:2030-01:eligibility";
     let t0 = world::t0();
     waiting_job(&behind, id, t0 + chrono::Duration::minutes(10)).await;
     let s = w.scheduler(60);
@@ -349,7 +351,7 @@ async fn a_job_written_elsewhere_is_launched_after_the_copy_is_refreshed() {
     let t0 = world::t0();
     s.tick(quick(), t0).await.unwrap();
     // Another process (a Lambda pass, say) records a job the daemon's copy does not hold.
-    let id = "cedar-plan:2030-01:eligibility";
+    let id = "cedar-plan/cedar-plan:2030-01:eligibility";
     waiting_job(&behind, id, t0).await;
     let before = s.tick(quick(), t0).await.unwrap();
     assert!(before.launch.instances.is_empty(), "{before}");
@@ -358,4 +360,69 @@ async fn a_job_written_elsewhere_is_launched_after_the_copy_is_refreshed() {
     let after = s.tick(quick(), t0).await.unwrap();
     assert_eq!(after.launch.instances.len(), 1, "{after}");
     assert_eq!(w.job(id).await.state, JobState::Running);
+}
+
+#[tokio::test]
+async fn two_payers_may_use_one_job_id_and_a_job_from_before_keeps_its_own() {
+    let w = world();
+    w.apply_examples().await;
+    let shared = "2031-01:load";
+    w.submit(&world::request(
+        shared,
+        "cedar-plan",
+        "eligibility",
+        "2031-01",
+        1,
+    ))
+    .await;
+    w.submit(&world::request(
+        shared,
+        "harbor-health",
+        "members",
+        "2031-01",
+        1,
+    ))
+    .await;
+    // A job accepted before ids were per payer sits in the ledger under its producer's id
+    // alone; its producer sends it again.
+    let old = r#"{"job_id":"2030-12:old","payer_id":"cedar-plan","kind":"eligibility","batch":"2030-12"}"#;
+    let mut legacy = Job::from_request(JobRequest::parse(old).unwrap(), world::t0());
+    legacy.job_id = "2030-12:old".into();
+    assert!(w.ledger.create(&legacy).await.unwrap());
+    w.submit(old).await;
+
+    let pass = w.tick(world::t0()).await;
+    assert_eq!(pass.ingest.accepted, 2, "{pass}");
+    assert_eq!(
+        pass.ingest.duplicates, 1,
+        "the re-send of the earlier job: {pass}"
+    );
+    assert_eq!(pass.ingest.conflicts, 0, "{pass}");
+    // Two jobs, each on its own instance, tagged with its payer.
+    let live = w.live_instances().await;
+    let mut on = Vec::new();
+    for payer in ["cedar-plan", "harbor-health"] {
+        let id = format!("{payer}/{shared}");
+        let job = w.job(&id).await;
+        assert_eq!(
+            (job.payer_id.as_str(), job.state),
+            (payer, JobState::Running)
+        );
+        let iid = job.current_attempt().unwrap().instance_id.clone().unwrap();
+        let instance = live.iter().find(|i| i.instance_id == iid).expect("live");
+        assert_eq!(instance.tag("mayfly:payer"), Some(payer));
+        on.push(iid);
+    }
+    assert_ne!(on[0], on[1]);
+    // The producer's id alone names both: asked which.
+    match mayfly::job_lookup::find_job(w.config.as_ref(), w.ledger.as_ref(), shared).await {
+        Err(mayfly::job_lookup::LookupError::Ambiguous { ids, .. }) => assert_eq!(
+            ids,
+            ["cedar-plan/2031-01:load", "harbor-health/2031-01:load"]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The earlier job keeps its id: launched under it, and not accepted a second time.
+    assert_eq!(w.job("2030-12:old").await.state, JobState::Running);
+    assert_eq!(w.ledger.get("cedar-plan/2030-12:old").await.unwrap(), None);
 }

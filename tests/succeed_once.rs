@@ -50,7 +50,8 @@ fn rig_with(clock: Option<Arc<ManualClock>>) -> Rig {
     }
 }
 
-const JOB: &str = "cedar-plan:2029-01:eligibility";
+/// The job, as mayfly names it (per payer).
+const JOB: &str = "cedar-plan/cedar-plan:2029-01:eligibility";
 
 impl Rig {
     async fn submit(&self) {

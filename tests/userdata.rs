@@ -730,7 +730,7 @@ fn the_script_reports_started_heartbeats_and_finished_then_shuts_down() {
     assert_eq!(kinds.last(), Some(&EventKind::Finished), "{kinds:?}");
     assert!(kinds.contains(&EventKind::Heartbeat), "{kinds:?}");
     for e in &run.events {
-        assert_eq!(e.job_id, "test-payer:2026-11-01:check");
+        assert_eq!(e.job_id, "test-payer/test-payer:2026-11-01:check");
         assert_eq!(e.attempt, 2);
         assert_eq!(e.instance_id, "i-0123456789abcdef0");
     }
@@ -741,7 +741,7 @@ fn the_script_reports_started_heartbeats_and_finished_then_shuts_down() {
         "{finished:?}"
     );
     let tail = finished.output_tail.as_deref().unwrap();
-    let expected_env = "test-payer:2026-11-01:check|2|test-payer|check|2026-11-01|s3://mayfly-example-drops/test-payer/2026-11-01/check.dat|i-0123456789abcdef0|from-profile|it's $(not) run|ssm-value-for-test|sm-value-for-test\n";
+    let expected_env = "test-payer/test-payer:2026-11-01:check|2|test-payer|check|2026-11-01|s3://mayfly-example-drops/test-payer/2026-11-01/check.dat|i-0123456789abcdef0|from-profile|it's $(not) run|ssm-value-for-test|sm-value-for-test\n";
     assert_eq!(
         tail,
         format!("{expected_env}tab\there \"quoted\" back\\slash café badend")

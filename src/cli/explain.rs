@@ -8,7 +8,7 @@ use crate::explain::{explain, ExplainContext, ExplainError};
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The job's id.
+    /// The job's id: `payer/job_id`, or the job_id alone (looked up under every payer).
     pub job_id: String,
     /// Explain as of this time (RFC 3339); default now.
     #[arg(long)]
@@ -38,8 +38,8 @@ pub(super) async fn run(app: &App, output: Output, args: &ExplainArgs) -> Result
     )
     .await
     .map_err(|e| match e {
-        ExplainError::NotFound(_) => CliError::Invalid(e.to_string()),
         ExplainError::Store(e) => app.store_error("reading the ledger or config table", e),
+        e => CliError::Invalid(e.to_string()),
     })?;
     emit(output, &answer)
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{emit, App, CliError, JobsCommand, Output, SubmitArgs};
 use crate::job::{Job, JobInput, JobRequest, JobState};
+use crate::job_lookup::{find_job, LookupError};
 use crate::jobs_file;
 use crate::plan_view::table;
 use crate::ports::{Ledger, PageQuery, Queue};
@@ -69,7 +70,7 @@ pub(super) async fn submit(app: &App, output: Output, args: &SubmitArgs) -> Resu
             .send(&body, &[])
             .await
             .map_err(|e| app.queue_error(&format!("sending {}", req.job_id), e))?;
-        sent.push((req.job_id, id));
+        sent.push((crate::job::job_key(&req.payer_id, &req.job_id), id));
     }
     emit(output, &Submitted { sent })
 }
@@ -120,10 +121,11 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
             emit(output, &JobList(jobs))
         }
         JobsCommand::Show { job_id } => {
-            let job = show(app, ledger.as_ref(), &job_id).await?;
+            let job = find(app, ledger.as_ref(), &job_id).await?;
             emit(output, &JobView(job))
         }
         JobsCommand::Retry { job_id } => {
+            let job_id = find(app, ledger.as_ref(), &job_id).await?.job_id;
             let scheduler = app.scheduler(&super::PassArgs::defaults()).await?;
             let action = scheduler
                 .retry_job(&job_id, chrono::Utc::now())
@@ -132,6 +134,7 @@ pub(super) async fn run(app: &App, output: Output, cmd: JobsCommand) -> Result<(
             emit(output, &action)
         }
         JobsCommand::Cancel { job_id, reason } => {
+            let job_id = find(app, ledger.as_ref(), &job_id).await?.job_id;
             let scheduler = app.scheduler(&super::PassArgs::defaults()).await?;
             let action = scheduler
                 .cancel_job(&job_id, reason.as_deref(), chrono::Utc::now())
@@ -155,12 +158,14 @@ fn store(app: &App, e: crate::ports::StoreError) -> CliError {
     app.store_error("job ledger", e)
 }
 
-async fn show(app: &App, ledger: &dyn Ledger, job_id: &str) -> Result<Job, CliError> {
-    ledger
-        .get(job_id)
+/// The job an operator's id names: `payer/job_id`, or the job_id alone under any payer.
+async fn find(app: &App, ledger: &dyn Ledger, job_id: &str) -> Result<Job, CliError> {
+    find_job(app.config().as_ref(), ledger, job_id)
         .await
-        .map_err(|e| store(app, e))?
-        .ok_or_else(|| CliError::Invalid(format!("no job `{job_id}` in the ledger")))
+        .map_err(|e| match e {
+            LookupError::Store(e) => store(app, e),
+            e => CliError::Invalid(e.to_string()),
+        })
 }
 
 #[derive(Debug, Serialize)]

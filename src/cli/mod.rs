@@ -234,8 +234,11 @@ pub enum Command {
     /// Waiting on which lower-tier jobs, blocked by which dead one, which cap or quota,
     /// backoff until when, payer paused and why; dead with the last exit code and output
     /// tail; or running on which instance since when, at what cost so far.
+    ///
+    /// A job's id is `payer/job_id`; the job_id alone finds the job when one payer has it.
     #[command(after_help = "Examples:
   mayfly explain cedar-plan:2026-11:claims
+  mayfly explain cedar-plan/cedar-plan:2026-11:claims
   mayfly --output json explain cedar-plan:2026-11:claims")]
     Explain(ExplainArgs),
 }
@@ -543,9 +546,11 @@ pub enum JobsCommand {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
-    /// Show one job with all its attempts.
+    /// Show one job with all its attempts (by `payer/job_id`, or the job_id alone when one
+    /// payer has it).
     #[command(after_help = "Examples:
   mayfly jobs show cedar-plan:2026-11:claims
+  mayfly jobs show cedar-plan/cedar-plan:2026-11:claims
   mayfly --output json jobs show cedar-plan:2026-11:claims")]
     Show { job_id: String },
     /// Queue a dead or cancelled job again, with a fresh budget of attempts.

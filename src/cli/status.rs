@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn spot_refusal_is_shown_until_a_spot_launch_succeeds() {
         let refused = spot_refused(&[job("a", 1, false), job("b", 2, true)]).expect("refused");
-        assert_eq!(refused.job_id, "b");
+        assert_eq!(refused.job_id, "p/b");
         assert!(refused.fix.contains("iam:CreateServiceLinkedRole"));
         assert!(spot_refused(&[job("b", 2, true), job("c", 3, false)]).is_none());
         assert!(spot_refused(&[]).is_none());

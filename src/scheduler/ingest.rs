@@ -92,7 +92,26 @@ pub(super) async fn run(s: &Scheduler, payers: &[Payer], now: DateTime<Utc>) -> 
                     }
                 }
                 Ok(req) => {
+                    let producer_id = req.job_id.clone();
                     let job = Job::from_request(req, now);
+                    // A ledger written before job ids were per payer holds the payer's earlier
+                    // jobs under the producer's id alone: a re-send of one is still a re-send.
+                    match s.deps.ledger.get(&producer_id).await {
+                        Ok(Some(earlier)) if earlier.payer_id == job.payer_id => {
+                            if compare(s, &earlier, &job, &m, &mut report).await {
+                                done.push(m.receipt);
+                            }
+                            continue;
+                        }
+                        Ok(_) => {}
+                        // Not deleted: the message comes back after its visibility timeout.
+                        Err(e) => {
+                            report
+                                .errors
+                                .push(format!("reading job {producer_id}: {e}"));
+                            continue;
+                        }
+                    }
                     match s.deps.ledger.create(&job).await {
                         Ok(true) => {
                             tracing::info!(job_id = %job.job_id, payer = %job.payer_id, kind = %job.kind, "Accepted a job.");
@@ -147,6 +166,19 @@ async fn resent(s: &Scheduler, job: &Job, m: &Message, report: &mut IngestReport
             return false;
         }
     };
+    compare(s, &accepted, job, m, report).await
+}
+
+/// Settles a request whose job the ledger already holds as `accepted`: the same content is a
+/// quiet re-send, other content a conflict that goes to the intake DLQ. Says whether the
+/// message is done with.
+async fn compare(
+    s: &Scheduler,
+    accepted: &Job,
+    job: &Job,
+    m: &Message,
+    report: &mut IngestReport,
+) -> bool {
     let differ = accepted.request_differences(job);
     if differ.is_empty() {
         report.duplicates += 1;
@@ -154,7 +186,7 @@ async fn resent(s: &Scheduler, job: &Job, m: &Message, report: &mut IngestReport
     }
     let reason = format!(
         "job_id: job {} was already accepted with a different {}; the accepted request stands (send this one under a new job_id to run it)",
-        job.job_id,
+        accepted.job_id,
         differ.join(", ")
     );
     tracing::warn!(message_id = %m.message_id, job_id = %job.job_id, differ = ?differ, "Rejected a conflicting re-send of a job.");

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{context_error, RenderError};
 use crate::events::MAX_OUTPUT_TAIL_BYTES;
-use crate::job::{is_token, Job};
+use crate::job::{is_job_id, Job, JOB_ID_FORM};
 use crate::profile::Payer;
 use crate::secrets;
 
@@ -131,11 +131,8 @@ impl UserDataContext {
             )
         })?;
         // The job id is written unescaped into JSON event bodies, so its charset matters.
-        if !is_token(&job.job_id, 128) {
-            return Err(context_error(
-                "job_id",
-                "must be 1–128 characters of A-Z a-z 0-9 . _ : -",
-            ));
+        if !is_job_id(&job.job_id) {
+            return Err(context_error("job_id", JOB_ID_FORM));
         }
         if attempt == 0 {
             return Err(context_error("attempt", "must be at least 1"));

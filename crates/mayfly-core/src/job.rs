@@ -110,6 +110,39 @@ pub fn is_token(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// A job's id in mayfly: its payer's id and the producer's `job_id`, as `payer/job_id`. Two
+/// payers may use the same producer id (`claims-2026-12-01` is a natural name for both) and
+/// get two jobs: the ledger, the instance's tags, its ClientToken, its events and `explain` all
+/// name the job by this id. Neither part may contain `/`, so the id splits back unambiguously.
+///
+/// Ledgers written before ids were per payer hold jobs under the producer's id alone; such a
+/// job keeps that id for life (its instance and events carry it), and the intake reads it too
+/// so a re-send of it is still recognised.
+pub fn job_key(payer_id: &str, job_id: &str) -> String {
+    format!("{payer_id}/{job_id}")
+}
+
+/// The parts of a job id: the payer (`None` for an id written before ids were per payer) and
+/// the producer's `job_id`.
+pub fn split_job_id(id: &str) -> (Option<&str>, &str) {
+    match id.split_once('/') {
+        Some((payer, job)) => (Some(payer), job),
+        None => (None, id),
+    }
+}
+
+/// A well-formed job id: `payer/job_id`, or a producer's `job_id` alone (a job accepted before
+/// ids were per payer).
+pub fn is_job_id(id: &str) -> bool {
+    match split_job_id(id) {
+        (Some(payer), job) => is_token(payer, 40) && is_token(job, 128),
+        (None, job) => is_token(job, 128),
+    }
+}
+
+/// What [`is_job_id`] accepts, for error messages.
+pub const JOB_ID_FORM: &str = "must be `payer/job_id`: a payer id of 1–40 and a job_id of 1–128 characters of A-Z a-z 0-9 . _ : - (or the job_id alone, for a job accepted before ids were per payer)";
+
 impl JobRequest {
     /// Parses a message body. Errors name the field; unknown fields are refused.
     pub fn parse(body: &str) -> Result<Self, RequestError> {
@@ -438,6 +471,8 @@ pub const BOUNCES_KEPT: usize = 10;
 /// A job as the ledger keeps it. The ledger, not the queue, is the source of truth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
+    /// The job's id, `payer/job_id` ([`job_key`]); the producer's id alone for a job accepted
+    /// before ids were per payer.
     pub job_id: String,
     pub payer_id: String,
     pub kind: String,
@@ -491,10 +526,10 @@ pub struct IllegalTransition {
 }
 
 impl Job {
-    /// A new queued job from an accepted request.
+    /// A new queued job from an accepted request, under its per-payer id ([`job_key`]).
     pub fn from_request(req: JobRequest, now: DateTime<Utc>) -> Self {
         Self {
-            job_id: req.job_id,
+            job_id: job_key(&req.payer_id, &req.job_id),
             payer_id: req.payer_id,
             kind: req.kind,
             batch: req.batch,

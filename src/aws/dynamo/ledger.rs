@@ -537,7 +537,7 @@ mod tests {
         item.insert(attr::DOC.into(), s("{not json"));
         let err = job_from_item(&item).unwrap_err();
         assert!(
-            matches!(&err, StoreError::Corrupt { key, .. } if key == "acme:2026-11-01:claims"),
+            matches!(&err, StoreError::Corrupt { key, .. } if key == "acme/acme:2026-11-01:claims"),
             "{err}"
         );
         let mut item = ledger_item(&job(), Retention::default()).unwrap();

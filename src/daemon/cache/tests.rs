@@ -101,8 +101,11 @@ async fn one_queued() -> (Arc<Counted>, CachedLedger, Job) {
     (inner, cache, a)
 }
 
+/// The producers' ids of `jobs` (all of one payer here).
 fn ids(jobs: &[Job]) -> Vec<&str> {
-    jobs.iter().map(|j| j.job_id.as_str()).collect()
+    jobs.iter()
+        .map(|j| crate::job::split_job_id(&j.job_id).1)
+        .collect()
 }
 
 #[tokio::test]
@@ -122,7 +125,7 @@ async fn a_second_snapshot_is_read_from_the_copy_with_the_daemons_own_writes() {
     let reads = inner.queries.load(Ordering::Relaxed);
     assert_eq!(reads, 6, "five states and one batch");
 
-    let b = cache.get("b").await.expect("get").expect("b");
+    let b = cache.get("cedar-plan/b").await.expect("get").expect("b");
     let launching = moved(&b, JobState::Launching);
     cache.update(&launching, b.version).await.expect("update");
     cache.create(&job("c", "b1")).await.expect("create");

@@ -29,11 +29,11 @@ if ((${#missing[@]} > 0)); then
     printf 'mayfly: this image lacks %s\n' "$tool" >&2
   done
   printf 'mayfly: job %s attempt %s cannot run or report without them; shutting down\n' \
-    'cedar-plan:2026-11-01:members' 1 >&2
+    'cedar-plan/cedar-plan:2026-11-01:members' 1 >&2
   exit 1
 fi
 
-job_id='cedar-plan:2026-11-01:members'
+job_id='cedar-plan/cedar-plan:2026-11-01:members'
 attempt=1
 region='us-east-1'
 queue_url='https://sqs.us-east-1.amazonaws.com/123456789012/mayfly-events'
@@ -160,7 +160,7 @@ rc=0
 # Values are single-quoted literals: a `$(…)` or backquote in one is text, not code.
 # shellcheck disable=SC2016,SC1003
 run_job() (
-  export MAYFLY_JOB_ID='cedar-plan:2026-11-01:members'
+  export MAYFLY_JOB_ID='cedar-plan/cedar-plan:2026-11-01:members'
   export MAYFLY_ATTEMPT='1'
   export MAYFLY_PAYER='cedar-plan'
   export MAYFLY_KIND='members'

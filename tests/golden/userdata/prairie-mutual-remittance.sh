@@ -29,11 +29,11 @@ if ((${#missing[@]} > 0)); then
     printf 'mayfly: this image lacks %s\n' "$tool" >&2
   done
   printf 'mayfly: job %s attempt %s cannot run or report without them; shutting down\n' \
-    'prairie-mutual:2026-11-01:remittance' 1 >&2
+    'prairie-mutual/prairie-mutual:2026-11-01:remittance' 1 >&2
   exit 1
 fi
 
-job_id='prairie-mutual:2026-11-01:remittance'
+job_id='prairie-mutual/prairie-mutual:2026-11-01:remittance'
 attempt=1
 region='us-east-1'
 queue_url='https://sqs.us-east-1.amazonaws.com/123456789012/mayfly-events'
@@ -160,7 +160,7 @@ rc=0
 # Values are single-quoted literals: a `$(…)` or backquote in one is text, not code.
 # shellcheck disable=SC2016,SC1003
 run_job() (
-  export MAYFLY_JOB_ID='prairie-mutual:2026-11-01:remittance'
+  export MAYFLY_JOB_ID='prairie-mutual/prairie-mutual:2026-11-01:remittance'
   export MAYFLY_ATTEMPT='1'
   export MAYFLY_PAYER='prairie-mutual'
   export MAYFLY_KIND='remittance'

@@ -12,7 +12,7 @@ pub async fn events_complete_jobs_and_unlock_the_next_tier(w: &World) {
     use mayfly::events::InstanceEvent;
     w.apply_examples().await;
     w.submit(&request(
-        "cedar-plan:2027-07:eligibility",
+        "cedar-plan/cedar-plan:2027-07:eligibility",
         "cedar-plan",
         "eligibility",
         "2027-07",
@@ -20,7 +20,7 @@ pub async fn events_complete_jobs_and_unlock_the_next_tier(w: &World) {
     ))
     .await;
     w.submit(&request(
-        "cedar-plan:2027-07:members",
+        "cedar-plan/cedar-plan:2027-07:members",
         "cedar-plan",
         "members",
         "2027-07",
@@ -28,7 +28,7 @@ pub async fn events_complete_jobs_and_unlock_the_next_tier(w: &World) {
     ))
     .await;
     w.tick(t0()).await;
-    let job = w.job("cedar-plan:2027-07:eligibility").await;
+    let job = w.job("cedar-plan/cedar-plan:2027-07:eligibility").await;
     let iid = job.current_attempt().unwrap().instance_id.clone().unwrap();
     let id = job.job_id.as_str();
     let at = t0() + Duration::seconds(30);
@@ -72,7 +72,7 @@ pub async fn events_complete_jobs_and_unlock_the_next_tier(w: &World) {
     // Tier 1 launched in the same pass, now that tier 0 succeeded.
     assert_eq!(report.launch.instances.len(), 1, "{report}");
     assert_eq!(
-        w.job("cedar-plan:2027-07:members").await.state,
+        w.job("cedar-plan/cedar-plan:2027-07:members").await.state,
         JobState::Running
     );
     // A replayed finished event changes nothing.
@@ -102,7 +102,7 @@ pub async fn non_zero_exit_fails_with_code_and_tail(w: &World) {
     w.apply_examples().await;
     for batch in ["2027-08", "2027-09"] {
         w.submit(&request(
-            &format!("cedar-plan:{batch}:eligibility"),
+            &format!("cedar-plan/cedar-plan:{batch}:eligibility"),
             "cedar-plan",
             "eligibility",
             batch,
@@ -112,7 +112,7 @@ pub async fn non_zero_exit_fails_with_code_and_tail(w: &World) {
     }
     w.tick(t0()).await;
     for (batch, code) in [("2027-08", 3), ("2027-09", 75)] {
-        let id = format!("cedar-plan:{batch}:eligibility");
+        let id = format!("cedar-plan/cedar-plan:{batch}:eligibility");
         let iid = w
             .job(&id)
             .await
@@ -143,13 +143,13 @@ pub async fn non_zero_exit_fails_with_code_and_tail(w: &World) {
         [("exit_code".to_owned(), 1)].into(),
         "{report}"
     );
-    let dead = w.job("cedar-plan:2027-08:eligibility").await;
+    let dead = w.job("cedar-plan/cedar-plan:2027-08:eligibility").await;
     assert_eq!(dead.state, JobState::Dead);
     let a = dead.current_attempt().unwrap();
     assert_eq!(a.exit_code, Some(3));
     assert!(a.output_tail.as_deref().unwrap().contains("bad segment"));
     assert!(dead.reason.as_deref().unwrap().contains("exit code 3"));
-    let retried = w.job("cedar-plan:2027-09:eligibility").await;
+    let retried = w.job("cedar-plan/cedar-plan:2027-09:eligibility").await;
     assert_eq!(retried.state, JobState::Queued, "{:?}", retried.reason);
     assert!(retried
         .not_before

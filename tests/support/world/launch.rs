@@ -23,13 +23,16 @@ pub async fn first_pass_launches_tier_zero(w: &World) {
         .collect();
     assert_eq!(launched.len(), 2, "{report}");
     assert!(
-        launched.contains(&"cedar-plan:2026-11:eligibility")
-            && launched.contains(&"harbor-health:2026-11-23:members"),
+        launched.contains(&"cedar-plan/cedar-plan:2026-11:eligibility")
+            && launched.contains(&"harbor-health/harbor-health:2026-11-23:members"),
         "{report}"
     );
     for (job_id, expected_type) in [
-        ("cedar-plan:2026-11:eligibility", "c7i.large"),
-        ("harbor-health:2026-11-23:members", "m7i.large"),
+        ("cedar-plan/cedar-plan:2026-11:eligibility", "c7i.large"),
+        (
+            "harbor-health/harbor-health:2026-11-23:members",
+            "m7i.large",
+        ),
     ] {
         let job = w.job(job_id).await;
         assert_eq!(job.state, JobState::Running);
@@ -50,9 +53,9 @@ pub async fn first_pass_launches_tier_zero(w: &World) {
         assert_eq!(i.tag("mayfly:payer"), Some(job.payer_id.as_str()));
     }
     for waiting in [
-        "cedar-plan:2026-11:members",
-        "cedar-plan:2026-11:claims",
-        "harbor-health:2026-11-23:claims",
+        "cedar-plan/cedar-plan:2026-11:members",
+        "cedar-plan/cedar-plan:2026-11:claims",
+        "harbor-health/harbor-health:2026-11-23:claims",
     ] {
         assert_eq!(w.job(waiting).await.state, JobState::Queued, "{waiting}");
         assert!(w.instances_of(waiting).await.is_empty());
@@ -72,7 +75,7 @@ pub async fn first_pass_launches_tier_zero(w: &World) {
 pub async fn duplicates_and_malformed_requests(w: &World) {
     w.apply_examples().await;
     let good = request(
-        "cedar-plan:2026-12:eligibility",
+        "cedar-plan/cedar-plan:2026-12:eligibility",
         "cedar-plan",
         "eligibility",
         "2026-12",
@@ -107,7 +110,9 @@ pub async fn duplicates_and_malformed_requests(w: &World) {
     assert!(bodies.iter().any(|b| b.contains("bad job id")));
     assert!(bodies.contains(&"this is not json"));
     assert_eq!(
-        w.instances_of("cedar-plan:2026-12:eligibility").await.len(),
+        w.instances_of("cedar-plan/cedar-plan:2026-12:eligibility")
+            .await
+            .len(),
         1
     );
 }
@@ -116,7 +121,7 @@ pub async fn duplicates_and_malformed_requests(w: &World) {
 pub async fn crash_before_run_instances(w: &World) {
     w.apply_examples().await;
     w.submit(&request(
-        "cedar-plan:2027-01:eligibility",
+        "cedar-plan/cedar-plan:2027-01:eligibility",
         "cedar-plan",
         "eligibility",
         "2027-01",
@@ -130,26 +135,32 @@ pub async fn crash_before_run_instances(w: &World) {
     let first = w.tick(t0()).await;
     assert!(first.launch.instances.is_empty(), "{first}");
     assert_eq!(
-        w.job("cedar-plan:2027-01:eligibility").await.state,
+        w.job("cedar-plan/cedar-plan:2027-01:eligibility")
+            .await
+            .state,
         JobState::Launching
     );
     assert!(w
-        .instances_of("cedar-plan:2027-01:eligibility")
+        .instances_of("cedar-plan/cedar-plan:2027-01:eligibility")
         .await
         .is_empty());
     let second = w.tick(t0() + Duration::minutes(1)).await;
     assert_eq!(second.launch.replayed, 1, "{second}");
-    let job = w.job("cedar-plan:2027-01:eligibility").await;
+    let job = w.job("cedar-plan/cedar-plan:2027-01:eligibility").await;
     assert_eq!(job.state, JobState::Running);
     assert_eq!(job.attempt, 1, "the replay is the same attempt");
     assert_eq!(
-        w.instances_of("cedar-plan:2027-01:eligibility").await.len(),
+        w.instances_of("cedar-plan/cedar-plan:2027-01:eligibility")
+            .await
+            .len(),
         1
     );
     let third = w.tick(t0() + Duration::minutes(2)).await;
     assert!(third.launch.instances.is_empty());
     assert_eq!(
-        w.instances_of("cedar-plan:2027-01:eligibility").await.len(),
+        w.instances_of("cedar-plan/cedar-plan:2027-01:eligibility")
+            .await
+            .len(),
         1
     );
 }
@@ -159,7 +170,7 @@ pub async fn crash_before_run_instances(w: &World) {
 pub async fn crash_after_run_instances(w: &World) {
     w.apply_examples().await;
     w.submit(&request(
-        "cedar-plan:2027-02:eligibility",
+        "cedar-plan/cedar-plan:2027-02:eligibility",
         "cedar-plan",
         "eligibility",
         "2027-02",
@@ -170,11 +181,15 @@ pub async fn crash_after_run_instances(w: &World) {
     let first = w.tick(t0()).await;
     assert!(first.launch.instances.is_empty(), "{first}");
     assert_eq!(
-        w.job("cedar-plan:2027-02:eligibility").await.state,
+        w.job("cedar-plan/cedar-plan:2027-02:eligibility")
+            .await
+            .state,
         JobState::Launching
     );
     assert_eq!(
-        w.instances_of("cedar-plan:2027-02:eligibility").await.len(),
+        w.instances_of("cedar-plan/cedar-plan:2027-02:eligibility")
+            .await
+            .len(),
         1
     );
     let calls_before = w.compute.calls().len();
@@ -185,9 +200,11 @@ pub async fn crash_after_run_instances(w: &World) {
         calls_before,
         "adopting makes no RunInstances"
     );
-    let job = w.job("cedar-plan:2027-02:eligibility").await;
+    let job = w.job("cedar-plan/cedar-plan:2027-02:eligibility").await;
     assert_eq!(job.state, JobState::Running);
-    let instances = w.instances_of("cedar-plan:2027-02:eligibility").await;
+    let instances = w
+        .instances_of("cedar-plan/cedar-plan:2027-02:eligibility")
+        .await;
     assert_eq!(instances.len(), 1);
     assert_eq!(
         job.current_attempt().unwrap().instance_id.as_deref(),
@@ -200,7 +217,7 @@ pub async fn capacity_falls_back_to_next_rung(w: &World) {
     w.apply_examples().await;
     w.compute.no_capacity_for("c7i.large");
     w.submit(&request(
-        "cedar-plan:2027-03:eligibility",
+        "cedar-plan/cedar-plan:2027-03:eligibility",
         "cedar-plan",
         "eligibility",
         "2027-03",
@@ -209,11 +226,13 @@ pub async fn capacity_falls_back_to_next_rung(w: &World) {
     .await;
     let report = w.tick(t0()).await;
     assert!(report.launch.capacity_fallbacks >= 1, "{report}");
-    let job = w.job("cedar-plan:2027-03:eligibility").await;
+    let job = w.job("cedar-plan/cedar-plan:2027-03:eligibility").await;
     assert_eq!(job.state, JobState::Running, "{report}");
     let rung = job.current_attempt().unwrap().rung.clone().unwrap();
     assert_ne!(rung.instance_type, "c7i.large");
-    let instances = w.instances_of("cedar-plan:2027-03:eligibility").await;
+    let instances = w
+        .instances_of("cedar-plan/cedar-plan:2027-03:eligibility")
+        .await;
     assert_eq!(instances.len(), 1);
     assert_eq!(instances[0].instance_type, rung.instance_type);
 }
@@ -222,7 +241,7 @@ pub async fn capacity_falls_back_to_next_rung(w: &World) {
 pub async fn throttling_stops_the_pass(w: &World) {
     w.apply_examples().await;
     w.submit(&request(
-        "cedar-plan:2027-04:eligibility",
+        "cedar-plan/cedar-plan:2027-04:eligibility",
         "cedar-plan",
         "eligibility",
         "2027-04",
@@ -230,7 +249,7 @@ pub async fn throttling_stops_the_pass(w: &World) {
     ))
     .await;
     w.submit(&request(
-        "harbor-health:2027-04:members",
+        "harbor-health/harbor-health:2027-04:members",
         "harbor-health",
         "members",
         "2027-04",
@@ -247,8 +266,8 @@ pub async fn throttling_stops_the_pass(w: &World) {
         "no launch after the throttle: {report}"
     );
     for id in [
-        "cedar-plan:2027-04:eligibility",
-        "harbor-health:2027-04:members",
+        "cedar-plan/cedar-plan:2027-04:eligibility",
+        "harbor-health/harbor-health:2027-04:members",
     ] {
         let job = w.job(id).await;
         assert!(
@@ -267,7 +286,7 @@ pub async fn throttling_stops_the_pass(w: &World) {
 /// the payer is resumed the job launches, its budget of retries untouched.
 pub async fn configuration_error_pauses_the_payer_and_loses_no_job(w: &World) {
     w.apply_examples().await;
-    let id = "cedar-plan:2027-05:eligibility";
+    let id = "cedar-plan/cedar-plan:2027-05:eligibility";
     w.submit(&request(id, "cedar-plan", "eligibility", "2027-05", 1))
         .await;
     w.compute.script(Fault::Before(ComputeError::Configuration {

@@ -212,12 +212,12 @@ impl World {
         self.intake.send(body, &[]).await.expect("send to intake");
     }
 
+    /// The job an id names: `payer/job_id`, or a producer's job_id alone when one payer has it
+    /// (as `mayfly explain` finds it).
     pub async fn job(&self, id: &str) -> Job {
-        self.ledger
-            .get(id)
+        mayfly::job_lookup::find_job(self.config.as_ref(), self.ledger.as_ref(), id)
             .await
-            .expect("ledger read")
-            .unwrap_or_else(|| panic!("job {id} not in the ledger"))
+            .unwrap_or_else(|e| panic!("job {id}: {e}"))
     }
 
     /// Live instances of this deployment.
@@ -232,6 +232,8 @@ impl World {
     }
 
     pub async fn instances_of(&self, job_id: &str) -> Vec<ManagedInstance> {
+        let job_id = self.job(job_id).await.job_id;
+        let job_id = job_id.as_str();
         self.live_instances()
             .await
             .into_iter()
@@ -240,7 +242,13 @@ impl World {
     }
 }
 
+/// A job request. `job_id` may be given as mayfly names the job (`payer/job_id`): the request
+/// carries the producer's part.
 pub fn request(job_id: &str, payer: &str, kind: &str, batch: &str, gib: u64) -> String {
+    let job_id = job_id
+        .strip_prefix(payer)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(job_id);
     serde_json::json!({
         "job_id": job_id, "payer_id": payer, "kind": kind, "batch": batch,
         "input": {"uri": format!("s3://example-payer-drops/{payer}/{batch}/{kind}"), "bytes": gib << 30}
@@ -252,21 +260,31 @@ pub fn request(job_id: &str, payer: &str, kind: &str, batch: &str, gib: u64) -> 
 pub async fn submit_workload(w: &World) {
     for (id, payer, kind, gib) in [
         (
-            "cedar-plan:2026-11:eligibility",
+            "cedar-plan/cedar-plan:2026-11:eligibility",
             "cedar-plan",
             "eligibility",
             1,
         ),
-        ("cedar-plan:2026-11:members", "cedar-plan", "members", 2),
-        ("cedar-plan:2026-11:claims", "cedar-plan", "claims", 20),
         (
-            "harbor-health:2026-11-23:members",
+            "cedar-plan/cedar-plan:2026-11:members",
+            "cedar-plan",
+            "members",
+            2,
+        ),
+        (
+            "cedar-plan/cedar-plan:2026-11:claims",
+            "cedar-plan",
+            "claims",
+            20,
+        ),
+        (
+            "harbor-health/harbor-health:2026-11-23:members",
             "harbor-health",
             "members",
             1,
         ),
         (
-            "harbor-health:2026-11-23:claims",
+            "harbor-health/harbor-health:2026-11-23:claims",
             "harbor-health",
             "claims",
             48,

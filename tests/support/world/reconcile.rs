@@ -8,7 +8,7 @@ use mayfly::ports::ManagedInstance;
 use super::{request, send_event, t0, World};
 
 fn eligibility(batch: &str) -> (String, String) {
-    let id = format!("cedar-plan:{batch}:eligibility");
+    let id = format!("cedar-plan/cedar-plan:{batch}:eligibility");
     let body = request(&id, "cedar-plan", "eligibility", batch, 1);
     (id, body)
 }
@@ -359,7 +359,7 @@ pub async fn retry_releases_blocked_tiers_and_cancel_terminates(w: &World) {
     w.apply_examples().await;
     let (elig, body) = eligibility("2028-07");
     w.submit(&body).await;
-    let members = "cedar-plan:2028-07:members".to_owned();
+    let members = "cedar-plan/cedar-plan:2028-07:members".to_owned();
     w.submit(&request(&members, "cedar-plan", "members", "2028-07", 1))
         .await;
     w.tick(t0()).await;

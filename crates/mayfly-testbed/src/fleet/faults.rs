@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use mayfly::job::is_token;
+use mayfly::job::{is_job_id, JOB_ID_FORM};
 
 /// What goes wrong for one job's instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +93,9 @@ impl Faults {
             }
             None => (key.trim(), None),
         };
-        if !is_token(job_id, 128) {
+        if !is_job_id(job_id) {
             return Err(format!(
-                "`{spec}`: `{job_id}` is not a job id ([A-Za-z0-9._:-], 1 to 128 characters)"
+                "`{spec}`: `{job_id}` is not a job id: {JOB_ID_FORM}"
             ));
         }
         let fault = fault.trim().parse::<Fault>()?;
