@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Duration;
+use mayfly::events::InstanceEvent;
 use mayfly::fakes::FakeCompute;
 use mayfly::group::runs_by;
 use mayfly::job::{Job, JobState};
@@ -16,7 +17,7 @@ use mayfly::ports::{
     Compute, ComputeError, GroupCount, GroupMember, LaunchRequest, Launched, ManagedInstance,
 };
 use proptest::prelude::*;
-use support::world::{on_fakes, request, t0, Fault, FaultyCompute, World};
+use support::world::{instance_sender, on_fakes, request, t0, Fault, FaultyCompute, World};
 
 /// A deployment whose cedar-plan may run `n` instances at once.
 async fn world_of(ec2: Arc<dyn Compute>, n: u32) -> World {
@@ -316,4 +317,92 @@ async fn reconcile_maps_a_grouped_instance_to_its_job_by_launch_index() {
         orphan.instance_id,
         job.current_attempt().unwrap().instance_id
     );
+}
+
+#[tokio::test]
+async fn a_partial_group_whose_answer_was_lost_is_replayed_under_its_token_and_stays_partial() {
+    let ec2 = Arc::new(FakeCompute::new());
+    ec2.short_groups([3]);
+    let w = world_of(Arc::new(GroupNotListed(ec2.clone())), 6).await;
+    let ids = submit_burst(&w, 6).await;
+    w.compute.script(Fault::LoseResponse);
+    w.tick(t0()).await;
+    assert_eq!(
+        ec2.instances().len(),
+        3,
+        "EC2 launched 3 of the 6, answer lost"
+    );
+    let original: Vec<String> = ec2.instances().into_iter().map(|i| i.instance_id).collect();
+    let first = jobs(&w, &ids).await;
+    let token = first[0].current_attempt().unwrap().client_token.clone();
+
+    // The repair (which cannot see the group) replays it under its recorded token: EC2
+    // answers the same three instances and launches none more. The three jobs EC2 did not
+    // launch go back to waiting with no retry spent, and the same pass launches them as a
+    // new group under a new token.
+    let next = w.tick(t0() + Duration::minutes(1)).await;
+    assert_eq!(next.launch.replayed, 6, "{next}");
+    assert_eq!(next.launch.group_shortfalls, 3, "{next}");
+    let all = jobs(&w, &ids).await;
+    assert!(all.iter().all(|j| j.state == JobState::Running), "{next}");
+    assert_eq!(ec2.instances().len(), 6, "one instance per job, none twice");
+    assert_one_instance_per_job(&all, &ec2.instances());
+    for j in &all {
+        let a = j.current_attempt().unwrap();
+        let index = first
+            .iter()
+            .find(|f| f.job_id == j.job_id)
+            .and_then(|f| f.current_attempt().unwrap().launch_index)
+            .unwrap();
+        if index < 3 {
+            assert_eq!(a.number, 1, "{}: the replay kept its attempt", j.job_id);
+            assert_eq!(a.client_token, token, "{}", j.job_id);
+            assert!(original.contains(a.instance_id.as_ref().unwrap()));
+        } else {
+            assert_eq!(a.number, 2, "{}", j.job_id);
+            assert_ne!(
+                a.client_token, token,
+                "{}: a new launch, a new token",
+                j.job_id
+            );
+            assert!(j.attempts[0].bounced(), "{}", j.job_id);
+        }
+        assert_eq!(j.attempts_in_budget(), 1, "no retry spent: {}", j.job_id);
+    }
+}
+
+#[tokio::test]
+async fn a_grouped_instance_is_adopted_from_its_events_by_group_tag_and_index() {
+    let ec2 = Arc::new(FakeCompute::new());
+    let w = world_of(ec2.clone(), 2).await;
+    let ids = submit_burst(&w, 2).await;
+    w.compute.script(Fault::LoseResponse);
+    w.tick(t0()).await;
+    let all = jobs(&w, &ids).await;
+    assert!(all.iter().all(|j| j.state == JobState::Launching));
+    let of_index = |i: u32| {
+        ec2.instances()
+            .into_iter()
+            .find(|m| m.launch_index == Some(i))
+            .unwrap()
+            .instance_id
+    };
+    let (first, second) = (&all[0], &all[1]);
+    let own = of_index(first.current_attempt().unwrap().launch_index.unwrap());
+    let other = of_index(second.current_attempt().unwrap().launch_index.unwrap());
+
+    // The other job's instance claims the first job, speaking for itself: refused, by the
+    // group's tag and the first job's launch index. The first job's own instance is adopted.
+    let events = w.events_fake.clone().expect("the fakes' events queue");
+    let at = t0() + Duration::seconds(20);
+    let claim = InstanceEvent::started(&first.job_id, 1, &other, at);
+    events.send_as(&instance_sender(&other), &claim.to_json(), &[]);
+    let genuine = InstanceEvent::started(&first.job_id, 1, &own, at);
+    events.send_as(&instance_sender(&own), &genuine.to_json(), &[]);
+    let pass = w.tick(at).await;
+    assert_eq!(pass.events.refused, 1, "{pass}");
+    assert_eq!(pass.events.adopted, 1, "{pass}");
+    let first = w.job(&first.job_id).await;
+    assert_eq!(first.state, JobState::Running);
+    assert_eq!(first.current_attempt().unwrap().instance_id, Some(own));
 }

@@ -549,7 +549,8 @@ async fn apply_to_job(
 /// With verified senders, an event must name the instance its attempt ran on: an event
 /// whose attempt the ledger records on another instance is refused (its sender is a real
 /// instance, reporting on a job not its own). One that would record a `launching` attempt's
-/// instance must name an instance EC2 lists for that attempt by its tags; when EC2 lists none
+/// instance must name an instance EC2 lists for that attempt by its tags (for a grouped
+/// attempt, the group's instance with the attempt's launch index); when EC2 lists none
 /// yet (a launch it does not show yet), it is left to be delivered again. Returns the events
 /// to apply; the others' fates are set here. `None` when EC2 could not be asked: every event
 /// is delivered again.
@@ -569,12 +570,32 @@ async fn verify_claims(
             .is_some_and(|a| a.instance_id.is_none())
         && events.iter().any(|(e, _)| e.attempt == job.attempt);
     let listed: Vec<String> = if adopting {
-        match s
-            .deps
-            .compute
-            .find_attempt(&s.settings.cluster, &job.job_id, job.attempt)
-            .await
-        {
+        // A grouped attempt's instance carries the group's tag, not the job's: it is the
+        // group's instance with the attempt's launch index (the rule repair and reconcile map
+        // it by).
+        let grouped = job
+            .current_attempt()
+            .and_then(|a| a.launch_group.as_deref().zip(a.launch_index));
+        let found = match grouped {
+            Some((group, index)) => s
+                .deps
+                .compute
+                .find_group(&s.settings.cluster, group)
+                .await
+                .map(|members| {
+                    members
+                        .into_iter()
+                        .filter(|m| m.launch_index == Some(index))
+                        .collect::<Vec<_>>()
+                }),
+            None => {
+                s.deps
+                    .compute
+                    .find_attempt(&s.settings.cluster, &job.job_id, job.attempt)
+                    .await
+            }
+        };
+        match found {
             Ok(found) => found.into_iter().map(|m| m.instance_id).collect(),
             Err(e) => {
                 report.errors.push(format!(
