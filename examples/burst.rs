@@ -25,7 +25,6 @@ use std::time::Instant;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::config::Credentials;
-use aws_sdk_ec2::types::Filter;
 use chrono::Utc;
 use clap::Parser;
 use mayfly::cli::{App, GlobalArgs, Output, PassArgs};
@@ -36,6 +35,9 @@ use mayfly::profile::{CapacityPolicy, PayerProfile};
 use mayfly::ratelimit::Rate;
 use mayfly::scheduler::TickOptions;
 use mayfly_testbed::faultproxy::{FaultProxy, ProxyConfig};
+
+#[path = "support/network.rs"]
+mod network;
 
 const REGION: &str = "us-east-1";
 const PAYER: &str = "cedar-plan";
@@ -134,55 +136,8 @@ async fn network(endpoint: &str) -> Result<(String, String, String), String> {
         .load()
         .await;
     let ec2 = aws_sdk_ec2::Client::new(&sdk);
-    let subnets = ec2
-        .describe_subnets()
-        .send()
-        .await
-        .map_err(|e| format!("describe subnets: {e:?}"))?;
-    let subnet = subnets
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_id())
-        .min()
-        .ok_or("no subnet")?
-        .to_owned();
-    let groups = ec2
-        .describe_security_groups()
-        .filters(
-            Filter::builder()
-                .name("group-name")
-                .values("default")
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| format!("describe security groups: {e:?}"))?;
-    let sg = groups
-        .security_groups()
-        .iter()
-        .filter_map(|g| g.group_id())
-        .min()
-        .ok_or("no default security group")?
-        .to_owned();
-    let images = ec2
-        .describe_images()
-        .filters(
-            Filter::builder()
-                .name("name")
-                .values("amzn2-ami-hvm-*-x86_64-gp2")
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| format!("describe images: {e:?}"))?;
-    let image = images
-        .images()
-        .iter()
-        .filter_map(|i| i.image_id())
-        .min()
-        .ok_or("no Amazon Linux 2 image")?
-        .to_owned();
-    Ok((subnet, sg, image))
+    let n = network::emulator_network(&ec2).await?;
+    Ok((n.subnet, n.security_group, n.image))
 }
 
 async fn run(args: Args) -> Result<(), String> {

@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::Credentials;
-use aws_sdk_ec2::types::Filter;
 use clap::Parser;
 use mayfly::aws::ec2::Ec2Compute;
 use mayfly::aws::Clients;
@@ -35,6 +34,9 @@ use mayfly::profile::CapacityType;
 use mayfly::ratelimit::{Ec2Limits, Rate};
 use mayfly::sizing::Rung;
 use mayfly_testbed::faultproxy::{FaultProxy, FaultRates, ProxyConfig};
+
+#[path = "support/network.rs"]
+mod network;
 
 const REGION: &str = "us-east-1";
 const TARGET_SHARE_OF_CEILING: f64 = 0.95;
@@ -169,60 +171,11 @@ struct LaunchEnv {
 }
 
 async fn launch_env(ec2: &aws_sdk_ec2::Client, endpoint: &str) -> Result<LaunchEnv, String> {
-    let subnets = ec2
-        .describe_subnets()
-        .filters(
-            Filter::builder()
-                .name("default-for-az")
-                .values("true")
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| format!("describe subnets: {e:?}"))?;
-    let subnet = subnets
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_id())
-        .min()
-        .ok_or("no default subnet")?
-        .to_owned();
-    let groups = ec2
-        .describe_security_groups()
-        .filters(
-            Filter::builder()
-                .name("group-name")
-                .values("default")
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| format!("describe security groups: {e:?}"))?;
-    let security_group = groups
-        .security_groups()
-        .iter()
-        .filter_map(|g| g.group_id())
-        .min()
-        .ok_or("no default security group")?
-        .to_owned();
-    let images = ec2
-        .describe_images()
-        .filters(
-            Filter::builder()
-                .name("name")
-                .values("amzn2-ami-hvm-*-x86_64-gp2")
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| format!("describe images: {e:?}"))?;
-    let image = images
-        .images()
-        .iter()
-        .filter_map(|i| i.image_id())
-        .min()
-        .ok_or("no Amazon Linux 2 image")?
-        .to_owned();
+    let network::Network {
+        subnet,
+        security_group,
+        image,
+    } = network::emulator_network(ec2).await?;
     let instance_profile = format!("launch-rate-{}", std::process::id());
     let out = Command::new(venv().join("bin/aws"))
         .args([

@@ -11,20 +11,12 @@ use std::time::{Duration, Instant};
 
 use mayfly::aws::dynamo::DynamoLedger;
 use mayfly::aws::Clients;
-use mayfly::job::{Job, JobState};
+use mayfly::job::JobState;
 use mayfly::names::{tags, Names};
-use mayfly::ports::{Compute, Ledger};
-use support::mayfly;
+use mayfly::ports::Compute;
+use support::{all_jobs, mayfly};
 
 const JOBS: usize = 20;
-
-async fn all_jobs(ledger: &DynamoLedger) -> Vec<Job> {
-    let mut jobs = Vec::new();
-    for s in JobState::ALL {
-        jobs.extend(ledger.by_state(s).await.unwrap());
-    }
-    jobs
-}
 
 #[tokio::test]
 async fn a_burst_of_twenty_jobs_runs_each_on_the_instance_of_its_launch_index() {

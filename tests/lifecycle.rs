@@ -14,17 +14,9 @@ use mayfly::aws::Clients;
 use mayfly::catalog::Catalog;
 use mayfly::job::{Job, JobState};
 use mayfly::names::Names;
-use mayfly::ports::{Compute, Ledger};
+use mayfly::ports::Compute;
 use mayfly::profile::{load_and_validate, GlobalCaps, ValidateContext};
-use support::mayfly;
-
-async fn all_jobs(ledger: &DynamoLedger) -> Vec<Job> {
-    let mut jobs = Vec::new();
-    for s in JobState::ALL {
-        jobs.extend(ledger.by_state(s).await.unwrap());
-    }
-    jobs
-}
+use support::{all_jobs, mayfly};
 
 #[tokio::test]
 async fn demo_workload_runs_end_to_end() {
@@ -74,6 +66,8 @@ async fn demo_workload_runs_end_to_end() {
     .status
     .success());
     let failing = "prairie-mutual:2026-11-22T11:remittance";
+    // mayfly's id for it: per payer. `jobs show` and `explain` take either.
+    let failing_id = format!("prairie-mutual/{failing}");
     assert!(mayfly(
         &name,
         &[
@@ -107,7 +101,7 @@ async fn demo_workload_runs_end_to_end() {
         .arg(&work)
         .arg("--venv")
         .arg(support::venv())
-        .args(["--fault", &format!("{failing}=exit:3")])
+        .args(["--fault", &format!("prairie-mutual/{failing}=exit:3")])
         .envs(support::child_env())
         .current_dir(support::repo())
         .stdout(Stdio::null())
@@ -176,7 +170,7 @@ async fn demo_workload_runs_end_to_end() {
             .tier
     };
     for j in &jobs {
-        if j.job_id == failing {
+        if j.job_id == failing_id {
             continue;
         }
         assert_eq!(j.state, JobState::Succeeded, "{} {:?}", j.job_id, j.reason);
@@ -233,7 +227,7 @@ async fn demo_workload_runs_end_to_end() {
         );
     }
     // The failing job: dead, with its exit code and output tail in `jobs show`.
-    let dead = jobs.iter().find(|j| j.job_id == failing).unwrap();
+    let dead = jobs.iter().find(|j| j.job_id == failing_id).unwrap();
     assert_eq!(dead.state, JobState::Dead);
     assert_eq!(dead.current_attempt().unwrap().exit_code, Some(3));
     let show = mayfly(&name, &["jobs", "show", failing]);

@@ -16,6 +16,15 @@ pub mod world;
 
 pub use emulator::*;
 
+/// Every job in the ledger, state by state (a test's ledger is small).
+pub async fn all_jobs(ledger: &dyn mayfly::ports::Ledger) -> Vec<mayfly::job::Job> {
+    let mut jobs = Vec::new();
+    for s in mayfly::job::JobState::ALL {
+        jobs.extend(ledger.by_state(s).await.unwrap());
+    }
+    jobs
+}
+
 /// Checks what DESIGN §3 step 5 requires of a launch, as EC2 reports it.
 pub async fn assert_launch_shape(ec2: &aws_sdk_ec2::Client, instance_id: &str, cluster: &str) {
     use aws_sdk_ec2::types::{HttpTokensState, InstanceAttributeName};
