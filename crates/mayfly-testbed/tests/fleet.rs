@@ -498,7 +498,7 @@ async fn mayfly_user_data_runs_end_to_end_and_reports_to_the_events_queue() {
         "{tail}"
     );
     assert!(
-        tail.contains("env MAYFLY_JOB_ID=cedar-plan:2026-11-01:eligibility"),
+        tail.contains("env MAYFLY_JOB_ID=cedar-plan/cedar-plan:2026-11-01:eligibility"),
         "{tail}"
     );
     std::fs::remove_dir_all(&work).ok();
